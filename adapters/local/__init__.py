@@ -1,0 +1,1 @@
+"""The embedded OpenAI-compatible server (aiohttp) and its backends."""

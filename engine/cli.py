@@ -1,0 +1,127 @@
+"""``python -m engine``: argument parsing only; the work is in the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .config import TaskConfig, load_config, with_overrides
+from .errors import AuthError, EngineError
+from .shipped import example_config
+
+
+def _run_parser(commands: Any) -> None:
+    run = commands.add_parser("run", help="evaluate a task: predict, judge, join, report")
+    run.add_argument("config", nargs="?", help="task TOML file (default: the shipped IMDB example)")
+    run.add_argument("--mode", choices=["realtime"], default=None, help="how both stages run")
+    run.add_argument("--limit", type=int, help="evaluate at most N rows")
+    run.add_argument("--out", type=Path, help="run directory (default: runs/<task>-<time>-<id>)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: the embedded server)")
+    run.add_argument("--api-key-env", help="name of the environment variable holding the API key")
+    run.add_argument("--model", help="base model (predict stage)")
+    run.add_argument("--judge-model", help="judge model")
+    run.add_argument("--concurrency", type=int, help="requests in flight at most")
+    run.add_argument("--rpm", type=float, help="requests per minute budget")
+    run.add_argument("--tpm", type=float, help="tokens per minute budget")
+    run.add_argument("--sim-latency-ms", type=float, help="latency of the embedded sim backend")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the embedded OpenAI-compatible server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--backend", choices=["sim"], default="sim")
+    serve.add_argument("--latency-ms", type=float, default=0.0)
+    serve.add_argument("--rpm", type=float)
+    serve.add_argument("--tpm", type=float)
+    serve.add_argument("--error-rate", type=float, default=0.0, help="share of calls answered 5xx")
+    serve.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _run_parser(commands)
+    _serve_parser(commands)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TaskConfig:
+    config = load_config(args.config or example_config("imdb"))
+    overrides = {
+        "predict.mode": args.mode,
+        "judge.mode": args.mode,
+        "dataset.limit": args.limit,
+        "endpoint.base_url": args.base_url,
+        "endpoint.api_key_env": args.api_key_env,
+        "predict.model": args.model,
+        "judge.model": args.judge_model,
+        "local.latency_ms": args.sim_latency_ms,
+    }
+    return with_overrides(config, {**overrides, **_limit_overrides(args)})
+
+
+def _limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"endpoint.concurrency": args.concurrency, "endpoint.rpm": args.rpm, "endpoint.tpm": args.tpm}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .evaluation import Evaluation
+    from .progress import show_progress
+    from .report import print_summary
+
+    if args.resume:
+        evaluation = Evaluation(run_dir=args.resume, resume=True)
+        evaluation.config = with_overrides(evaluation.config, _limit_overrides(args))
+    else:
+        evaluation = Evaluation(config_from_args(args), run_dir=args.out)
+    print(f"run directory: {evaluation.run_dir}", file=sys.stderr)
+    try:
+        async with evaluation, anyio.create_task_group() as group:
+            if not args.quiet:
+                group.start_soon(show_progress, evaluation)
+            async for _ in evaluation:
+                pass
+            group.cancel_scope.cancel()
+    except AuthError as exc:
+        print(f"error: {exc}: check the key in ${evaluation.config.endpoint.api_key_env}", file=sys.stderr)
+        print(f"nothing done is lost: fix it and resume with --resume {evaluation.run_dir}", file=sys.stderr)
+        return 2
+    assert evaluation.metrics is not None
+    print_summary(evaluation.metrics, evaluation.run_dir)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from adapters.local.backends.sim import SimBackend, SimSettings
+    from adapters.local.server import serve_forever
+
+    settings = SimSettings(
+        latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm, error_rate=args.error_rate, seed=args.seed
+    )
+
+    def ready(url: str) -> None:
+        print(f"serving the {args.backend} backend (simulated answers) at {url}", flush=True)
+
+    anyio.run(lambda: serve_forever(SimBackend(settings), host=args.host, port=args.port, on_ready=ready))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return anyio.run(_run, args)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: what finished is in the journal; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130

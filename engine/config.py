@@ -1,0 +1,178 @@
+"""Typed task config: TOML file -> validated ``TaskConfig``, with CLI overrides.
+
+Errors name the file and the field (``imdb.toml: predict.temperature: ...``). Paths inside the
+file are relative to the file. The endpoint holds the *name* of the environment variable with
+the API key, never the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Mode = Literal["realtime", "batch"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    path: Path
+    format: Literal["csv", "parquet", "ndjson"] | None = None
+    id_column: str | None = Field(None, description="unique row id; default: the row's position")
+    text_columns: tuple[str, ...] = Field((), description="columns that must hold non-empty text")
+    label_column: str | None = None
+    label_separator: str = ","
+    head: int | None = Field(None, ge=1)
+    tail: int | None = Field(None, ge=1)
+    sample: int | None = Field(None, ge=1)
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="cap applied after head/tail/sample")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> DatasetConfig:
+        chosen = [name for name in ("head", "tail", "sample") if getattr(self, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one of head, tail, sample (got {', '.join(chosen)})")
+        return self
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        suffix = self.path.suffix.lower().lstrip(".")
+        formats = {"csv": "csv", "parquet": "parquet", "ndjson": "ndjson", "jsonl": "ndjson"}
+        if suffix not in formats:
+            raise ConfigError(
+                f"{self.path}: cannot tell the format from the extension; set dataset.format "
+                "to csv, parquet or ndjson"
+            )
+        return formats[suffix]
+
+
+class VerdictConfig(_Strict):
+    """How judge text maps to a verdict: compared after stripping whitespace, quotes and a final
+    full stop, case-insensitively."""
+
+    correct: tuple[str, ...] = ("correct",)
+    incorrect: tuple[str, ...] = ("incorrect",)
+
+
+class StageConfig(_Strict):
+    model: str
+    system_prompt: str = ""
+    user_template: str
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(16, ge=1)
+    mode: Mode = "realtime"
+
+
+class JudgeConfig(StageConfig):
+    verdicts: VerdictConfig = VerdictConfig()
+
+
+class EndpointConfig(_Strict):
+    base_url: str | None = Field(None, description="None: start the embedded server")
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(64, ge=1, le=10_000)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _looks_like_a_name(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum():
+            raise ValueError("must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
+        return value
+
+
+class LocalServerConfig(_Strict):
+    """The embedded server started when ``endpoint.base_url`` is unset."""
+
+    backend: Literal["sim"] = "sim"
+    latency_ms: float = Field(0.0, ge=0)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+
+
+class TaskConfig(_Strict):
+    name: str = "task"
+    labels: tuple[str, ...] = Field((), description="the label set; empty for open answers")
+    dataset: DatasetConfig
+    predict: StageConfig
+    judge: JudgeConfig
+    endpoint: EndpointConfig = EndpointConfig()
+    local: LocalServerConfig = LocalServerConfig()
+
+    def api_key(self) -> str:
+        """The key from the named environment variable; a placeholder for the embedded server."""
+        key = os.environ.get(self.endpoint.api_key_env)
+        if key:
+            return key
+        if self.endpoint.base_url is None:
+            return "embedded"
+        raise ConfigError(
+            f"environment variable {self.endpoint.api_key_env} is not set: export the API key "
+            f"for {self.endpoint.base_url} in it (endpoint.api_key_env names the variable)"
+        )
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling)"
+        lines.append(f"{source}: {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], *, source: str, base_dir: Path) -> TaskConfig:
+    try:
+        config = TaskConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    path = config.dataset.path
+    if not path.is_absolute():
+        path = base_dir / path
+    return config.model_copy(update={"dataset": config.dataset.model_copy(update={"path": path})})
+
+
+def load_config(path: str | Path) -> TaskConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, source=path.name, base_dir=path.resolve().parent)
+
+
+def with_overrides(config: TaskConfig, overrides: dict[str, Any]) -> TaskConfig:
+    """Apply dotted overrides (``{"endpoint.rpm": 600}``); ``None`` values are ignored."""
+    data = config.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    try:
+        return TaskConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "command line")) from None

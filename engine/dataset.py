@@ -1,0 +1,158 @@
+"""The data set: a polars lazy scan of csv, parquet or ndjson with ids, labels and sampling.
+
+Nothing here knows what the rows are about. Every column is read as text (csv is read without
+type inference) because prompts are text. Row ids are the ``id_column`` when set, else the
+row's 0-based position in the file; either way they are unique and stable across runs, which is
+what makes ``custom_id`` a join key and resume possible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .config import DatasetConfig
+from .errors import ConfigError
+from .types import Row
+
+ROW_ID = "__row_id"
+ROW_INDEX = "__row_index"
+LABELS = "__labels"
+
+
+def _scan(path: Path, file_format: str) -> pl.LazyFrame:
+    if file_format == "csv":
+        return pl.scan_csv(path, infer_schema=False, encoding="utf8", missing_columns="raise")
+    if file_format == "parquet":
+        return pl.scan_parquet(path)
+    return pl.scan_ndjson(path, infer_schema_length=1000)
+
+
+class Dataset:
+    """A validated, sampled view of the data file. Rows stream out in chunks."""
+
+    def __init__(self, config: DatasetConfig, *, label_set: tuple[str, ...] = ()) -> None:
+        self.config = config
+        self.path = config.path
+        if not self.path.exists():
+            raise ConfigError(f"{self.path}: data file not found (dataset.path)")
+        scan = _scan(self.path, config.resolved_format)
+        try:
+            self.columns: list[str] = scan.collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.path}: cannot read the data file: {_first_line(exc)}") from None
+        for field, column in (("id_column", config.id_column), ("label_column", config.label_column)):
+            if column is not None and column not in self.columns:
+                raise ConfigError(
+                    f"{self.path}: dataset.{field} = {column!r} is not a column "
+                    f"(columns: {', '.join(self.columns)})"
+                )
+        self.has_labels = config.label_column is not None
+        self._label_set = label_set
+        self.frame = self._select(scan)
+        self.n_rows = self._validate()
+
+    def _select(self, scan: pl.LazyFrame) -> pl.LazyFrame:
+        config = self.config
+        frame = scan.with_row_index(ROW_INDEX)
+        row_id = pl.col(config.id_column).cast(pl.String) if config.id_column else pl.col(ROW_INDEX).cast(pl.String)
+        frame = frame.with_columns(row_id.alias(ROW_ID))
+        if config.label_column:
+            labels = (
+                pl.col(config.label_column)
+                .cast(pl.String)
+                .str.split(config.label_separator)
+                .list.eval(pl.element().str.strip_chars())
+                .list.eval(pl.element().filter(pl.element() != ""))
+            )
+            frame = frame.with_columns(labels.alias(LABELS))
+        if config.head:
+            frame = frame.head(config.head)
+        elif config.tail:
+            frame = frame.tail(config.tail)
+        elif config.sample:
+            shuffled = frame.sort(pl.col(ROW_INDEX).hash(config.seed))
+            frame = shuffled.head(config.sample).sort(ROW_INDEX)
+        if config.limit:
+            frame = frame.head(config.limit)
+        return frame
+
+    def _validate(self) -> int:
+        """One streaming pass: row count, unique ids, labels inside the label set."""
+        checks = [pl.len().alias("n"), pl.col(ROW_ID).is_duplicated().any().alias("dup")]
+        checks.append(pl.col(ROW_ID).is_null().any().alias("null_id"))
+        try:
+            summary = self.frame.select(checks).collect().row(0, named=True)
+        except pl.exceptions.PolarsError as exc:
+            raise ConfigError(f"{self.path}: cannot read the data file: {_first_line(exc)}") from None
+        if summary["null_id"]:
+            raise ConfigError(f"{self.path}: dataset.id_column {self.config.id_column!r} has empty values")
+        if summary["dup"]:
+            duplicate = (
+                self.frame.filter(pl.col(ROW_ID).is_duplicated()).select(ROW_INDEX, ROW_ID).head(1).collect().row(0)
+            )
+            raise ConfigError(
+                f"{self.path}: row {duplicate[0]}: id {duplicate[1]!r} in dataset.id_column "
+                f"{self.config.id_column!r} is not unique; choose a unique column or leave id_column unset"
+            )
+        if self.has_labels and self._label_set:
+            unknown = (
+                self.frame.select(ROW_INDEX, LABELS)
+                .explode(LABELS)
+                .filter(pl.col(LABELS).is_not_null() & ~pl.col(LABELS).is_in(self._label_set))
+                .head(1)
+                .collect()
+            )
+            if unknown.height:
+                index, label = unknown.row(0)
+                raise ConfigError(
+                    f"{self.path}: row {index}: label {label!r} in column {self.config.label_column!r} "
+                    f"is not in the task's label set; add it to `labels` or fix label_separator"
+                )
+        return int(summary["n"])
+
+    def rows(
+        self,
+        columns: tuple[str, ...],
+        *,
+        exclude: pl.LazyFrame | None = None,
+        attach: dict[str, pl.LazyFrame] | None = None,
+        chunk_size: int = 2048,
+    ) -> Iterator[tuple[Row, dict[str, dict[str, Any] | None]]]:
+        """Rows in file order with the given columns as fields.
+
+        ``exclude`` is a frame with a ``row_id`` column: those rows are anti-joined away (work
+        already done). Each frame in ``attach`` (keyed by ``row_id``, at most one record per row)
+        is left-joined, and its record comes with the row, or None where the row has none.
+        """
+        frame = self.frame
+        if exclude is not None:
+            done = exclude.select(pl.col("row_id").alias(ROW_ID))
+            frame = frame.join(done, on=ROW_ID, how="anti", maintain_order="left")
+        selected = [ROW_ID, ROW_INDEX, *columns] + ([LABELS] if self.has_labels else [])
+        frame = frame.select(selected)
+        attach = attach or {}
+        for name, extra in attach.items():
+            renamed = extra.rename({column: f"{name}.{column}" for column in extra.collect_schema().names()})
+            frame = frame.join(renamed, left_on=ROW_ID, right_on=f"{name}.row_id", how="left", maintain_order="left")
+        for chunk in frame.collect_batches(chunk_size=chunk_size):
+            for record in chunk.iter_rows(named=True):
+                labels = record.pop(LABELS, None) if self.has_labels else None
+                row = Row(record.pop(ROW_ID), record.pop(ROW_INDEX), {name: record[name] for name in columns},
+                          tuple(labels) if labels is not None else None)
+                extras = {name: _prefixed(record, name) for name in attach}
+                yield row, extras
+
+
+def _prefixed(record: dict[str, Any], name: str) -> dict[str, Any] | None:
+    prefix = f"{name}."
+    values = {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
+    return values if values.get("custom_id") is not None else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

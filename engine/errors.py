@@ -1,0 +1,69 @@
+"""The engine's exceptions.
+
+    EngineError
+    ├── ConfigError        bad config, data set or template: names the file, row or field
+    ├── JournalError       the run directory cannot be read or written
+    └── ProviderError      one call failed; ``kind`` says whether it may be retried
+        └── AuthError      401/403: the key is wrong; the whole run stops at once
+
+Adapters map their dependency's errors onto ``ProviderError`` once (``raise ... from exc``);
+the engine decides retries and limits from ``kind`` alone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+ErrorKind = Literal["no", "transient", "rate_limit"]
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """The task cannot start: the message names the file, row or field and what to do."""
+
+
+class JournalError(EngineError):
+    """The run directory cannot be read or written."""
+
+
+class ProviderError(EngineError):
+    """A call failed.
+
+    ``kind`` is ``no`` (do not retry), ``transient`` (retry with backoff) or ``rate_limit``
+    (retry after ``retry_after`` seconds when the server said so). ``reason`` is a short code
+    recorded with a row that finally fails.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind,
+        reason: str,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.reason = reason
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class AuthError(ProviderError):
+    """The endpoint rejected the key; retrying cannot help and neither can the next row."""
+
+
+def engine_error_in(exc: BaseException) -> EngineError | None:
+    """The first ``EngineError`` inside an exception (group), to re-raise it plainly."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = engine_error_in(inner)
+            if found is not None:
+                return found
+    return None

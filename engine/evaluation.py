@@ -1,0 +1,213 @@
+"""``Evaluation``: the engine as an async library (any anyio backend).
+
+    async with Evaluation(config) as evaluation:
+        async for row in evaluation:      # joined rows, as they complete
+            ...
+    evaluation.metrics                    # after the block: the metrics.json contents
+
+Entering starts the run (the embedded server too when no base URL is configured) in a task group
+the evaluation owns; leaving waits for the last row, writes ``results.parquet`` and
+``metrics.json``. Rows not consumed by the caller are drained, never lost: they are on disk.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import polars as pl
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+
+from adapters.openai_compat import OpenAICompatClient
+
+from . import report
+from .config import TaskConfig
+from .dataset import Dataset
+from .errors import engine_error_in
+from .journal import JournalWriter, journal_path, scan_journal
+from .limits import AnyioClock, Clock, Limiter
+from .pipeline import JoinState, LiveStats, Pipeline
+from .prompts import PromptBuilder, VerdictParser
+from .realtime import RealtimeRunner
+from .results import ResultsWriter
+from .retry import RetryPolicy
+from .rundir import METRICS_FILE, create_run, load_run, new_run_dir, write_json
+from .types import JoinedRow
+
+
+class Evaluation:
+    """One run of a task: predict every row, judge every prediction, join, measure.
+
+    Pass ``run_dir`` of an earlier run with ``resume=True`` to finish it; its config is read
+    from its ``run.json`` and ``config`` may be None.
+    """
+
+    def __init__(
+        self,
+        config: TaskConfig | None = None,
+        *,
+        run_dir: Path | str | None = None,
+        runs_root: Path | str = "runs",
+        resume: bool = False,
+        clock: Clock | None = None,
+        row_buffer: int = 64,
+    ) -> None:
+        if resume:
+            if run_dir is None:
+                raise ValueError("resume=True needs the run_dir to resume")
+            config = load_run(Path(run_dir))
+        if config is None:
+            raise ValueError("an Evaluation needs a config (or resume=True with a run_dir)")
+        self.config = config
+        self.resume = resume
+        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(Path(runs_root), config.name)
+        self.stats = LiveStats()
+        self.metrics: dict[str, Any] | None = None
+        self.base_url: str | None = config.endpoint.base_url
+        self.predict_runner: RealtimeRunner | None = None
+        self.judge_runner: RealtimeRunner | None = None
+        self._clock = clock or AnyioClock()
+        self._row_buffer = row_buffer
+        self._stack = AsyncExitStack()
+        self._rows_out: ObjectReceiveStream[JoinedRow] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Evaluation:
+        config = self.config
+        dataset = Dataset(config.dataset, label_set=config.labels)
+        builder = PromptBuilder(config, dataset.columns)
+        await self._stack.__aenter__()
+        try:
+            self.base_url = await self._endpoint()
+            if not self.resume:
+                create_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded")
+            client = await self._stack.enter_async_context(
+                OpenAICompatClient(self.base_url, config.api_key(), timeout_s=config.endpoint.timeout_s)
+            )
+            limiter = Limiter(
+                concurrency=config.endpoint.concurrency, rpm=config.endpoint.rpm, tpm=config.endpoint.tpm, clock=self._clock
+            )
+            policy = RetryPolicy(max_retries=config.endpoint.max_retries)
+            self.predict_runner = RealtimeRunner(client, limiter, policy, self._clock)
+            self.judge_runner = RealtimeRunner(client, limiter, policy, self._clock)
+            journal = JournalWriter(self.run_dir)
+            results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
+            self.stats.total = dataset.n_rows
+            self.stats.started = time.perf_counter()
+            owed = dataset.rows(
+                results.input_columns,
+                exclude=results.done_row_ids(),
+                attach={
+                    "predict": scan_journal(journal_path(self.run_dir, "predict")),
+                    "judge": scan_journal(journal_path(self.run_dir, "judge")),
+                },
+            )
+            self._account_for_earlier_rows(results)
+            emit, joined = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
+            rows_in, self._rows_out = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
+            self.pipeline = Pipeline(
+                builder=builder,
+                join=JoinState(config.labels, VerdictParser(config.judge.verdicts)),
+                predict_runner=self.predict_runner,
+                judge_runner=self.judge_runner,
+                journal=journal.send,
+                emit=emit,
+                rows_in_flight=2 * config.endpoint.concurrency,
+            )
+            group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
+            group.start_soon(journal.run)
+            group.start_soon(self.pipeline.run, owed)
+            group.start_soon(self._collect, joined, results, rows_in)
+        except BaseException:
+            await self._stack.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        try:
+            if exc_info[0] is None:
+                await self._drain()
+            return await self._stack.__aexit__(*exc_info)
+        except BaseExceptionGroup as group:
+            error = engine_error_in(group)
+            if error is None:
+                raise
+            raise error from None
+
+    def __aiter__(self) -> ObjectReceiveStream[JoinedRow]:
+        assert self._rows_out is not None, "iterate inside `async with Evaluation(...)`"
+        return self._rows_out
+
+    async def _drain(self) -> None:
+        if self._rows_out is not None:
+            async with self._rows_out:
+                async for _ in self._rows_out:
+                    pass
+
+    async def _endpoint(self) -> str:
+        if self.config.endpoint.base_url:
+            return self.config.endpoint.base_url
+        from adapters.local.backends.sim import SimBackend, SimSettings
+        from adapters.local.embedded import embedded_server
+
+        local = self.config.local
+        settings = SimSettings(
+            latency_ms=local.latency_ms, rpm=local.rpm, tpm=local.tpm, error_rate=local.error_rate, seed=local.seed
+        )
+        return await self._stack.enter_async_context(embedded_server(SimBackend(settings)))
+
+    # -- the collector: joined rows -> parquet parts, live stats, the caller's stream --------
+
+    def _account_for_earlier_rows(self, results: ResultsWriter) -> None:
+        done = results.done_row_ids().select(pl.len()).collect().item()
+        if not done:
+            return
+        earlier = pl.scan_parquet(sorted(results.parts_dir.glob("part-*.parquet")))
+        counts = earlier.select(
+            judged=(pl.col("status") == "judged").sum(),
+            skipped=(pl.col("status") == "skipped").sum(),
+            failed=pl.col("status").is_in(["predict_failed", "judge_failed"]).sum(),
+            predicted=pl.col("prediction").is_not_null().sum(),
+            verdicts=pl.col("verdict").is_not_null().sum(),
+            correct=pl.col("verdict").fill_null(False).sum(),
+        ).collect().row(0, named=True)
+        for name, value in counts.items():
+            setattr(self.stats, name, int(value))
+
+    async def _collect(
+        self, joined: ObjectReceiveStream[JoinedRow], results: ResultsWriter, rows_in: ObjectSendStream[JoinedRow]
+    ) -> None:
+        async with joined, rows_in:
+            async for row in joined:
+                self.stats.count(row)
+                await results.add(row)
+                await rows_in.send(row)
+            await results.flush()
+            await anyio.to_thread.run_sync(results.finalize)
+            self.metrics = await anyio.to_thread.run_sync(self._final_metrics)
+
+    def _final_metrics(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.stats.started
+        assert self.predict_runner is not None and self.judge_runner is not None
+        requests = self.predict_runner.stats.requests + self.judge_runner.stats.requests
+        metrics = report.build_metrics(
+            self.run_dir,
+            self.config,
+            wall_seconds=wall,
+            requests=requests,
+            retries=self.predict_runner.stats.retries + self.judge_runner.stats.retries,
+            rate_limited=self.predict_runner.stats.rate_limited + self.judge_runner.stats.rate_limited,
+            backend="sim" if self.config.endpoint.base_url is None else None,
+        )
+        write_json(self.run_dir / METRICS_FILE, metrics)
+        return metrics
+
+
+def _input_columns(builder: PromptBuilder, dataset: Dataset) -> tuple[str, ...]:
+    """The columns the templates read: the inputs kept in results.parquet."""
+    return tuple(name for name in dataset.columns if name in builder.template_fields)
+

@@ -1,0 +1,174 @@
+"""The append-only NDJSON journal: one line per finished call, the run's source of truth.
+
+``journal/predict.ndjson`` and ``journal/judge.ndjson`` receive every result (success or final
+failure) the moment it is known. A single writer task drains a memory stream and appends all
+waiting lines in one write, so a SIGKILL loses at most what was in flight. A torn last line (a
+kill mid-write) is cut off when the journal is reopened.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import anyio
+import polars as pl
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .errors import JournalError
+from .types import ChatResult, Failure, Outcome, Stage, Usage
+
+JOURNAL_SCHEMA: dict[str, pl.DataType] = {
+    "custom_id": pl.String(),
+    "row_id": pl.String(),
+    "ok": pl.Boolean(),
+    "content": pl.String(),
+    "model": pl.String(),
+    "prompt_tokens": pl.Int64(),
+    "completion_tokens": pl.Int64(),
+    "latency_s": pl.Float64(),
+    "attempts": pl.Int64(),
+    "started_at": pl.Float64(),
+    "finished_at": pl.Float64(),
+    "reason": pl.String(),
+    "message": pl.String(),
+    "status_code": pl.Int64(),
+}
+
+
+def outcome_to_record(row_id: str, outcome: Outcome) -> dict[str, Any]:
+    if isinstance(outcome, ChatResult):
+        return {
+            "custom_id": outcome.custom_id,
+            "row_id": row_id,
+            "ok": True,
+            "content": outcome.content,
+            "model": outcome.model,
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "latency_s": round(outcome.latency_s, 6),
+            "attempts": outcome.attempts,
+            "started_at": outcome.started_at,
+            "finished_at": outcome.finished_at,
+        }
+    return {
+        "custom_id": outcome.custom_id,
+        "row_id": row_id,
+        "ok": False,
+        "reason": outcome.reason,
+        "message": outcome.message,
+        "status_code": outcome.status_code,
+        "attempts": outcome.attempts,
+        "started_at": outcome.started_at,
+        "finished_at": outcome.finished_at,
+    }
+
+
+def record_to_outcome(record: dict[str, Any]) -> Outcome:
+    """Inverse of ``outcome_to_record`` for a record read back from the journal."""
+    if record["ok"]:
+        return ChatResult(
+            custom_id=record["custom_id"],
+            content=record["content"] or "",
+            model=record["model"] or "",
+            usage=Usage(record["prompt_tokens"] or 0, record["completion_tokens"] or 0),
+            latency_s=record["latency_s"] or 0.0,
+            attempts=record["attempts"] or 1,
+            started_at=record["started_at"] or 0.0,
+            finished_at=record["finished_at"] or 0.0,
+        )
+    return Failure(
+        custom_id=record["custom_id"],
+        reason=record["reason"] or "unknown",
+        message=record["message"] or "",
+        status_code=record["status_code"],
+        attempts=record["attempts"] or 1,
+        started_at=record["started_at"] or 0.0,
+        finished_at=record["finished_at"] or 0.0,
+    )
+
+
+def journal_path(run_dir: Path, stage: Stage) -> Path:
+    return run_dir / "journal" / f"{stage}.ndjson"
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a partial last line left by a crash mid-write; returns the bytes removed."""
+    if not path.exists():
+        return 0
+    with path.open("rb+") as handle:
+        size = handle.seek(0, 2)
+        if size == 0:
+            return 0
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        block = 1 << 16
+        position = size
+        while position > 0:
+            start = max(0, position - block)
+            handle.seek(start)
+            newline = handle.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            position = start
+        else:
+            keep = 0
+        handle.truncate(keep)
+        return size - keep
+
+
+def scan_journal(path: Path) -> pl.LazyFrame:
+    """The journal as a frame; the last record per ``custom_id`` wins."""
+    if not path.exists() or path.stat().st_size == 0:
+        return pl.LazyFrame(schema=JOURNAL_SCHEMA)
+    frame = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA)
+    return frame.unique(subset="custom_id", keep="last", maintain_order=True)
+
+
+class JournalWriter:
+    """The one task that appends to the journal files. Send ``(stage, row_id, outcome)``."""
+
+    def __init__(self, run_dir: Path, *, buffer: int = 256) -> None:
+        self.run_dir = run_dir
+        (run_dir / "journal").mkdir(parents=True, exist_ok=True)
+        for stage in ("predict", "judge"):
+            repair_torn_tail(journal_path(run_dir, stage))  # type: ignore[arg-type]
+        self.send, self._receive = anyio.create_memory_object_stream[tuple[Stage, str, Outcome]](buffer)
+
+    async def run(self) -> None:
+        """Append until every clone of ``send`` is closed."""
+        files: dict[str, Any] = {}
+        try:
+            for stage in ("predict", "judge"):
+                files[stage] = await aiofiles.open(journal_path(self.run_dir, stage), "a", encoding="utf-8")  # type: ignore[arg-type]
+            async with self._receive:
+                await self._drain(self._receive, files)
+        except OSError as exc:
+            raise JournalError(f"cannot write the journal in {self.run_dir / 'journal'}: {exc.strerror or exc}") from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                for handle in files.values():
+                    await handle.close()
+
+    @staticmethod
+    async def _drain(receive: ObjectReceiveStream[tuple[Stage, str, Outcome]], files: dict[str, Any]) -> None:
+        async for stage, row_id, outcome in receive:
+            lines: dict[str, list[str]] = {"predict": [], "judge": []}
+            lines[stage].append(json.dumps(outcome_to_record(row_id, outcome), ensure_ascii=False))
+            while True:
+                try:
+                    stage, row_id, outcome = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                lines[stage].append(json.dumps(outcome_to_record(row_id, outcome), ensure_ascii=False))
+            for name, batch in lines.items():
+                if batch:
+                    await files[name].write("\n".join(batch) + "\n")
+                    await files[name].flush()
+
+
+JournalSend = ObjectSendStream[tuple[Stage, str, Outcome]]

@@ -1,0 +1,152 @@
+"""Prompt templates -> ``ChatRequest``.
+
+Templates use ``{field}`` placeholders and ``{{`` / ``}}`` for literal braces, like
+``str.format``, but substitution is a single pass over the template: braces inside row text or
+inside a prediction fed to the judge are copied verbatim and can never be read as placeholders.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .config import StageConfig, TaskConfig, VerdictConfig
+from .errors import ConfigError
+from .types import ChatRequest, Row, Stage, custom_id_for
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_ -]*)\}|\{|\}")
+
+#: Fields the judge template may use besides the row's own columns.
+JUDGE_EXTRA_FIELDS = ("prediction", "labels")
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A parsed template: literal chunks alternating with field names."""
+
+    source: str
+    parts: tuple[str, ...]
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, source: str, *, where: str) -> Template:
+        parts: list[str] = []
+        fields: list[str] = []
+        literal: list[str] = []
+        position = 0
+        for match in _TOKEN.finditer(source):
+            literal.append(source[position : match.start()])
+            position = match.end()
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                literal.append(token[0])
+            elif match.group(1) is not None:
+                parts.append("".join(literal))
+                literal = []
+                fields.append(match.group(1))
+            else:
+                raise ConfigError(
+                    f"{where}: unmatched '{token}' at character {match.start()}; "
+                    "write {{ or }} for a literal brace"
+                )
+        literal.append(source[position:])
+        parts.append("".join(literal))
+        return cls(source, tuple(parts), tuple(fields))
+
+    def render(self, values: dict[str, Any]) -> str:
+        out = [self.parts[0]]
+        for name, literal in zip(self.fields, self.parts[1:]):
+            value = values[name]
+            out.append("" if value is None else str(value))
+            out.append(literal)
+        return "".join(out)
+
+
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+    """Tokens a call may cost, without a tokenizer: about 4 characters a token, plus the reply
+    budget. Deliberately generous; ``usage`` corrects it after the call."""
+    characters = sum(len(message["content"]) for message in messages)
+    return characters // 4 + 4 * len(messages) + 3 + max_tokens
+
+
+class PromptBuilder:
+    """Builds predict and judge requests for rows of one task."""
+
+    def __init__(self, config: TaskConfig, columns: list[str]) -> None:
+        self._config = config
+        self._labels_text = ", ".join(config.labels)
+        self._predict = Template.parse(config.predict.user_template, where="predict.user_template")
+        self._judge = Template.parse(config.judge.user_template, where="judge.user_template")
+        self._check_fields(self._predict, "predict.user_template", columns, extra=("labels",))
+        self._check_fields(self._judge, "judge.user_template", columns, extra=JUDGE_EXTRA_FIELDS)
+
+    @staticmethod
+    def _check_fields(template: Template, where: str, columns: list[str], extra: tuple[str, ...]) -> None:
+        known = set(columns) | set(extra)
+        for name in template.fields:
+            if name not in known:
+                raise ConfigError(
+                    f"{where}: placeholder {{{name}}} is not a column of the data set "
+                    f"(columns: {', '.join(columns)}; also allowed: {', '.join(extra)})"
+                )
+
+    @property
+    def template_fields(self) -> frozenset[str]:
+        """Data-set columns either template reads."""
+        fields = set(self._predict.fields) | set(self._judge.fields)
+        return frozenset(fields - set(JUDGE_EXTRA_FIELDS))
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """Columns the predict template reads: a row with all of them empty is skipped."""
+        return tuple(name for name in self._predict.fields if name not in JUDGE_EXTRA_FIELDS)
+
+    def _request(self, stage: Stage, stage_config: StageConfig, row: Row, user: str) -> ChatRequest:
+        messages = []
+        if stage_config.system_prompt:
+            messages.append({"role": "system", "content": stage_config.system_prompt})
+        messages.append({"role": "user", "content": user})
+        body = {
+            "model": stage_config.model,
+            "messages": messages,
+            "temperature": stage_config.temperature,
+            "max_tokens": stage_config.max_tokens,
+        }
+        return ChatRequest(
+            custom_id=custom_id_for(stage, row.row_id),
+            row_id=row.row_id,
+            stage=stage,
+            body=body,
+            estimated_tokens=estimate_tokens(messages, stage_config.max_tokens),
+        )
+
+    def predict(self, row: Row) -> ChatRequest:
+        user = self._predict.render({**row.fields, "labels": self._labels_text})
+        return self._request("predict", self._config.predict, row, user)
+
+    def judge(self, row: Row, prediction: str) -> ChatRequest:
+        values = {**row.fields, "labels": self._labels_text, "prediction": prediction}
+        return self._request("judge", self._config.judge, row, self._judge.render(values))
+
+
+def _normalise(text: str) -> str:
+    return text.strip().strip("\"'`").rstrip(".").strip().lower()
+
+
+class VerdictParser:
+    """Maps judge text to True (correct), False (incorrect) or None (not recognised)."""
+
+    def __init__(self, config: VerdictConfig) -> None:
+        self._map = {_normalise(text): True for text in config.correct}
+        self._map.update({_normalise(text): False for text in config.incorrect})
+
+    def __call__(self, text: str) -> bool | None:
+        return self._map.get(_normalise(text))
+
+
+def prediction_is_valid(prediction: str, labels: frozenset[str]) -> bool | None:
+    """Exactly one of the label set (surrounding whitespace ignored); None without a label set."""
+    if not labels:
+        return None
+    return prediction.strip() in labels

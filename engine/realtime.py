@@ -1,0 +1,106 @@
+"""Realtime calls: one request through the limiter, the provider and the retry policy.
+
+The runner owns everything between "this request must be answered" and "here is its outcome":
+waiting for a concurrency slot and RPM/TPM budget, the call, correcting the token estimate with
+the real ``usage``, pausing everyone after a 429, and backing off. It returns a ``ChatResult`` or
+a ``Failure`` with its reason; only an ``AuthError`` escapes, because it dooms every other row too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import AuthError, ProviderError
+from .limits import Clock, Limiter
+from .retry import RetryPolicy
+from .types import ChatRequest, ChatResult, Failure, Outcome, Usage
+
+
+class Completion(Protocol):
+    content: str
+    model: str
+    usage: Usage
+    latency_s: float
+
+
+class ChatClient(Protocol):
+    """What an adapter offers the runner (``adapters.openai_compat.OpenAICompatClient``)."""
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+
+@dataclass(slots=True)
+class CallStats:
+    """Counters the progress display and metrics read; mutated only by the runner."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RealtimeRunner:
+    def __init__(self, client: ChatClient, limiter: Limiter, policy: RetryPolicy, clock: Clock) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._policy = policy
+        self._clock = clock
+        self.stats = CallStats()
+
+    async def call(self, request: ChatRequest) -> Outcome:
+        started_at = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._limiter.acquire(request.estimated_tokens)
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            try:
+                completion = await self._client.complete(request)
+            except ProviderError as exc:
+                error = exc
+                self._limiter.settle(request.estimated_tokens, 0)
+                delay = self._after_error(error, attempt)
+            else:
+                usage = completion.usage
+                self._limiter.settle(request.estimated_tokens, usage.total_tokens)
+                self.stats.prompt_tokens += usage.prompt_tokens
+                self.stats.completion_tokens += usage.completion_tokens
+                return ChatResult(
+                    custom_id=request.custom_id,
+                    content=completion.content,
+                    model=completion.model,
+                    usage=usage,
+                    latency_s=completion.latency_s,
+                    attempts=attempt,
+                    started_at=started_at,
+                    finished_at=time.time(),
+                )
+            finally:
+                self.stats.in_flight -= 1
+                self._limiter.release()
+            if delay is None:
+                return Failure(
+                    custom_id=request.custom_id,
+                    reason=error.reason,
+                    message=str(error),
+                    status_code=error.status_code,
+                    attempts=attempt,
+                    started_at=started_at,
+                    finished_at=time.time(),
+                )
+            self.stats.retries += 1
+            await self._clock.sleep(delay)
+
+    def _after_error(self, error: ProviderError, attempt: int) -> float | None:
+        if isinstance(error, AuthError):
+            raise error
+        if error.kind == "rate_limit":
+            self.stats.rate_limited += 1
+            if error.retry_after is not None:
+                self._limiter.pause(error.retry_after)
+        return self._policy.delay(error, attempt)

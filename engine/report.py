@@ -1,0 +1,134 @@
+"""``metrics.json`` from a run directory, and the summary table printed at the end of a run.
+
+Everything is computed from files (results.parquet, the journal), so a resumed run reports the
+same numbers as an uninterrupted one, and a report can be rebuilt from the directory alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from .config import TaskConfig
+from .journal import journal_path, scan_journal
+from .metrics import quality_metrics
+from .results import RESULTS_FILE
+
+
+def _tokens(results: pl.LazyFrame) -> dict[str, dict[str, int]]:
+    sums = results.select(
+        pl.col(name).sum()
+        for name in ("predict_prompt_tokens", "predict_completion_tokens", "judge_prompt_tokens", "judge_completion_tokens")
+    ).collect().row(0, named=True)
+    return {
+        stage: {
+            "prompt": int(sums[f"{stage}_prompt_tokens"] or 0),
+            "completion": int(sums[f"{stage}_completion_tokens"] or 0),
+        }
+        for stage in ("predict", "judge")
+    }
+
+
+def stage_overlap(run_dir: Path) -> dict[str, Any]:
+    """How many judge calls started before the last prediction finished (the stages overlap)."""
+    predict = scan_journal(journal_path(run_dir, "predict"))
+    judge = scan_journal(journal_path(run_dir, "judge"))
+    last_prediction = predict.select(pl.col("finished_at").max()).collect().item()
+    counts = judge.select(
+        calls=pl.len(),
+        early=(pl.col("started_at") < (last_prediction if last_prediction is not None else float("-inf"))).sum(),
+    ).collect().row(0, named=True)
+    calls = int(counts["calls"])
+    early = int(counts["early"] or 0)
+    return {
+        "judge_calls": calls,
+        "judge_started_before_last_prediction": early,
+        "share": early / calls if calls else None,
+    }
+
+
+def _served_models(run_dir: Path, stage: Any) -> list[str]:
+    served = scan_journal(journal_path(run_dir, stage)).select(pl.col("model").drop_nulls().unique().sort()).collect()
+    return served.to_series().to_list()[:5]
+
+
+def build_metrics(
+    run_dir: Path,
+    config: TaskConfig,
+    *,
+    wall_seconds: float,
+    requests: int,
+    retries: int,
+    rate_limited: int,
+    backend: str | None,
+) -> dict[str, Any]:
+    results = pl.scan_parquet(run_dir / RESULTS_FILE)
+    metrics = quality_metrics(results)
+    metrics["tokens"] = _tokens(results)
+    metrics["cost_usd"] = None
+    metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge.mode}
+    metrics["wall_seconds"] = round(wall_seconds, 3)
+    metrics["requests"] = requests
+    metrics["requests_per_second"] = round(requests / wall_seconds, 2) if wall_seconds > 0 else None
+    metrics["retries"] = retries
+    metrics["rate_limited"] = rate_limited
+    metrics["stage_overlap"] = stage_overlap(run_dir)
+    metrics["models"] = {
+        stage: {"requested": stage_config.model, "served": _served_models(run_dir, stage), "backend": backend}
+        for stage, stage_config in (("predict", config.predict), ("judge", config.judge))
+    }
+    return metrics
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _interval(bounds: list[float] | tuple[float, float] | None) -> str:
+    return "" if not bounds else f"[{100 * bounds[0]:.1f}, {100 * bounds[1]:.1f}]"
+
+
+def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
+    table = Table(title=f"run {run_dir.name}", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    rows: list[tuple[str, str, str]] = [
+        ("rows", str(metrics["n_rows"]), ""),
+        ("judged / failed / skipped", f"{metrics['n_judged']} / {metrics['n_failed']} / {metrics['n_skipped']}", ""),
+        ("judge accuracy", _percent(metrics["judge_accuracy"]), _interval(metrics["judge_accuracy_ci95"])),
+        (
+            "ground-truth accuracy",
+            _percent(metrics["ground_truth_accuracy"]),
+            _interval(metrics["ground_truth_accuracy_ci95"]),
+        ),
+        ("judge agrees with truth", _percent(metrics["judge_vs_truth_agreement"]), ""),
+        ("judge vs truth kappa", "n/a" if metrics["judge_vs_truth_kappa"] is None else f"{metrics['judge_vs_truth_kappa']:.3f}", ""),
+        (
+            f"baseline: always '{metrics['majority_baseline_label']}'",
+            _percent(metrics["majority_baseline_accuracy"]),
+            "",
+        ),
+        ("invalid predictions", _percent(metrics["invalid_prediction_rate"]), ""),
+        ("invalid verdicts", _percent(metrics["invalid_verdict_rate"]), ""),
+        ("wall time", f"{metrics['wall_seconds']:.1f} s", ""),
+        ("requests/s", f"{metrics['requests_per_second'] or 0:.1f}", ""),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(summary_table(metrics, run_dir))
+    models = metrics["models"]
+    served = ", ".join(f"{stage}: {', '.join(info['served']) or info['requested']}" for stage, info in models.items())
+    console.print(f"models  {served}")
+    if any(info["backend"] == "sim" for info in models.values()):
+        console.print("[yellow]answers came from the simulator (sim backend): a check of the pipeline, not of a model[/]")
+    console.print(f"results {run_dir / RESULTS_FILE}")

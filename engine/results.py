@@ -1,0 +1,123 @@
+"""Joined rows -> parquet parts -> ``results.parquet``.
+
+Rows are buffered a few thousand at a time and written as ``results.parts/part-NNNNN.parquet``
+(written to a temporary name, then renamed, so a part is whole or absent). At the end the parts
+are merged, in data-set order, into ``results.parquet`` by a streaming polars sink, so memory
+stays flat however many rows there are. A resumed run keeps the parts of the runs before it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import polars as pl
+
+from .types import JoinedRow
+
+PARTS_DIR = "results.parts"
+RESULTS_FILE = "results.parquet"
+
+
+def results_schema(input_columns: tuple[str, ...]) -> dict[str, pl.DataType]:
+    return {
+        "row_id": pl.String(),
+        "index": pl.Int64(),
+        "status": pl.String(),
+        "inputs": pl.Struct({name: pl.String() for name in input_columns}) if input_columns else pl.Null(),
+        "labels": pl.List(pl.String()),
+        "prediction": pl.String(),
+        "prediction_valid": pl.Boolean(),
+        "verdict_text": pl.String(),
+        "verdict": pl.Boolean(),
+        "ground_truth_correct": pl.Boolean(),
+        "error": pl.String(),
+        "predict_prompt_tokens": pl.Int64(),
+        "predict_completion_tokens": pl.Int64(),
+        "judge_prompt_tokens": pl.Int64(),
+        "judge_completion_tokens": pl.Int64(),
+        "predict_latency_s": pl.Float64(),
+        "judge_latency_s": pl.Float64(),
+    }
+
+
+def _columns(rows: list[JoinedRow], input_columns: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {
+        "row_id": [row.row_id for row in rows],
+        "index": [row.index for row in rows],
+        "status": [row.status for row in rows],
+        "inputs": [{name: _text(row.fields.get(name)) for name in input_columns} for row in rows]
+        if input_columns
+        else [None] * len(rows),
+        "labels": [list(row.labels) if row.labels is not None else None for row in rows],
+        "prediction": [row.prediction for row in rows],
+        "prediction_valid": [row.prediction_valid for row in rows],
+        "verdict_text": [row.verdict_text for row in rows],
+        "verdict": [row.verdict for row in rows],
+        "ground_truth_correct": [row.ground_truth_correct for row in rows],
+        "error": [row.error for row in rows],
+        "predict_prompt_tokens": [row.predict_tokens.prompt_tokens for row in rows],
+        "predict_completion_tokens": [row.predict_tokens.completion_tokens for row in rows],
+        "judge_prompt_tokens": [row.judge_tokens.prompt_tokens for row in rows],
+        "judge_completion_tokens": [row.judge_tokens.completion_tokens for row in rows],
+        "predict_latency_s": [row.predict_latency_s for row in rows],
+        "judge_latency_s": [row.judge_latency_s for row in rows],
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class ResultsWriter:
+    """Buffers joined rows and writes parquet parts; ``finalize`` merges them."""
+
+    def __init__(self, run_dir: Path, input_columns: tuple[str, ...], *, part_rows: int = 5000) -> None:
+        self.run_dir = run_dir
+        self.parts_dir = run_dir / PARTS_DIR
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.input_columns = input_columns
+        self.schema = results_schema(input_columns)
+        self._part_rows = part_rows
+        self._buffer: list[JoinedRow] = []
+        self._next_part = len(list(self.parts_dir.glob("part-*.parquet")))
+
+    def done_row_ids(self) -> pl.LazyFrame:
+        """Row ids already in parts (from this run or the runs it resumes)."""
+        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        if not parts:
+            return pl.LazyFrame(schema={"row_id": pl.String()})
+        return pl.scan_parquet(parts).select("row_id")
+
+    async def add(self, row: JoinedRow) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self._part_rows:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        path = self.parts_dir / f"part-{self._next_part:05d}.parquet"
+        self._next_part += 1
+        await anyio.to_thread.run_sync(self._write_part, rows, path)
+
+    def _write_part(self, rows: list[JoinedRow], path: Path) -> None:
+        frame = pl.DataFrame(_columns(rows, self.input_columns), schema=self.schema)
+        temporary = path.with_suffix(".tmp")
+        frame.write_parquet(temporary)
+        os.replace(temporary, path)
+
+    def finalize(self) -> Path:
+        """Merge the parts into ``results.parquet`` in data-set order (streaming)."""
+        target = self.run_dir / RESULTS_FILE
+        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        temporary = target.with_suffix(".tmp")
+        if parts:
+            pl.scan_parquet(parts).sort("index").sink_parquet(temporary)
+        else:
+            pl.DataFrame(schema=self.schema).write_parquet(temporary)
+        os.replace(temporary, target)
+        return target

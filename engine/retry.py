@@ -1,0 +1,64 @@
+"""Retry decisions and backoff.
+
+A ``ProviderError`` carries its ``kind``: ``no`` is final at once; ``transient`` (5xx,
+timeouts, resets, unreadable bodies) backs off exponentially with full jitter; ``rate_limit``
+waits what the server asked (``retry-after-ms`` / ``Retry-After``) or backs off like a transient
+error when it did not say.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from datetime import datetime, timezone
+
+from .errors import ProviderError
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    milliseconds = lowered.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000.0)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = now or datetime.now(timezone.utc)
+    return max(0.0, (when - now).total_seconds())
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """How many times and how long to wait. ``rng`` is injectable for deterministic tests."""
+
+    max_retries: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, error: ProviderError, attempt: int) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up.
+
+        ``attempt`` counts the attempts made so far (1 after the first call failed).
+        """
+        if error.kind == "no" or attempt > self.max_retries:
+            return None
+        if error.kind == "rate_limit" and error.retry_after is not None:
+            # Honour the server, with a little jitter so waiters don't return in lockstep.
+            return min(self.max_delay, error.retry_after) * (1.0 + 0.1 * self.rng.random())
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return self.rng.uniform(0.5 * ceiling, ceiling)

@@ -1,0 +1,118 @@
+"""Values that flow through the engine: requests, results, failures, joined rows.
+
+Every value is a frozen, slotted dataclass. ``custom_id`` is the join key everywhere: it is
+``"<stage>:<row_id>"`` and survives the round trip through a provider's Batch API unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Stage = Literal["predict", "judge"]
+STAGES: tuple[Stage, ...] = ("predict", "judge")
+
+
+def custom_id_for(stage: Stage, row_id: str) -> str:
+    return f"{stage}:{row_id}"
+
+
+def split_custom_id(custom_id: str) -> tuple[Stage, str]:
+    stage, _, row_id = custom_id.partition(":")
+    if stage not in STAGES or not row_id:
+        raise ValueError(f"not an engine custom_id: {custom_id!r}")
+    return stage, row_id  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat-completion call: ``body`` is the JSON body sent to ``/v1/chat/completions``.
+
+    ``estimated_tokens`` is what the rate limiter charges before the call (prompt estimate plus
+    ``max_tokens``); the real ``usage`` corrects it afterwards.
+    """
+
+    custom_id: str
+    row_id: str
+    stage: Stage
+    body: dict[str, Any]
+    estimated_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A successful call. ``content`` is the assistant message text (never None)."""
+
+    custom_id: str
+    content: str
+    model: str
+    usage: Usage
+    latency_s: float
+    attempts: int = 1
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A call that ended without a usable answer after all retries.
+
+    ``reason`` is a short machine-readable code (``http_400``, ``timeout``, ``empty_response`` ...);
+    ``message`` is for people and never contains a secret.
+    """
+
+    custom_id: str
+    reason: str
+    message: str
+    status_code: int | None = None
+    attempts: int = 1
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+Outcome = ChatResult | Failure
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One data row as the pipeline sees it: its id, its position, its fields and its labels."""
+
+    row_id: str
+    index: int
+    fields: dict[str, Any]
+    labels: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedRow:
+    """A data row with its prediction and verdict: one line of ``results.parquet``.
+
+    ``status`` is ``judged`` when both stages succeeded, else ``predict_failed`` or
+    ``judge_failed`` with ``error`` saying why.
+    """
+
+    row_id: str
+    index: int
+    status: Literal["judged", "predict_failed", "judge_failed"]
+    fields: dict[str, Any]
+    labels: tuple[str, ...] | None
+    prediction: str | None
+    prediction_valid: bool | None
+    verdict_text: str | None
+    verdict: bool | None
+    ground_truth_correct: bool | None
+    error: str | None = None
+    predict_tokens: Usage = field(default_factory=Usage)
+    judge_tokens: Usage = field(default_factory=Usage)
+    predict_latency_s: float | None = None
+    judge_latency_s: float | None = None

@@ -1,0 +1,1 @@
+"""Shipped example tasks: configs and data, installed as package data."""
