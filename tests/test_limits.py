@@ -1,0 +1,312 @@
+"""Token buckets and the limiter, on a fake clock: nothing here really sleeps."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from engine.limits import Limiter, TokenBucket
+
+
+class FakeClock:
+    """``sleep`` moves ``now`` forward at once; while ``blocked``, it never returns instead."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.time = start
+        self.blocked = False
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        if self.blocked:
+            await anyio.sleep_forever()
+        self.time += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+async def finishes(call: Callable[[], Awaitable[None]], rounds: int = 100) -> bool:
+    """Run ``call`` beside this task for a few scheduler rounds: did it finish?
+
+    A call still waiting after that (for a slot, or on a blocked clock) is cancelled.
+    """
+    done = anyio.Event()
+
+    async def run() -> None:
+        await call()
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        for _ in range(rounds):
+            if done.is_set():
+                break
+            await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+    return done.is_set()
+
+
+# --- TokenBucket ------------------------------------------------------------------------------
+
+
+def test_bucket_starts_full_and_refills_at_its_rate() -> None:
+    bucket = TokenBucket(rate_per_second=2.0, capacity=10.0, now=0.0)
+    assert bucket.wait_time(10, now=0.0) == 0.0
+    bucket.take(10, now=0.0)
+    # empty; 3 tokens at 2/s -> 1.5 s
+    assert bucket.wait_time(3, now=0.0) == pytest.approx(1.5)
+    # 1 s later 2 tokens are back; 1 more needs 0.5 s
+    assert bucket.level(now=1.0) == pytest.approx(2.0)
+    assert bucket.wait_time(3, now=1.0) == pytest.approx(0.5)
+    # refilling stops at the capacity
+    assert bucket.level(now=100.0) == 10.0
+
+
+def test_bucket_amount_above_capacity_waits_for_full_then_goes_negative() -> None:
+    bucket = TokenBucket(rate_per_second=10.0, capacity=10.0, now=0.0)
+    bucket.take(4, now=0.0)  # level 6
+    # 25 > capacity: wait only for a full bucket, (10 - 6) / 10 = 0.4 s
+    assert bucket.wait_time(25, now=0.0) == pytest.approx(0.4)
+    bucket.take(25, now=0.4)  # 10 - 25 = -15
+    assert bucket.level(now=0.4) == pytest.approx(-15.0)
+    # 5 more need the level back at 5: 20 tokens at 10/s = 2 s
+    assert bucket.wait_time(5, now=0.4) == pytest.approx(2.0)
+
+
+def test_bucket_give_back_is_capped_and_drain_may_go_negative() -> None:
+    bucket = TokenBucket(rate_per_second=1.0, capacity=5.0, now=0.0)
+    bucket.take(3, now=0.0)  # 2
+    bucket.give_back(10, now=0.0)  # min(5, 12) = 5
+    assert bucket.level(now=0.0) == 5.0
+    bucket.drain(8, now=0.0)  # 5 - 8 = -3
+    assert bucket.level(now=0.0) == -3.0
+    assert bucket.wait_time(1, now=0.0) == pytest.approx(4.0)  # from -3 to 1 at 1/s
+
+
+def test_bucket_ignores_a_clock_that_goes_back() -> None:
+    bucket = TokenBucket(rate_per_second=1.0, capacity=5.0, now=10.0)
+    bucket.take(5, now=10.0)
+    bucket.take(0, now=9.0)  # an older timestamp refills nothing and keeps the newer one
+    assert bucket.level(now=11.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("rate", "capacity", "name"), [(0, 1, "rate_per_second"), (1, 0, "capacity")]
+)
+def test_bucket_validates(rate: float, capacity: float, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        TokenBucket(rate, capacity, now=0.0)
+
+
+# --- Limiter ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": 1, "rpm": 0}, "rpm"),
+        ({"concurrency": 1, "tpm": -5}, "tpm"),
+        ({"concurrency": 1, "burst_seconds": 0}, "burst_seconds"),
+    ],
+)
+def test_limiter_validates_arguments(kwargs: dict[str, float], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Limiter(clock=FakeClock(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_rpm_paces_requests_after_the_burst() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=100, rpm=600, clock=clock)
+    started: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire(1)
+        started.append(clock.now())
+        limiter.release()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(call)
+
+    # 600 rpm = 10/s, capacity 10 * 1 s: 10 at once, then one every 0.1 s.
+    # 100 requests take 100 / 10 - 1 s of burst = 9 s.
+    assert clock.now() == pytest.approx(9.0)
+    assert started[:10] == [0.0] * 10
+    assert started[10:] == pytest.approx([0.1 * k for k in range(1, 91)])
+
+
+async def test_burst_seconds_sets_the_bucket_size() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, rpm=60, clock=clock, burst_seconds=5)
+    for _ in range(8):
+        await limiter.acquire(1)
+        limiter.release()
+    # 1/s with a burst of 5: the 8th request waits (8 - 5) s
+    assert clock.now() == pytest.approx(3.0)
+
+
+async def test_tpm_settle_gives_unused_tokens_back() -> None:
+    async def elapsed(settle: bool) -> float:
+        clock = FakeClock()
+        limiter = Limiter(concurrency=1, tpm=6000, clock=clock)  # 100 tokens/s, capacity 100
+        for _ in range(5):
+            await limiter.acquire(100)
+            limiter.release()
+            if settle:
+                limiter.settle(estimated=100, actual=10)
+        return clock.now()
+
+    # Without settling each call uses a full second of budget: (5 - 1) * 1 s.
+    assert await elapsed(settle=False) == pytest.approx(4.0)
+    # Settling returns 90 of every 100 tokens: each later call waits 10 / 100 = 0.1 s.
+    assert await elapsed(settle=True) == pytest.approx(0.4)
+
+
+async def test_tpm_settle_drains_usage_above_the_estimate() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, tpm=6000, clock=clock)  # 100 tokens/s, capacity 100
+    await limiter.acquire(50)
+    limiter.release()
+    limiter.settle(estimated=50, actual=250)  # 100 - 250 = -150
+    await limiter.acquire(50)
+    # from -150 back up to 50 at 100/s = 2 s
+    assert clock.now() == pytest.approx(2.0)
+
+
+async def test_concurrency_bound_is_never_exceeded() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=3, rpm=6000, tpm=60_000, clock=clock)
+    running = 0
+    most = 0
+
+    async def call() -> None:
+        nonlocal running, most
+        await limiter.acquire(20)
+        running += 1
+        most = max(most, running, limiter.in_flight)
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        running -= 1
+        limiter.release()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(40):
+            tg.start_soon(call)
+
+    assert most == 3
+    assert limiter.in_flight == 0
+
+
+def test_concurrency_bound_on_trio() -> None:
+    async def scenario() -> int:
+        limiter = Limiter(concurrency=2, clock=FakeClock())
+        most = 0
+
+        async def call() -> None:
+            nonlocal most
+            await limiter.acquire(1)
+            most = max(most, limiter.in_flight)
+            await anyio.lowlevel.checkpoint()
+            limiter.release()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(call)
+        return most
+
+    assert anyio.run(scenario, backend="trio") == 2
+
+
+async def test_pause_delays_the_next_acquire_by_exactly_the_pause() -> None:
+    clock = FakeClock(start=100.0)
+    limiter = Limiter(concurrency=1, clock=clock)
+    limiter.pause(5)
+    limiter.pause(2)  # an earlier deadline does not shorten the pause
+    await limiter.acquire(1)
+    assert clock.now() == pytest.approx(105.0)
+    limiter.release()
+
+    limiter.pause(3)
+    await limiter.acquire(1)
+    assert clock.now() == pytest.approx(108.0)
+
+
+async def test_pause_comes_on_top_of_spent_budget() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, rpm=60, clock=clock)  # 1/s, capacity 1
+    await limiter.acquire(1)
+    limiter.release()
+    limiter.pause(0.5)
+    # the pause ends at 0.5 s, but the next request is only there at 1 s
+    await limiter.acquire(1)
+    assert clock.now() == pytest.approx(1.0)
+
+
+async def test_cancelled_while_waiting_for_a_slot_leaks_nothing() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, clock=clock)
+    await limiter.acquire(1)
+
+    assert not await finishes(lambda: limiter.acquire(1))  # waits for the slot, then cancelled
+    assert limiter.in_flight == 1
+
+    limiter.release()
+    assert await finishes(lambda: limiter.acquire(1))
+    assert limiter.in_flight == 1
+
+
+async def test_cancelled_while_waiting_for_budget_leaks_nothing() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=2, rpm=60, clock=clock)  # 1/s, capacity 1
+    await limiter.acquire(1)  # takes the only request at t=0
+
+    clock.blocked = True
+    # takes the second slot, then waits for budget on a clock that never wakes it; cancelled
+    assert not await finishes(lambda: limiter.acquire(1))
+    assert limiter.in_flight == 1
+
+    clock.blocked = False
+    clock.time = 1.0  # exactly one request has come back
+    # The cancelled waiter took neither the slot nor the request: this one needs no sleep.
+    assert await finishes(lambda: limiter.acquire(1))
+    assert clock.now() == 1.0
+    assert limiter.in_flight == 2
+    assert not await finishes(lambda: limiter.acquire(1))  # both slots are held
+
+
+async def test_release_without_acquire_is_an_error() -> None:
+    limiter = Limiter(concurrency=1, clock=FakeClock())
+    with pytest.raises(RuntimeError, match="acquire"):
+        limiter.release()
+
+
+async def test_unlimited_limiter_on_the_real_clock_never_waits() -> None:
+    limiter = Limiter(concurrency=2)
+    limiter.pause(0)
+    await limiter.acquire(1_000_000)
+    limiter.settle(estimated=1_000_000, actual=5)
+    assert limiter.in_flight == 1
+    limiter.release()
+    assert limiter.in_flight == 0
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=10, tpm=6000, clock=clock)  # 100 tokens/s, capacity 100
+    await limiter.acquire(100)  # empty at t=0
+    served: list[tuple[str, float]] = []
+
+    async def call(name: str, tokens: int) -> None:
+        await limiter.acquire(tokens)
+        served.append((name, clock.now()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "big", 100)
+        tg.start_soon(call, "small", 10)
+    # the small request does not overtake: big at 100 / 100 = 1 s, small 10 / 100 s after it
+    assert [name for name, _ in served] == ["big", "small"]
+    assert [at for _, at in served] == pytest.approx([1.0, 1.1])

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+from engine.errors import ProviderError
+from engine.retry import RetryPolicy, parse_retry_after
+
+
+def error(kind: str, retry_after: float | None = None) -> ProviderError:
+    return ProviderError("x", kind=kind, reason="r", retry_after=retry_after)  # type: ignore[arg-type]
+
+
+def test_retry_after_ms_wins_over_seconds() -> None:
+    assert parse_retry_after({"Retry-After": "3", "retry-after-ms": "1500"}) == 1.5
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    now = datetime(2026, 1, 1, 0, 0, 0, tzinfo=timezone.utc)
+    assert parse_retry_after({"Retry-After": "Thu, 01 Jan 2026 00:00:07 GMT"}, now=now) == 7.0
+    assert parse_retry_after({"Retry-After": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_no_retry_for_final_errors() -> None:
+    assert RetryPolicy().delay(error("no"), 1) is None
+
+
+def test_transient_backoff_grows_with_jitter_and_stops_at_the_limit() -> None:
+    policy = RetryPolicy(max_retries=3, base_delay=1.0, max_delay=60.0, rng=random.Random(7))
+    delays = [policy.delay(error("transient"), attempt) for attempt in (1, 2, 3, 4)]
+    assert delays[3] is None
+    for attempt, delay in zip((1, 2, 3), delays):
+        ceiling = 2 ** (attempt - 1)
+        assert delay is not None and ceiling / 2 <= delay <= ceiling
+
+
+def test_rate_limit_honours_retry_after() -> None:
+    policy = RetryPolicy(rng=random.Random(1))
+    delay = policy.delay(error("rate_limit", retry_after=4.0), 1)
+    assert delay is not None and 4.0 <= delay <= 4.4
+
+
+def test_rate_limit_without_retry_after_backs_off_like_transient() -> None:
+    policy = RetryPolicy(base_delay=1.0, rng=random.Random(1))
+    delay = policy.delay(error("rate_limit"), 2)
+    assert delay is not None and 1.0 <= delay <= 2.0
