@@ -82,8 +82,13 @@ class Dataset:
 
     def _validate(self) -> int:
         """One streaming pass: row count, unique ids, labels inside the label set."""
-        checks = [pl.len().alias("n"), pl.col(ROW_ID).is_duplicated().any().alias("dup")]
-        checks.append(pl.col(ROW_ID).is_null().any().alias("null_id"))
+        checks = [
+            pl.len().alias("n"),
+            pl.col(ROW_ID).is_duplicated().any().alias("dup"),
+            pl.col(ROW_ID).is_null().any().alias("null_id"),
+            # Touch every column so that the whole file is parsed (ragged lines, bad bytes).
+            pl.max_horizontal(pl.all().exclude(ROW_ID, ROW_INDEX).null_count()).alias("nulls"),
+        ]
         try:
             summary = self.frame.select(checks).collect().row(0, named=True)
         except pl.exceptions.PolarsError as exc:
@@ -92,7 +97,7 @@ class Dataset:
             raise ConfigError(f"{self.path}: dataset.id_column {self.config.id_column!r} has empty values")
         if summary["dup"]:
             duplicate = (
-                self.frame.filter(pl.col(ROW_ID).is_duplicated()).select(ROW_INDEX, ROW_ID).head(1).collect().row(0)
+                self.frame.filter(~pl.col(ROW_ID).is_first_distinct()).select(ROW_INDEX, ROW_ID).head(1).collect().row(0)
             )
             raise ConfigError(
                 f"{self.path}: row {duplicate[0]}: id {duplicate[1]!r} in dataset.id_column "

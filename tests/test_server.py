@@ -1,0 +1,360 @@
+"""The embedded server and the sim backend, driven by the official openai SDK over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+import anyio.to_thread
+import openai
+import pytest
+import trio
+
+from adapters.local.backends import BackendError, Completion, SimBackend, SimSettings
+from adapters.local.embedded import EmbeddedServer, embedded_server
+
+GENRES = (
+    "Action, Adventure, Animation, Biography, Comedy, Crime, Drama, Family, Fantasy, Film-Noir, "
+    "History, Horror, Music, Musical, Mystery, Romance, Sci-Fi, Sport, Thriller, War, Western"
+)
+GENRE_SET = frozenset(GENRES.split(", "))
+
+
+def genre_messages(title: str = "The Godfather") -> list[dict[str, Any]]:
+    return [
+        {"role": "system", "content": f"Classify the movie into one of these genres: {GENRES}."},
+        {
+            "role": "user",
+            "content": f"{title}: an organized crime dynasty. Stars Marlon Brando, Al Pacino, James Caan.",
+        },
+    ]
+
+
+def judge_messages(answer: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": "user",
+            "content": f"Expected: Drama. Got: {answer}. Reply with one word: correct or incorrect.",
+        }
+    ]
+
+
+@asynccontextmanager
+async def sim_client(
+    settings: SimSettings = SimSettings(), *, api_key: str | None = None, client_key: str = "test"
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with embedded_server(SimBackend(settings), api_key=api_key) as url:
+        async with openai.AsyncOpenAI(base_url=url, api_key=client_key, max_retries=0) as client:
+            yield client
+
+
+async def ask(client: openai.AsyncOpenAI, messages: list[dict[str, Any]], **kw: Any) -> str:
+    reply = await client.chat.completions.create(model="m", messages=messages, **kw)  # type: ignore[arg-type]
+    content = reply.choices[0].message.content
+    assert content is not None
+    return content
+
+
+async def test_models_list() -> None:
+    async with sim_client(SimSettings(models=("a", "b"))) as client:
+        page = await client.models.list()
+    assert [m.id for m in page.data] == ["a", "b"]
+    assert {m.object for m in page.data} == {"model"}
+    async with sim_client() as client:
+        assert [m.id for m in (await client.models.list()).data] == ["sim"]
+
+
+async def test_genre_prompt_gets_a_listed_genre_marked_simulated() -> None:
+    async with sim_client() as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-x", messages=genre_messages()  # type: ignore[arg-type]
+        )
+        reply = raw.parse()
+    assert raw.headers["x-request-id"]
+    assert reply.id.startswith("chatcmpl-")
+    assert reply.model == "sim:gpt-x"
+    assert reply.choices[0].message.content in GENRE_SET
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+async def test_answers_are_deterministic_and_spread_over_options() -> None:
+    async with sim_client() as client:
+        first = [await ask(client, genre_messages(f"Movie {i}")) for i in range(20)]
+        again = [await ask(client, genre_messages(f"Movie {i}")) for i in range(20)]
+    async with sim_client() as client:
+        other_server = [await ask(client, genre_messages(f"Movie {i}")) for i in range(20)]
+    assert first == again == other_server
+    assert set(first) <= GENRE_SET and len(set(first)) > 5
+
+
+def test_answers_are_stable_across_processes() -> None:
+    code = (
+        "import asyncio, json, sys\n"
+        "from adapters.local.backends import SimBackend, SimSettings\n"
+        "body = json.loads(sys.argv[1])\n"
+        "print(asyncio.run(SimBackend(SimSettings()).complete(body)).content)\n"
+    )
+    body = json.dumps({"model": "m", "messages": genre_messages("Heat")})
+    answers = {
+        subprocess.run(
+            [sys.executable, "-c", code, body],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(answers) == 1 and answers <= GENRE_SET
+
+
+@pytest.mark.parametrize(
+    ("text", "options"),
+    [
+        (
+            "Pick one of World, Sports, Business, Sci/Tech and nothing else.",
+            {"World", "Sports", "Business", "Sci/Tech"},
+        ),
+        ("Is it red, green, or light blue?", {"red", "green", "light blue"}),
+        ("Just say something.", {"simulated answer"}),
+    ],
+)
+async def test_options_are_found_in_the_prompt(text: str, options: set[str]) -> None:
+    backend = SimBackend(SimSettings())
+    answers = {
+        (await backend.complete({"model": f"m{i}", "messages": [{"role": "user", "content": text}]})).content
+        for i in range(30)
+    }
+    assert answers == options
+
+
+async def test_judge_prompt_answers_correct_or_incorrect() -> None:
+    async with sim_client(SimSettings(judge_correct_rate=1.0)) as client:
+        assert await ask(client, judge_messages("Drama")) == "correct"
+    async with sim_client(SimSettings(judge_correct_rate=0.0)) as client:
+        assert await ask(client, judge_messages("Drama")) == "incorrect"
+    backend = SimBackend(SimSettings(judge_correct_rate=0.75))
+    verdicts = [
+        (await backend.complete({"model": "m", "messages": judge_messages(f"Genre {i}")})).content
+        for i in range(400)
+    ]
+    assert set(verdicts) == {"correct", "incorrect"}
+    assert 0.65 < verdicts.count("correct") / len(verdicts) < 0.85
+
+
+async def test_response_format_enum() -> None:
+    def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
+
+    prop_schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": ["pos", "neg"]}},
+        "required": ["label"],
+        "additionalProperties": False,
+    }
+    async with sim_client() as client:
+        by_property = await ask(client, genre_messages(), response_format=schema_format(prop_schema))
+        top_level = await ask(
+            client, genre_messages(), response_format=schema_format({"type": "string", "enum": ["x", "y"]})
+        )
+    assert json.loads(by_property) in ({"label": "pos"}, {"label": "neg"})
+    assert json.loads(top_level) in ("x", "y")
+
+
+async def test_rpm_limit_answers_429_with_retry_after() -> None:
+    async with sim_client(SimSettings(rpm=2, burst_seconds=60)) as client:
+        ok = await client.chat.completions.with_raw_response.create(
+            model="m", messages=genre_messages()  # type: ignore[arg-type]
+        )
+        assert ok.headers["x-ratelimit-limit-requests"] == "2"
+        assert ok.headers["x-ratelimit-remaining-requests"] == "1"
+        await ask(client, genre_messages())
+        with pytest.raises(openai.RateLimitError) as caught:
+            await ask(client, genre_messages())
+    headers = caught.value.response.headers
+    assert 0 < float(headers["retry-after-ms"]) <= 30_000
+    assert int(headers["Retry-After"]) == -(-float(headers["retry-after-ms"]) // 1000)
+    assert caught.value.code == "rate_limit_exceeded"
+
+
+async def test_limits_refill_with_the_clock_and_rejections_cost_nothing() -> None:
+    now = [0.0]
+    backend = SimBackend(SimSettings(rpm=60, tpm=600), clock=lambda: now[0])
+    small = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    await backend.complete(small)
+    for _ in range(3):  # rejected calls must not push the refill further away
+        with pytest.raises(BackendError) as caught:
+            await backend.complete(small)
+        assert caught.value.status == 429 and caught.value.type == "requests"
+    now[0] = 1.0
+    await backend.complete(small)
+    now[0] = 2.0
+    big = {**small, "max_tokens": 50}  # over the 10-token burst: must wait for its own cost
+    with pytest.raises(BackendError) as caught:
+        await backend.complete(big)
+    assert caught.value.type == "tokens"
+    retry_ms = float(dict(caught.value.headers)["retry-after-ms"])
+    now[0] += retry_ms / 1000
+    assert (await backend.complete(big)).content == "simulated answer"
+
+
+async def test_server_errors() -> None:
+    async with sim_client(SimSettings(error_rate=1.0)) as client:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await ask(client, genre_messages())
+    assert caught.value.status_code in (500, 502, 503)
+
+
+async def test_malformed_body_makes_the_sdk_raise_json_decode_error() -> None:
+    async with sim_client(SimSettings(malformed_rate=1.0)) as client:
+        with pytest.raises(json.JSONDecodeError):
+            await ask(client, genre_messages())
+
+
+async def test_reset_is_a_connection_error() -> None:
+    async with sim_client(SimSettings(reset_rate=1.0)) as client:
+        with pytest.raises(openai.APIConnectionError):
+            await ask(client, genre_messages())
+
+
+async def test_fault_counts_are_reproducible() -> None:
+    async def outcomes(seed: int) -> list[str]:
+        backend = SimBackend(SimSettings(error_rate=0.3, reset_rate=0.1, malformed_rate=0.1, seed=seed))
+        seen = []
+        for i in range(200):
+            try:
+                await backend.complete({"model": "m", "messages": judge_messages(str(i))})
+                seen.append("ok")
+            except Exception as exc:
+                seen.append(type(exc).__name__)
+        return seen
+
+    first = await outcomes(7)
+    assert first == await outcomes(7) != await outcomes(8)
+    assert 0.4 < first.count("ok") / len(first) < 0.6
+
+
+async def test_api_key_is_enforced_and_never_echoed() -> None:
+    async with sim_client(api_key="right-key", client_key="wrong-key-123") as client:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await ask(client, genre_messages())
+        assert caught.value.code == "invalid_api_key"
+        assert "wrong-key-123" not in caught.value.response.text
+        with pytest.raises(openai.AuthenticationError):
+            await client.models.list()
+    async with sim_client(api_key="right-key", client_key="right-key") as client:
+        assert await ask(client, genre_messages()) in GENRE_SET
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "", "messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ({"model": "m", "messages": []}, "messages"),
+        ({"model": "m", "messages": [{"role": "user"}]}, "messages[0]"),
+        ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream"),
+    ],
+)
+async def test_bad_body_is_a_bad_request(body: dict[str, Any], param: str) -> None:
+    async with sim_client() as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.post("/chat/completions", body=body, cast_to=object)
+    assert caught.value.param == param
+    assert caught.value.type == "invalid_request_error"
+
+
+async def test_unknown_model_is_not_found() -> None:
+    async with sim_client(SimSettings(models=("known",))) as client:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await ask(client, genre_messages())
+    assert caught.value.code == "model_not_found"
+
+
+async def test_raw_http_errors_are_openai_shaped() -> None:
+    backend = SimBackend(SimSettings())
+    async with embedded_server(backend, max_body_bytes=1024) as url, aiohttp.ClientSession() as http:
+        cases = [
+            (http.post(f"{url}/chat/completions", data=b"{not json"), 400),
+            (http.post(f"{url}/chat/completions", data=b"[1]"), 400),
+            (http.post(f"{url}/chat/completions", data=b"x" * 2048), 413),
+            (http.get(f"{url}/nowhere"), 404),
+        ]
+        for request, status in cases:
+            async with request as response:
+                assert response.status == status
+                error = (await response.json())["error"]
+                assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_embedded_server_as_a_context_manager_with_a_sync_client() -> None:
+    with EmbeddedServer(SimBackend(SimSettings())) as url:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        with openai.OpenAI(base_url=url, api_key="test", max_retries=0) as client:
+            reply = client.chat.completions.create(model="m", messages=genre_messages())  # type: ignore[arg-type]
+    assert reply.choices[0].message.content in GENRE_SET
+
+
+class _SlowBackend:
+    """Answers after a short pause and says when a request has arrived."""
+
+    name = "slow"
+    models = None
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        self.arrived.set()
+        await asyncio.sleep(0.2)
+        return Completion("done", 1, 1, "slow:" + body["model"])
+
+
+async def test_stop_lets_in_flight_requests_finish() -> None:
+    backend = _SlowBackend()
+    server = EmbeddedServer(backend)
+    url = await anyio.to_thread.run_sync(server.start)
+    async with openai.AsyncOpenAI(base_url=url, api_key="test", max_retries=0) as client:
+        in_flight = asyncio.create_task(ask(client, genre_messages()))
+        assert await anyio.to_thread.run_sync(backend.arrived.wait, 10.0)
+        await anyio.to_thread.run_sync(server.stop)
+        assert await in_flight == "done"
+    assert server.url is None
+
+
+def test_start_failure_names_the_reason() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = EmbeddedServer(SimBackend(SimSettings()), port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="failed to start.*(in use|Errno)"):
+            server.start()
+
+
+def test_trio_caller() -> None:
+    """A trio caller (SDK on its default httpx client) against the thread-hosted server.
+
+    Plain ``trio.run``: under ``asyncio_mode = "auto"`` pytest-asyncio claims every async test,
+    so ``@pytest.mark.anyio`` with ``anyio_backend = "trio"`` would silently run on asyncio.
+    """
+
+    async def main() -> str | None:
+        async with embedded_server(SimBackend(SimSettings())) as url:
+            async with openai.AsyncOpenAI(base_url=url, api_key="test", max_retries=0) as client:
+                reply = await client.chat.completions.create(
+                    model="m", messages=genre_messages()  # type: ignore[arg-type]
+                )
+                with pytest.raises(openai.NotFoundError):
+                    await client.get("/nowhere", cast_to=object)
+        return reply.choices[0].message.content
+
+    assert trio.run(main) in GENRE_SET
