@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 import sniffio
@@ -51,9 +52,11 @@ def _scrub(message: str, secret: str) -> str:
 class OpenAICompatClient:
     """One endpoint, one key. Create it inside the event loop that will use it."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, base_url: str, api_key: str, *, api_key_env: str = "", timeout_s: float = 60.0) -> None:
+        """``api_key_env`` names the variable the key came from, for the 401 message."""
         self.base_url = base_url
         self._api_key = api_key
+        self._api_key_env = api_key_env
         self._timeout_s = timeout_s
         self.sdk = openai.AsyncOpenAI(
             base_url=base_url,
@@ -85,17 +88,30 @@ class OpenAICompatClient:
             )
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from exc
-        except openai.APITimeoutError as exc:
-            raise ProviderError(f"timed out after {self._timeout_s:g} s", kind="transient", reason="timeout") from exc
-        except openai.APIConnectionError as exc:
-            message = _scrub(f"connection failed: {exc.__cause__ or exc}", self._api_key)
-            raise ProviderError(message, kind="transient", reason="connection") from exc
+        except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
+            raise self._connection_error(exc) from exc
         return _parse_completion(response.content, time.perf_counter() - started)
+
+    def _connection_error(self, exc: openai.APIConnectionError) -> ProviderError:
+        # The aiohttp transport reports a dropped connection as a connect *timeout*: look at the
+        # root cause to tell a real timeout from a reset.
+        root: BaseException = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        timed_out = isinstance(root, (TimeoutError, aiohttp.ServerTimeoutError)) or (
+            root is exc and isinstance(exc, openai.APITimeoutError)
+        )
+        if timed_out:
+            return ProviderError(f"timed out after {self._timeout_s:g} s", kind="transient", reason="timeout")
+        message = _scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
+        return ProviderError(message, kind="transient", reason="connection")
 
     def _status_error(self, exc: openai.APIStatusError) -> ProviderError:
         status = exc.status_code
         message = _scrub(f"HTTP {status}: {exc.message}", self._api_key)
         if status == 401:
+            source = f"${self._api_key_env}" if self._api_key_env else "the API key"
+            message = f"{message} (the endpoint {self.base_url} rejected the key in {source})"
             return AuthError(message, kind="no", reason="http_401", status_code=status)
         if status == 429:
             retry_after = parse_retry_after(exc.response.headers)

@@ -90,7 +90,7 @@ async def _run(args: argparse.Namespace) -> int:
                 pass
             group.cancel_scope.cancel()
     except AuthError as exc:
-        print(f"error: {exc}: check the key in ${evaluation.config.endpoint.api_key_env}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         print(f"nothing done is lost: fix it and resume with --resume {evaluation.run_dir}", file=sys.stderr)
         return 2
     assert evaluation.metrics is not None

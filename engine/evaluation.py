@@ -21,7 +21,7 @@ import anyio
 import polars as pl
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
-from adapters.openai_compat import OpenAICompatClient
+from adapters import openai_compat
 
 from . import report
 from .config import TaskConfig
@@ -86,7 +86,12 @@ class Evaluation:
             if not self.resume:
                 create_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded")
             client = await self._stack.enter_async_context(
-                OpenAICompatClient(self.base_url, config.api_key(), timeout_s=config.endpoint.timeout_s)
+                openai_compat.OpenAICompatClient(
+                    self.base_url,
+                    config.api_key(),
+                    api_key_env=config.endpoint.api_key_env,
+                    timeout_s=config.endpoint.timeout_s,
+                )
             )
             limiter = Limiter(
                 concurrency=config.endpoint.concurrency, rpm=config.endpoint.rpm, tpm=config.endpoint.tpm, clock=self._clock
@@ -128,15 +133,23 @@ class Evaluation:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        try:
-            if exc_info[0] is None:
+        if exc_info[0] is None:
+            try:
                 await self._drain()
-            return await self._stack.__aexit__(*exc_info)
+            except BaseException as error:  # cancelled because a row failed the run: say why
+                exc_info = (type(error), error, error.__traceback__)
+        if self._rows_out is not None:
+            self._rows_out.close()
+        try:
+            suppressed = await self._stack.__aexit__(*exc_info)
         except BaseExceptionGroup as group:
             error = engine_error_in(group)
             if error is None:
                 raise
             raise error from None
+        if exc_info[1] is not None and not suppressed:
+            raise exc_info[1]
+        return suppressed
 
     def __aiter__(self) -> ObjectReceiveStream[JoinedRow]:
         assert self._rows_out is not None, "iterate inside `async with Evaluation(...)`"

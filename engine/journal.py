@@ -143,10 +143,19 @@ class JournalWriter:
         """Append until every clone of ``send`` is closed."""
         files: dict[str, Any] = {}
         try:
-            for stage in ("predict", "judge"):
-                files[stage] = await aiofiles.open(journal_path(self.run_dir, stage), "a", encoding="utf-8")  # type: ignore[arg-type]
+            with anyio.CancelScope(shield=True):  # an open abandoned mid-way would leak its file
+                for stage in ("predict", "judge"):
+                    path = journal_path(self.run_dir, stage)  # type: ignore[arg-type]
+                    files[stage] = await aiofiles.open(path, "a", encoding="utf-8")
             async with self._receive:
-                await self._drain(self._receive, files)
+                try:
+                    await self._drain(self._receive, files)
+                except anyio.get_cancelled_exc_class():
+                    # Cancelled (Ctrl-C, a failed sibling): results already received are paid
+                    # for, so write them before going.
+                    with anyio.CancelScope(shield=True):
+                        await self._drain_waiting(self._receive, files)
+                    raise
         except OSError as exc:
             raise JournalError(f"cannot write the journal in {self.run_dir / 'journal'}: {exc.strerror or exc}") from exc
         finally:
@@ -154,21 +163,32 @@ class JournalWriter:
                 for handle in files.values():
                     await handle.close()
 
+    @classmethod
+    async def _drain(cls, receive: ObjectReceiveStream[tuple[Stage, str, Outcome]], files: dict[str, Any]) -> None:
+        async for first in receive:
+            await cls._drain_waiting(receive, files, first)
+
     @staticmethod
-    async def _drain(receive: ObjectReceiveStream[tuple[Stage, str, Outcome]], files: dict[str, Any]) -> None:
-        async for stage, row_id, outcome in receive:
-            lines: dict[str, list[str]] = {"predict": [], "judge": []}
-            lines[stage].append(json.dumps(outcome_to_record(row_id, outcome), ensure_ascii=False))
-            while True:
-                try:
-                    stage, row_id, outcome = receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
+    async def _drain_waiting(
+        receive: ObjectReceiveStream[tuple[Stage, str, Outcome]],
+        files: dict[str, Any],
+        first: tuple[Stage, str, Outcome] | None = None,
+    ) -> None:
+        """Write ``first`` and everything already waiting in the stream, one write per file."""
+        lines: dict[str, list[str]] = {"predict": [], "judge": []}
+        item = first
+        while True:
+            if item is not None:
+                stage, row_id, outcome = item
                 lines[stage].append(json.dumps(outcome_to_record(row_id, outcome), ensure_ascii=False))
-            for name, batch in lines.items():
-                if batch:
-                    await files[name].write("\n".join(batch) + "\n")
-                    await files[name].flush()
+            try:
+                item = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        for name, batch in lines.items():
+            if batch:
+                await files[name].write("\n".join(batch) + "\n")
+                await files[name].flush()
 
 
 JournalSend = ObjectSendStream[tuple[Stage, str, Outcome]]

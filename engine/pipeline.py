@@ -9,8 +9,6 @@ rows are in the pipeline at once is bounded, so memory stays flat on any input s
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +19,7 @@ from anyio.abc import ObjectSendStream
 from .journal import JournalSend, record_to_outcome
 from .prompts import PromptBuilder, VerdictParser, prediction_is_valid
 from .realtime import RealtimeRunner
-from .types import ChatResult, Failure, JoinedRow, Outcome, Row, Usage
+from .types import ChatResult, Failure, JoinedRow, Outcome, Row, Stage, Usage
 
 
 @dataclass(slots=True)
@@ -158,7 +156,6 @@ class Pipeline:
         self._journal = journal
         self._emit = emit
         self._slots = anyio.Semaphore(rows_in_flight)
-        self.last_prediction_at = -math.inf
 
     async def run(self, owed: Iterator[OwedRow]) -> None:
         """Process every owed row; returns when all are joined (closes ``emit`` and the journal)."""
@@ -166,6 +163,11 @@ class Pipeline:
             for row, records in owed:
                 await self._slots.acquire()
                 group.start_soon(self._row, row, records.get("predict"), records.get("judge"))
+
+    async def _record(self, stage: Stage, row_id: str, outcome: Outcome) -> None:
+        """Journal a paid-for result; shielded, so a cancellation now cannot lose it."""
+        with anyio.CancelScope(shield=True):
+            await self._journal.send((stage, row_id, outcome))
 
     async def _row(self, row: Row, predict_record: dict[str, Any] | None, judge_record: dict[str, Any] | None) -> None:
         try:
@@ -176,8 +178,7 @@ class Pipeline:
                 return
             else:
                 prediction = await self._predict.call(self._builder.predict(row))
-                self.last_prediction_at = time.time()
-                await self._journal.send(("predict", row.row_id, prediction))
+                await self._record("predict", row.row_id, prediction)
             joined = self._join.prediction(row, prediction)
             if joined is None:
                 assert isinstance(prediction, ChatResult)
@@ -185,7 +186,7 @@ class Pipeline:
                     verdict = record_to_outcome(judge_record)
                 else:
                     verdict = await self._judge.call(self._builder.judge(row, prediction.content))
-                    await self._journal.send(("judge", row.row_id, verdict))
+                    await self._record("judge", row.row_id, verdict)
                 joined = self._join.verdict(row.row_id, verdict)
             await self._emit.send(joined)
         finally:

@@ -1,9 +1,11 @@
 """Retry decisions and backoff.
 
 A ``ProviderError`` carries its ``kind``: ``no`` is final at once; ``transient`` (5xx,
-timeouts, resets, unreadable bodies) backs off exponentially with full jitter; ``rate_limit``
-waits what the server asked (``retry-after-ms`` / ``Retry-After``) or backs off like a transient
-error when it did not say.
+timeouts, resets, unreadable bodies) backs off exponentially with jitter, ``max_retries`` times;
+``rate_limit`` waits at least what the server asked (``retry-after-ms`` / ``Retry-After``) and at
+least the jittered backoff, so that many callers refused together come back spread out instead of
+in a herd. A 429 is the server pacing us, not a fault of the request: it has its own, larger
+allowance (``max_rate_limit_retries``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class RetryPolicy:
     """How many times and how long to wait. ``rng`` is injectable for deterministic tests."""
 
     max_retries: int = 6
+    max_rate_limit_retries: int = 30
     base_delay: float = 0.5
     max_delay: float = 60.0
     rng: random.Random = field(default_factory=random.Random)
@@ -55,10 +58,11 @@ class RetryPolicy:
 
         ``attempt`` counts the attempts made so far (1 after the first call failed).
         """
-        if error.kind == "no" or attempt > self.max_retries:
+        limit = self.max_rate_limit_retries if error.kind == "rate_limit" else self.max_retries
+        if error.kind == "no" or attempt > limit:
             return None
+        ceiling = min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 30))
+        backoff = self.rng.uniform(0.5 * ceiling, ceiling)
         if error.kind == "rate_limit" and error.retry_after is not None:
-            # Honour the server, with a little jitter so waiters don't return in lockstep.
-            return min(self.max_delay, error.retry_after) * (1.0 + 0.1 * self.rng.random())
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return self.rng.uniform(0.5 * ceiling, ceiling)
+            return max(min(self.max_delay, error.retry_after), backoff)
+        return backoff

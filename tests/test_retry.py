@@ -36,10 +36,18 @@ def test_transient_backoff_grows_with_jitter_and_stops_at_the_limit() -> None:
         assert delay is not None and ceiling / 2 <= delay <= ceiling
 
 
-def test_rate_limit_honours_retry_after() -> None:
-    policy = RetryPolicy(rng=random.Random(1))
-    delay = policy.delay(error("rate_limit", retry_after=4.0), 1)
-    assert delay is not None and 4.0 <= delay <= 4.4
+def test_rate_limit_waits_at_least_retry_after_and_at_least_the_backoff() -> None:
+    policy = RetryPolicy(base_delay=0.5, rng=random.Random(1))
+    assert policy.delay(error("rate_limit", retry_after=4.0), 1) == 4.0
+    delay = policy.delay(error("rate_limit", retry_after=0.01), 4)  # backoff ceiling 4 s
+    assert delay is not None and 2.0 <= delay <= 4.0
+
+
+def test_rate_limits_have_their_own_allowance() -> None:
+    policy = RetryPolicy(max_retries=2, max_rate_limit_retries=5)
+    assert policy.delay(error("transient"), 3) is None
+    assert policy.delay(error("rate_limit", retry_after=1.0), 5) is not None
+    assert policy.delay(error("rate_limit", retry_after=1.0), 6) is None
 
 
 def test_rate_limit_without_retry_after_backs_off_like_transient() -> None:

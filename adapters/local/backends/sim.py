@@ -1,0 +1,262 @@
+"""The simulator backend, for tests and benchmarks: answers drawn from the prompt, limits, faults.
+
+Everything it answers says it is simulated: ``model`` is ``"sim:" + requested model``. Answers are
+a stable hash (blake2b) of ``(seed, model, messages)``, so the same request gets the same answer in
+every process; it never reads ground truth. In order of precedence it answers:
+
+1. a ``response_format`` json_schema with an ``enum`` (on the schema, or on its one enum-carrying
+   property): one enum value, JSON-encoded;
+2. a judge prompt (the words "correct" and "incorrect" both appear): ``"correct"`` with probability
+   ``judge_correct_rate``, else ``"incorrect"``;
+3. the options listed in the prompt (the longest comma-separated run of at least 3 short items):
+   one of them;
+4. otherwise ``"simulated answer"``.
+
+Rate limits are token buckets like a provider's; faults (5xx, resets, malformed bodies) and latency
+jitter are drawn from a ``random.Random(seed)`` owned by the backend, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .base import BackendError, Completion, DropConnection, Headers, MalformedReply
+
+_WORD = r"[A-Za-z][A-Za-z'/&-]*"
+_ITEM = rf"{_WORD}(?: {_WORD}){{0,2}}"
+_RUN = re.compile(rf"(?<![\w'/&-]){_ITEM}(?:,\s*{_ITEM}){{2,}}(?![\w'/&-])")
+_SEP = re.compile(r",\s*")
+_CORRECT = re.compile(r"\bcorrect\b", re.IGNORECASE)
+_INCORRECT = re.compile(r"\bincorrect\b", re.IGNORECASE)
+_CONJUNCTIONS = frozenset({"and", "or"})
+_FALLBACK = "simulated answer"
+_MALFORMED = b'{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"index": 0, "mess'
+_SERVER_ERRORS = (500, 502, 503)
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """How the simulator behaves.
+
+    Rates are probabilities per request; ``error_rate + reset_rate + malformed_rate`` must not
+    exceed 1. ``rpm``/``tpm`` ``None`` means unlimited; a bucket holds ``burst_seconds`` worth of
+    its rate (and always at least one request's cost). ``models`` ``None`` accepts any model.
+    """
+
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rpm: float | None = None
+    tpm: float | None = None
+    burst_seconds: float = 1.0
+    error_rate: float = 0.0
+    reset_rate: float = 0.0
+    malformed_rate: float = 0.0
+    models: tuple[str, ...] | None = None
+    seed: int = 0
+    judge_correct_rate: float = 0.75
+
+    def __post_init__(self) -> None:
+        rates = {
+            "error_rate": self.error_rate,
+            "reset_rate": self.reset_rate,
+            "malformed_rate": self.malformed_rate,
+            "judge_correct_rate": self.judge_correct_rate,
+        }
+        for name, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {rate}")
+        if self.error_rate + self.reset_rate + self.malformed_rate > 1.0:
+            raise ValueError("error_rate + reset_rate + malformed_rate must not exceed 1")
+        for name, limit in (("rpm", self.rpm), ("tpm", self.tpm)):
+            if limit is not None and limit <= 0:
+                raise ValueError(f"{name} must be positive or None, got {limit}")
+        if self.burst_seconds <= 0 or self.latency_ms < 0 or self.latency_jitter_ms < 0:
+            raise ValueError("burst_seconds must be positive and latencies non-negative")
+
+
+class _Bucket:
+    """A token bucket refilling at ``per_minute / 60`` per second; starts full."""
+
+    __slots__ = ("per_minute", "rate", "capacity", "level", "stamp")
+
+    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = self.rate * burst_seconds
+        self.level = self.capacity
+        self.stamp = now
+
+    def wait(self, cost: float, now: float) -> float:
+        """Refill, then return the seconds until ``cost`` fits (0.0 when it fits now)."""
+        capacity = max(self.capacity, cost)
+        self.level = min(capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return 0.0 if self.level >= cost else (cost - self.level) / self.rate
+
+
+class SimBackend:
+    """The simulator; ``clock`` (seconds, monotonic) is injectable so limit tests need not sleep."""
+
+    name = "sim"
+
+    def __init__(self, settings: SimSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.models = settings.models
+        self._clock = clock
+        self._rng = random.Random(settings.seed)
+        now = clock()
+        burst = settings.burst_seconds
+        self._requests = None if settings.rpm is None else _Bucket(settings.rpm, burst, now)
+        self._tokens = None if settings.tpm is None else _Bucket(settings.tpm, burst, now)
+        self._fault_rate = settings.error_rate + settings.reset_rate + settings.malformed_rate
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        """Answer ``body``, or raise the fault or 429 the settings call for."""
+        s = self.settings
+        model: str = body["model"]
+        messages: list[dict[str, Any]] = body["messages"]
+        texts = [_text(m["content"]) for m in messages]
+        prompt_tokens = math.ceil(sum(map(len, texts)) / 4) + 4 * len(messages)
+        headers = self._admit(model, prompt_tokens + _max_tokens(body))
+        # Every random draw happens before the first await, so the draw order is arrival order.
+        delay_ms = s.latency_ms
+        if s.latency_jitter_ms:
+            delay_ms = max(0.0, delay_ms + self._rng.uniform(-s.latency_jitter_ms, s.latency_jitter_ms))
+        fault = self._rng.random() if self._fault_rate else 1.0
+        status = self._rng.choice(_SERVER_ERRORS) if fault < s.error_rate else 0
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000.0)
+        if status:
+            raise BackendError(status, f"simulated {status} error", type="server_error", headers=headers)
+        if fault < s.error_rate + s.reset_rate:
+            raise DropConnection()
+        if fault < self._fault_rate:
+            raise MalformedReply(_MALFORMED)
+        answer = self._answer(model, messages, texts, body.get("response_format"))
+        return Completion(answer, prompt_tokens, math.ceil(len(answer) / 4), "sim:" + model, headers)
+
+    def _admit(self, model: str, cost: int) -> Headers:
+        """Charge one request and ``cost`` tokens, or raise a 429 that charges nothing."""
+        now = self._clock()
+        waits = []
+        for kind, bucket, need in (("requests", self._requests, 1), ("tokens", self._tokens, cost)):
+            if bucket is not None and (wait := bucket.wait(need, now)) > 0.0:
+                waits.append((wait, kind, bucket))
+        headers = self._limit_headers()
+        if waits:
+            wait, kind, bucket = max(waits, key=lambda w: w[0])
+            raise BackendError(
+                429,
+                f"Rate limit reached for sim:{model} on {kind} per min (simulated): "
+                f"Limit {bucket.per_minute:g}. Please try again in {wait:.3f}s.",
+                type=kind,
+                code="rate_limit_exceeded",
+                headers=(
+                    ("Retry-After", str(math.ceil(wait))),
+                    ("retry-after-ms", str(math.ceil(wait * 1000.0))),
+                    *headers,
+                ),
+            )
+        if self._requests is not None:
+            self._requests.level -= 1
+        if self._tokens is not None:
+            self._tokens.level -= cost
+        return self._limit_headers()
+
+    def _limit_headers(self) -> Headers:
+        headers: list[tuple[str, str]] = []
+        for kind, bucket in (("requests", self._requests), ("tokens", self._tokens)):
+            if bucket is not None:
+                headers.append((f"x-ratelimit-limit-{kind}", f"{bucket.per_minute:g}"))
+                headers.append((f"x-ratelimit-remaining-{kind}", str(max(0, math.floor(bucket.level)))))
+        return tuple(headers)
+
+    def _answer(
+        self, model: str, messages: list[dict[str, Any]], texts: list[str], response_format: Any
+    ) -> str:
+        key = json.dumps([self.settings.seed, model, messages], sort_keys=True, separators=(",", ":"))
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        pick = int.from_bytes(digest[8:], "big")
+        if (structured := _schema_answer(response_format, pick)) is not None:
+            return structured
+        text = "\n".join(texts)
+        if _CORRECT.search(text) and _INCORRECT.search(text):
+            draw = int.from_bytes(digest[:8], "big") / 2.0**64
+            return "correct" if draw < self.settings.judge_correct_rate else "incorrect"
+        order = sorted(range(len(messages)), key=lambda i: messages[i]["role"] != "system")
+        options: tuple[str, ...] = ()
+        for i in order:
+            found = _options(texts[i])
+            if len(found) > len(options):
+                options = found
+        return options[pick % len(options)] if options else _FALLBACK
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    parts = (p.get("text") for p in content if isinstance(p, dict))
+    return "\n".join(p for p in parts if isinstance(p, str))
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    return limit if isinstance(limit, int) and limit > 0 else 0
+
+
+def _schema_answer(response_format: Any, pick: int) -> str | None:
+    """One enum value for a json_schema response format that has one, JSON-encoded; else None."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(enum := schema.get("enum"), list) and enum:
+        return json.dumps(enum[pick % len(enum)])
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return None
+    enums = [
+        (name, prop["enum"])
+        for name, prop in properties.items()
+        if isinstance(prop, dict) and isinstance(prop.get("enum"), list) and prop["enum"]
+    ]
+    if len(enums) != 1:
+        return None
+    name, values = enums[0]
+    return json.dumps({name: values[pick % len(values)]})
+
+
+@functools.lru_cache(maxsize=1024)
+def _options(text: str) -> tuple[str, ...]:
+    """The longest run of >= 3 comma-separated items of 1-3 words in ``text`` (first on ties).
+
+    The first item may have swallowed words before the list ("one of Action"): it is cut to the
+    longest inner item's word count. The last drops a leading "and"/"or" ("or light blue") and
+    ends before a later one ("Western and nothing").
+    """
+    best: list[list[str]] = []
+    for match in _RUN.finditer(text):
+        items = [item.split() for item in _SEP.split(match.group())]
+        if len(items) > len(best):
+            best = items
+    if not best:
+        return ()
+    last = best[-1]
+    if len(last) > 1 and last[0].lower() in _CONJUNCTIONS:
+        last = last[1:]
+    ends = [i for i, word in enumerate(last) if i and word.lower() in _CONJUNCTIONS]
+    best[0], best[-1] = best[0][-max(map(len, best[1:-1])) :], last[: ends[0]] if ends else last
+    return tuple(" ".join(words).rstrip("'/&-") for words in best)
