@@ -4,6 +4,9 @@
 failure) the moment it is known. A single writer task drains a memory stream and appends all
 waiting lines in one write, so a SIGKILL loses at most what was in flight. A torn last line (a
 kill mid-write) is cut off when the journal is reopened.
+
+Files go through ``anyio.open_file`` (a worker thread per write, like aiofiles, which would tie
+the engine to asyncio: it calls ``asyncio.get_running_loop``, and the library runs on trio too).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 import anyio
 import polars as pl
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -146,7 +148,7 @@ class JournalWriter:
             with anyio.CancelScope(shield=True):  # an open abandoned mid-way would leak its file
                 for stage in ("predict", "judge"):
                     path = journal_path(self.run_dir, stage)  # type: ignore[arg-type]
-                    files[stage] = await aiofiles.open(path, "a", encoding="utf-8")
+                    files[stage] = await anyio.open_file(path, "a", encoding="utf-8")
             async with self._receive:
                 try:
                     await self._drain(self._receive, files)
@@ -161,7 +163,7 @@ class JournalWriter:
         finally:
             with anyio.CancelScope(shield=True):
                 for handle in files.values():
-                    await handle.close()
+                    await handle.aclose()
 
     @classmethod
     async def _drain(cls, receive: ObjectReceiveStream[tuple[Stage, str, Outcome]], files: dict[str, Any]) -> None:
