@@ -123,5 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: what finished is in the journal; resume with --resume RUN_DIR", file=sys.stderr)
+        if args.command == "run":
+            print("interrupted: what finished is in the journal; resume with --resume RUN_DIR", file=sys.stderr)
         return 130

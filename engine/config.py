@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 Mode = Literal["realtime", "batch"]
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class _Strict(BaseModel):
@@ -116,12 +118,17 @@ class TaskConfig(_Strict):
     local: LocalServerConfig = LocalServerConfig()
 
     def api_key(self) -> str:
-        """The key from the named environment variable; a placeholder for the embedded server."""
+        """The key from the named environment variable.
+
+        Without one, a loopback endpoint (the embedded server, a local vLLM, llama.cpp or Ollama)
+        gets a placeholder, since those rarely check keys; any other endpoint is an error.
+        """
         key = os.environ.get(self.endpoint.api_key_env)
         if key:
             return key
-        if self.endpoint.base_url is None:
-            return "embedded"
+        base_url = self.endpoint.base_url
+        if base_url is None or urlsplit(base_url).hostname in _LOOPBACK:
+            return "no-key"
         raise ConfigError(
             f"environment variable {self.endpoint.api_key_env} is not set: export the API key "
             f"for {self.endpoint.base_url} in it (endpoint.api_key_env names the variable)"

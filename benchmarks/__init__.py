@@ -1,0 +1,1 @@
+"""``python -m benchmarks``: measured figures, ratios against a baseline in the same run."""

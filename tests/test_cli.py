@@ -1,0 +1,98 @@
+"""The command line, as a user runs it: real processes, real HTTP, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from adapters.local.backends.sim import SimSettings
+from adapters.local.embedded import EmbeddedServer
+
+from .conftest import CountingBackend
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def engine(*args: str, **options: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        capture_output=True, text=True, timeout=120, cwd=REPO, **options,  # type: ignore[call-overload]
+    )
+
+
+def results(run_dir: Path) -> pl.DataFrame:
+    return pl.read_parquet(run_dir / "results.parquet").drop("predict_latency_s", "judge_latency_s")
+
+
+def test_run_with_no_config_evaluates_the_shipped_example(tmp_path: Path) -> None:
+    done = engine("run", "--limit", "25", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert "judge accuracy" in done.stdout and "simulator" in done.stdout
+    assert "predicted 25/25" in done.stderr  # the plain progress line when stderr is not a terminal
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_rows"] == 25 and metrics["n_judged"] == 25
+
+
+def test_bad_config_is_one_clear_line_and_no_run_directory(tmp_path: Path) -> None:
+    config = tmp_path / "task.toml"
+    config.write_text('[dataset]\npath = "missing.csv"\n[predict]\nmodel = "m"\nuser_template = "{x}"\n'
+                      '[judge]\nmodel = "j"\nuser_template = "{prediction}"\n')
+    done = engine("run", str(config), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing.csv'}: data file not found (dataset.path)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_serve_prints_its_url_and_answers_the_sdk() -> None:
+    import openai
+
+    command = [sys.executable, "-m", "engine", "serve", "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO) as process:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = line.rsplit(" at ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Pick one of: Red, Green, Blue."}]
+        )
+        assert reply.choices[0].message.content in {"Red", "Green", "Blue"}
+        assert reply.model == "sim:m"
+        client.close()
+        process.terminate()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_loses_only_what_was_in_flight(tmp_path: Path) -> None:
+    rows, concurrency = 150, 8
+    settings = SimSettings(latency_ms=10, seed=5)
+    reference = CountingBackend(settings)
+    with EmbeddedServer(reference) as url:
+        whole = engine("run", "--limit", str(rows), "--base-url", url, "--out", str(tmp_path / "whole"), "--quiet")
+        assert whole.returncode == 0, whole.stderr
+
+    backend = CountingBackend(settings, signal_after=rows // 2)
+    with EmbeddedServer(backend) as url:
+        args = ["--base-url", url, "--concurrency", str(concurrency), "--quiet"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine", "run", "--limit", str(rows), "--out", str(tmp_path / "cut"), *args],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        assert backend.reached.wait(timeout=60), "the run never got going"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        calls_at_kill = backend.calls
+        assert not (tmp_path / "cut" / "metrics.json").exists()
+        resumed = engine("run", "--resume", str(tmp_path / "cut"), "--quiet")
+        assert resumed.returncode == 0, resumed.stderr
+    assert results(tmp_path / "cut").equals(results(tmp_path / "whole"))
+    # Each row costs two calls; a kill costs at most the calls in flight.
+    assert calls_at_kill < 2 * rows
+    assert backend.calls - 2 * rows <= 2 * concurrency  # in flight: sent, or answered but not yet journaled
