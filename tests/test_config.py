@@ -86,7 +86,11 @@ def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
 
 def test_missing_key_variable_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ENGINE_TEST_KEY", raising=False)
-    text = MINIMAL + '[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "ENGINE_TEST_KEY"\n'
+    text = MINIMAL + '[endpoint]\nbase_url = "https://api.example.invalid/v1"\napi_key_env = "ENGINE_TEST_KEY"\n'
     config = load_config(write(tmp_path, text))
     with pytest.raises(ConfigError, match="ENGINE_TEST_KEY is not set"):
         config.api_key()
+    local = with_overrides(config, {"endpoint.base_url": "http://127.0.0.1:11434/v1"})
+    assert local.api_key() == "no-key"  # vLLM, Ollama, llama.cpp on loopback rarely check keys
+    monkeypatch.setenv("ENGINE_TEST_KEY", "sk-from-env")
+    assert config.api_key() == "sk-from-env"
