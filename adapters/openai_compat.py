@@ -22,7 +22,7 @@ import httpx2
 import openai
 import sniffio
 
-from engine.errors import AuthError, ProviderError
+from engine.errors import AuthError, ErrorKind, ProviderError
 from engine.retry import parse_retry_after
 from engine.types import ChatRequest, Usage
 
@@ -116,7 +116,7 @@ class OpenAICompatClient:
         if status == 429:
             retry_after = parse_retry_after(exc.response.headers)
             return ProviderError(message, kind="rate_limit", reason="http_429", status_code=status, retry_after=retry_after)
-        kind = "transient" if status >= 500 or status in (408, 409) else "no"
+        kind: ErrorKind = "transient" if status >= 500 or status in (408, 409) else "no"
         return ProviderError(message, kind=kind, reason=f"http_{status}", status_code=status)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import anyio
 import polars as pl
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from adapters import openai_compat
 
@@ -72,7 +73,7 @@ class Evaluation:
         self._clock = clock or AnyioClock()
         self._row_buffer = row_buffer
         self._stack = AsyncExitStack()
-        self._rows_out: ObjectReceiveStream[JoinedRow] | None = None
+        self._rows_out: MemoryObjectReceiveStream[JoinedRow] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -143,15 +144,15 @@ class Evaluation:
         try:
             suppressed = await self._stack.__aexit__(*exc_info)
         except BaseExceptionGroup as group:
-            error = engine_error_in(group)
-            if error is None:
+            cause = engine_error_in(group)
+            if cause is None:
                 raise
-            raise error from None
+            raise cause from None
         if exc_info[1] is not None and not suppressed:
             raise exc_info[1]
         return suppressed
 
-    def __aiter__(self) -> ObjectReceiveStream[JoinedRow]:
+    def __aiter__(self) -> MemoryObjectReceiveStream[JoinedRow]:
         assert self._rows_out is not None, "iterate inside `async with Evaluation(...)`"
         return self._rows_out
 
@@ -192,7 +193,7 @@ class Evaluation:
             setattr(self.stats, name, int(value))
 
     async def _collect(
-        self, joined: ObjectReceiveStream[JoinedRow], results: ResultsWriter, rows_in: ObjectSendStream[JoinedRow]
+        self, joined: MemoryObjectReceiveStream[JoinedRow], results: ResultsWriter, rows_in: MemoryObjectSendStream[JoinedRow]
     ) -> None:
         async with joined, rows_in:
             async for row in joined:

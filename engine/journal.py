@@ -17,10 +17,10 @@ from typing import Any
 
 import anyio
 import polars as pl
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import JournalError
-from .types import ChatResult, Failure, Outcome, Stage, Usage
+from .types import STAGES, ChatResult, Failure, Outcome, Stage, Usage
 
 JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "custom_id": pl.String(),
@@ -137,8 +137,8 @@ class JournalWriter:
     def __init__(self, run_dir: Path, *, buffer: int = 256) -> None:
         self.run_dir = run_dir
         (run_dir / "journal").mkdir(parents=True, exist_ok=True)
-        for stage in ("predict", "judge"):
-            repair_torn_tail(journal_path(run_dir, stage))  # type: ignore[arg-type]
+        for stage in STAGES:
+            repair_torn_tail(journal_path(run_dir, stage))
         self.send, self._receive = anyio.create_memory_object_stream[tuple[Stage, str, Outcome]](buffer)
 
     async def run(self) -> None:
@@ -146,8 +146,8 @@ class JournalWriter:
         files: dict[str, Any] = {}
         try:
             with anyio.CancelScope(shield=True):  # an open abandoned mid-way would leak its file
-                for stage in ("predict", "judge"):
-                    path = journal_path(self.run_dir, stage)  # type: ignore[arg-type]
+                for stage in STAGES:
+                    path = journal_path(self.run_dir, stage)
                     files[stage] = await anyio.open_file(path, "a", encoding="utf-8")
             async with self._receive:
                 try:
@@ -166,13 +166,13 @@ class JournalWriter:
                     await handle.aclose()
 
     @classmethod
-    async def _drain(cls, receive: ObjectReceiveStream[tuple[Stage, str, Outcome]], files: dict[str, Any]) -> None:
+    async def _drain(cls, receive: MemoryObjectReceiveStream[tuple[Stage, str, Outcome]], files: dict[str, Any]) -> None:
         async for first in receive:
             await cls._drain_waiting(receive, files, first)
 
     @staticmethod
     async def _drain_waiting(
-        receive: ObjectReceiveStream[tuple[Stage, str, Outcome]],
+        receive: MemoryObjectReceiveStream[tuple[Stage, str, Outcome]],
         files: dict[str, Any],
         first: tuple[Stage, str, Outcome] | None = None,
     ) -> None:
@@ -193,4 +193,4 @@ class JournalWriter:
                 await files[name].flush()
 
 
-JournalSend = ObjectSendStream[tuple[Stage, str, Outcome]]
+JournalSend = MemoryObjectSendStream[tuple[Stage, str, Outcome]]

@@ -19,7 +19,7 @@ from anyio.abc import ObjectSendStream
 from .journal import JournalSend, record_to_outcome
 from .prompts import PromptBuilder, VerdictParser, prediction_is_valid
 from .realtime import RealtimeRunner
-from .types import ChatResult, Failure, JoinedRow, Outcome, Row, Stage, Usage
+from .types import ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Stage, Usage
 
 
 @dataclass(slots=True)
@@ -87,7 +87,7 @@ class JoinState:
 
 def _joined(
     row: Row,
-    status: Any,
+    status: RowStatus,
     prediction: ChatResult | None,
     verdict: ChatResult | None,
     *,
@@ -120,7 +120,7 @@ def skipped_row(row: Row, reason: str) -> JoinedRow:
     return JoinedRow(
         row_id=row.row_id,
         index=row.index,
-        status="skipped",  # type: ignore[arg-type]
+        status="skipped",
         fields=row.fields,
         labels=row.labels,
         prediction=None,

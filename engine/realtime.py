@@ -19,10 +19,14 @@ from .types import ChatRequest, ChatResult, Failure, Outcome, Usage
 
 
 class Completion(Protocol):
-    content: str
-    model: str
-    usage: Usage
-    latency_s: float
+    @property
+    def content(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def usage(self) -> Usage: ...
+    @property
+    def latency_s(self) -> float: ...
 
 
 class ChatClient(Protocol):

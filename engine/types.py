@@ -10,18 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Stage = Literal["predict", "judge"]
+RowStatus = Literal["judged", "predict_failed", "judge_failed", "skipped"]
 STAGES: tuple[Stage, ...] = ("predict", "judge")
 
 
 def custom_id_for(stage: Stage, row_id: str) -> str:
     return f"{stage}:{row_id}"
-
-
-def split_custom_id(custom_id: str) -> tuple[Stage, str]:
-    stage, _, row_id = custom_id.partition(":")
-    if stage not in STAGES or not row_id:
-        raise ValueError(f"not an engine custom_id: {custom_id!r}")
-    return stage, row_id  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +91,13 @@ class Row:
 class JoinedRow:
     """A data row with its prediction and verdict: one line of ``results.parquet``.
 
-    ``status`` is ``judged`` when both stages succeeded, else ``predict_failed`` or
-    ``judge_failed`` with ``error`` saying why.
+    ``status`` is ``judged`` when both stages succeeded, else ``predict_failed``,
+    ``judge_failed`` or ``skipped`` (nothing to ask) with ``error`` saying why.
     """
 
     row_id: str
     index: int
-    status: Literal["judged", "predict_failed", "judge_failed"]
+    status: RowStatus
     fields: dict[str, Any]
     labels: tuple[str, ...] | None
     prediction: str | None

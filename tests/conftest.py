@@ -62,7 +62,7 @@ def sim_url(sim_backend: CountingBackend) -> Iterator[str]:
     yield from start_server(sim_backend, api_key=TEST_KEY)
 
 
-def imdb_config(base_url: str | None, *, limit: int = 40, **overrides: Any) -> TaskConfig:
+def imdb_config(base_url: str | None, *, limit: int | None = 40, **overrides: Any) -> TaskConfig:
     config = load_config(example_config("imdb"))
     return with_overrides(
         config,

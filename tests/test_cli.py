@@ -20,11 +20,8 @@ from .conftest import CountingBackend
 REPO = Path(__file__).resolve().parent.parent
 
 
-def engine(*args: str, **options: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engine", *args],
-        capture_output=True, text=True, timeout=120, cwd=REPO, **options,  # type: ignore[call-overload]
-    )
+def engine(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
 def results(run_dir: Path) -> pl.DataFrame:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -12,10 +13,10 @@ from engine.errors import ConfigError
 CSV = "id,text,gold\na,first,\"X, Y\"\nb,second,Y\nc,third,X\nd,fourth,Z\n"
 
 
-def make(tmp_path: Path, text: str = CSV, name: str = "data.csv", **options: object) -> Dataset:
-    path = tmp_path / name
+def make(tmp_path: Path, text: str = CSV, **options: Any) -> Dataset:
+    path = tmp_path / "data.csv"
     path.write_text(text, encoding="utf-8")
-    return Dataset(DatasetConfig(path=path, **options), label_set=("X", "Y", "Z"))  # type: ignore[arg-type]
+    return Dataset(DatasetConfig(path=path, **options), label_set=("X", "Y", "Z"))
 
 
 def test_ids_labels_and_fields(tmp_path: Path) -> None:
@@ -36,7 +37,7 @@ def test_position_is_the_default_id(tmp_path: Path) -> None:
     [({"head": 2}, ["0", "1"]), ({"tail": 2}, ["2", "3"]), ({"tail": 3, "limit": 1}, ["1"])],
 )
 def test_selection(tmp_path: Path, options: dict[str, int], expected: list[str]) -> None:
-    assert [row.row_id for row, _ in make(tmp_path, **options).rows(())] == expected
+    assert [row.row_id for row, _ in make(tmp_path, CSV, **options).rows(())] == expected
 
 
 def test_sample_is_seeded_and_keeps_file_order(tmp_path: Path) -> None:
