@@ -29,7 +29,6 @@ class DatasetConfig(_Strict):
     path: Path
     format: Literal["csv", "parquet", "ndjson"] | None = None
     id_column: str | None = Field(None, description="unique row id; default: the row's position")
-    text_columns: tuple[str, ...] = Field((), description="columns that must hold non-empty text")
     label_column: str | None = None
     label_separator: str = ","
     head: int | None = Field(None, ge=1)

@@ -122,6 +122,7 @@ class Evaluation:
                 judge_runner=self.judge_runner,
                 journal=journal.send,
                 emit=emit,
+                stats=self.stats,
                 rows_in_flight=2 * config.endpoint.concurrency,
             )
             group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())

@@ -44,11 +44,10 @@ class LiveStats:
         return self.correct / self.verdicts if self.verdicts else None
 
     def count(self, row: JoinedRow) -> None:
+        """Count a completed row (predictions are counted as they arrive, by the pipeline)."""
         if row.status == "skipped":
             self.skipped += 1
             return
-        if row.prediction is not None:
-            self.predicted += 1
         if row.status == "judged":
             self.judged += 1
             if row.verdict is not None:
@@ -147,6 +146,7 @@ class Pipeline:
         judge_runner: RealtimeRunner,
         journal: JournalSend,
         emit: ObjectSendStream[JoinedRow],
+        stats: LiveStats,
         rows_in_flight: int,
     ) -> None:
         self._builder = builder
@@ -155,6 +155,7 @@ class Pipeline:
         self._judge = judge_runner
         self._journal = journal
         self._emit = emit
+        self._stats = stats
         self._slots = anyio.Semaphore(rows_in_flight)
 
     async def run(self, owed: Iterator[OwedRow]) -> None:
@@ -181,6 +182,7 @@ class Pipeline:
                 await self._record("predict", row.row_id, prediction)
             joined = self._join.prediction(row, prediction)
             if joined is None:
+                self._stats.predicted += 1
                 assert isinstance(prediction, ChatResult)
                 if judge_record is not None:
                     verdict = record_to_outcome(judge_record)
