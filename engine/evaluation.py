@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .realtime import RealtimeRunner
 from .results import ResultsWriter
 from .retry import RetryPolicy
 from .rundir import METRICS_FILE, create_run, load_run, new_run_dir, write_json
-from .types import JoinedRow
+from .types import STAGES, JoinedRow
 
 
 class Evaluation:
@@ -79,7 +80,7 @@ class Evaluation:
 
     async def __aenter__(self) -> Evaluation:
         config = self.config
-        dataset = Dataset(config.dataset, label_set=config.labels)
+        dataset = await anyio.to_thread.run_sync(partial(Dataset, config.dataset, label_set=config.labels))
         builder = PromptBuilder(config, dataset.columns)
         await self._stack.__aenter__()
         try:
@@ -94,45 +95,50 @@ class Evaluation:
                     timeout_s=config.endpoint.timeout_s,
                 )
             )
-            limiter = Limiter(
-                concurrency=config.endpoint.concurrency, rpm=config.endpoint.rpm, tpm=config.endpoint.tpm, clock=self._clock
-            )
-            policy = RetryPolicy(max_retries=config.endpoint.max_retries)
-            self.predict_runner = RealtimeRunner(client, limiter, policy, self._clock)
-            self.judge_runner = RealtimeRunner(client, limiter, policy, self._clock)
-            journal = JournalWriter(self.run_dir)
-            results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
-            self.stats.total = dataset.n_rows
-            self.stats.started = time.perf_counter()
-            owed = dataset.rows(
-                results.input_columns,
-                exclude=results.done_row_ids(),
-                attach={
-                    "predict": scan_journal(journal_path(self.run_dir, "predict")),
-                    "judge": scan_journal(journal_path(self.run_dir, "judge")),
-                },
-            )
-            self._account_for_earlier_rows(results)
-            emit, joined = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
-            rows_in, self._rows_out = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
-            self.pipeline = Pipeline(
-                builder=builder,
-                join=JoinState(config.labels, VerdictParser(config.judge.verdicts)),
-                predict_runner=self.predict_runner,
-                judge_runner=self.judge_runner,
-                journal=journal.send,
-                emit=emit,
-                stats=self.stats,
-                rows_in_flight=2 * config.endpoint.concurrency,
-            )
-            group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
-            group.start_soon(journal.run)
-            group.start_soon(self.pipeline.run, owed)
-            group.start_soon(self._collect, joined, results, rows_in)
+            self._make_runners(client)
+            await self._start(dataset, builder)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
             raise
         return self
+
+    def _make_runners(self, client: openai_compat.OpenAICompatClient) -> None:
+        """One limiter and retry policy for both stages: they share the endpoint's budget."""
+        endpoint = self.config.endpoint
+        limiter = Limiter(concurrency=endpoint.concurrency, rpm=endpoint.rpm, tpm=endpoint.tpm, clock=self._clock)
+        policy = RetryPolicy(max_retries=endpoint.max_retries)
+        self.predict_runner = RealtimeRunner(client, limiter, policy, self._clock)
+        self.judge_runner = RealtimeRunner(client, limiter, policy, self._clock)
+
+    async def _start(self, dataset: Dataset, builder: PromptBuilder) -> None:
+        """Start the journal writer, the pipeline over the rows still owed, and the collector."""
+        assert self.predict_runner is not None and self.judge_runner is not None
+        journal = JournalWriter(self.run_dir)
+        results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
+        owed = dataset.rows(
+            results.input_columns,
+            exclude=results.done_row_ids(),
+            attach={stage: scan_journal(journal_path(self.run_dir, stage)) for stage in STAGES},
+        )
+        self.stats.total = dataset.n_rows
+        self.stats.started = time.perf_counter()
+        self._account_for_earlier_rows(results)
+        emit, joined = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
+        rows_in, self._rows_out = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
+        pipeline = Pipeline(
+            builder=builder,
+            join=JoinState(self.config.labels, VerdictParser(self.config.judge.verdicts)),
+            predict_runner=self.predict_runner,
+            judge_runner=self.judge_runner,
+            journal=journal.send,
+            emit=emit,
+            stats=self.stats,
+            rows_in_flight=2 * self.config.endpoint.concurrency,
+        )
+        group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
+        group.start_soon(journal.run)
+        group.start_soon(pipeline.run, owed)
+        group.start_soon(self._collect, joined, results, rows_in)
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         if exc_info[0] is None:
