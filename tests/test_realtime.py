@@ -1,0 +1,109 @@
+"""The runner's retry loop on a scripted client and a fake clock: no HTTP, no sleeping."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import anyio
+import pytest
+
+from engine.errors import AuthError, ProviderError
+from engine.limits import Limiter
+from engine.realtime import RealtimeRunner
+from engine.retry import RetryPolicy
+from engine.types import ChatRequest, ChatResult, Failure, Usage
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.time = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.time += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str
+    model: str = "m"
+    usage: Usage = Usage(10, 2)
+    latency_s: float = 0.01
+
+
+class ScriptedClient:
+    """Answers each call with the next scripted reply or error."""
+
+    def __init__(self, *script: Reply | ProviderError) -> None:
+        self.script = list(script)
+        self.calls = 0
+
+    async def complete(self, request: ChatRequest) -> Reply:
+        self.calls += 1
+        step = self.script.pop(0)
+        if isinstance(step, ProviderError):
+            raise step
+        return step
+
+
+REQUEST = ChatRequest("predict:1", "1", "predict", {"model": "m", "messages": []}, estimated_tokens=50)
+
+
+def runner(client: ScriptedClient, clock: FakeClock, **policy: int) -> RealtimeRunner:
+    limiter = Limiter(concurrency=2, rpm=600, tpm=100_000, clock=clock)
+    return RealtimeRunner(client, limiter, RetryPolicy(rng=random.Random(0), **policy), clock)
+
+
+async def test_transient_errors_are_retried_then_succeed() -> None:
+    clock = FakeClock()
+    client = ScriptedClient(
+        ProviderError("boom", kind="transient", reason="http_503", status_code=503),
+        ProviderError("reset", kind="transient", reason="connection"),
+        Reply("Drama"),
+    )
+    run = runner(client, clock)
+    outcome = await run.call(REQUEST)
+    assert isinstance(outcome, ChatResult) and outcome.content == "Drama" and outcome.attempts == 3
+    assert len(clock.sleeps) == 2 and run.stats.retries == 2 and run.stats.requests == 3
+    assert run.stats.prompt_tokens == 10 and run.stats.completion_tokens == 2
+
+
+async def test_429_waits_what_the_server_asked_and_pauses_everyone() -> None:
+    clock = FakeClock()
+    client = ScriptedClient(ProviderError("slow down", kind="rate_limit", reason="http_429", retry_after=7.0), Reply("x"))
+    run = runner(client, clock)
+    outcome = await run.call(REQUEST)
+    assert isinstance(outcome, ChatResult) and run.stats.rate_limited == 1
+    # The retry slept 7 s (at least the backoff, which is under 0.5 s here); the limiter's pause
+    # had the same deadline, so it added no wait of its own.
+    assert clock.sleeps[0] == 7.0 and clock.time == pytest.approx(7.0)
+
+
+async def test_final_errors_fail_the_row_at_once_with_their_reason() -> None:
+    clock = FakeClock()
+    client = ScriptedClient(ProviderError("HTTP 400: bad", kind="no", reason="http_400", status_code=400))
+    outcome = await runner(client, clock).call(REQUEST)
+    assert isinstance(outcome, Failure)
+    assert (outcome.reason, outcome.status_code, outcome.attempts, outcome.message) == ("http_400", 400, 1, "HTTP 400: bad")
+    assert clock.sleeps == []
+
+
+async def test_retries_run_out_into_a_recorded_failure() -> None:
+    clock = FakeClock()
+    errors = [ProviderError("t", kind="transient", reason="timeout") for _ in range(3)]
+    outcome = await runner(ScriptedClient(*errors), clock, max_retries=2).call(REQUEST)
+    assert isinstance(outcome, Failure) and outcome.reason == "timeout" and outcome.attempts == 3
+
+
+async def test_a_rejected_key_escapes_to_stop_the_run() -> None:
+    client = ScriptedClient(AuthError("HTTP 401", kind="no", reason="http_401", status_code=401))
+    run = runner(client, FakeClock())
+    with pytest.raises(AuthError):
+        await run.call(REQUEST)
+    assert run.stats.in_flight == 0
