@@ -7,20 +7,26 @@ transport (``openai.DefaultAioHttpClient``), measured at under half the CPU per 
 default httpx client; on other anyio backends (trio) it falls back to the default client.
 
 The SDK's own retries are off: the engine retries and rate-limits, in one place. Every SDK error
-is mapped once onto ``ProviderError`` with its retry ``kind``.
+is mapped once onto ``ProviderError`` with its retry ``kind``. The Files and Batches calls of
+batch mode go through the SDK's typed resources: they are few, so their cost does not matter.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import httpx2
 import openai
 import sniffio
+from openai.types import Batch
 
 from engine.errors import AuthError, ErrorKind, ProviderError
 from engine.retry import parse_retry_after
@@ -91,6 +97,57 @@ class OpenAICompatClient:
         except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
             raise self._connection_error(exc) from exc
         return _parse_completion(response.content, time.perf_counter() - started)
+
+    # -- Files and Batches: the control plane of batch mode ---------------------------------
+
+    async def upload_batch_file(self, path: Path) -> str:
+        """Upload a JSONL request file (``purpose="batch"``); returns the file id."""
+        async with self._errors():
+            uploaded = await self.sdk.files.create(file=path, purpose="batch")
+        return uploaded.id
+
+    async def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> Batch:
+        async with self._errors():
+            return await self.sdk.batches.create(
+                input_file_id=input_file_id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata=metadata,
+            )
+
+    async def retrieve_batch(self, batch_id: str) -> Batch:
+        async with self._errors():
+            return await self.sdk.batches.retrieve(batch_id)
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        async with self._errors():
+            return await self.sdk.batches.cancel(batch_id)
+
+    async def list_batches(self) -> AsyncIterator[Batch]:
+        """Every batch the key can see, newest first (the SDK follows the pagination)."""
+        async with self._errors():
+            async for batch in self.sdk.batches.list(limit=100):
+                yield batch
+
+    async def download_file(self, file_id: str, path: Path) -> None:
+        """Stream a file's content to ``path`` (written to a temporary name, then renamed)."""
+        temporary = path.with_suffix(path.suffix + ".part")
+        async with self._errors():
+            async with self.sdk.files.with_streaming_response.content(file_id) as response:
+                async with await anyio.open_file(temporary, "wb") as out:
+                    async for block in response.iter_bytes(1 << 20):
+                        await out.write(block)
+        temporary.replace(path)
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        """Map SDK errors of control-plane calls onto ``ProviderError``."""
+        try:
+            yield
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc) from exc
+        except openai.APIConnectionError as exc:
+            raise self._connection_error(exc) from exc
 
     def _connection_error(self, exc: openai.APIConnectionError) -> ProviderError:
         # The aiohttp transport reports a dropped connection as a connect *timeout*: look at the

@@ -96,6 +96,40 @@ class EndpointConfig(_Strict):
         return value
 
 
+class BatchConfig(_Strict):
+    """Batch API mode: how requests are split into files, polled and retried."""
+
+    max_requests_per_file: int = Field(50_000, ge=1)
+    max_bytes_per_file: int = Field(200 * 1024 * 1024, ge=1024)
+    max_rows_in_flight: int = Field(200_000, ge=1, description="rows waiting in batches at once")
+    upload_concurrency: int = Field(4, ge=1)
+    poll_initial_s: float = Field(5.0, gt=0)
+    poll_max_s: float = Field(60.0, gt=0)
+    poll_factor: float = Field(1.5, ge=1.0)
+    max_line_retries: int = Field(2, ge=0, description="resubmissions of a failed line")
+    realtime_retry_below: int = Field(
+        100, ge=0, description="failed lines fewer than this are retried as realtime calls, not a new batch"
+    )
+    validating_timeout_s: float = Field(3600.0, gt=0, description="cancel and resubmit a batch stuck validating")
+
+
+class Price(_Strict):
+    """USD per million tokens. Batch prices default to half the realtime ones."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    batch_input: float | None = Field(None, ge=0)
+    batch_output: float | None = Field(None, ge=0)
+
+    def per_token(self, mode: Mode) -> tuple[float, float]:
+        if mode == "batch":
+            return (
+                (self.batch_input if self.batch_input is not None else self.input / 2) / 1e6,
+                (self.batch_output if self.batch_output is not None else self.output / 2) / 1e6,
+            )
+        return self.input / 1e6, self.output / 1e6
+
+
 class LocalServerConfig(_Strict):
     """The embedded server started when ``endpoint.base_url`` is unset."""
 
@@ -114,7 +148,13 @@ class TaskConfig(_Strict):
     predict: StageConfig
     judge: JudgeConfig
     endpoint: EndpointConfig = EndpointConfig()
+    batch: BatchConfig = BatchConfig()
+    prices: dict[str, Price] = Field(default_factory=dict, description="by model name")
     local: LocalServerConfig = LocalServerConfig()
+
+    @property
+    def uses_batch(self) -> bool:
+        return "batch" in (self.predict.mode, self.judge.mode)
 
     def api_key(self) -> str:
         """The key from the named environment variable.

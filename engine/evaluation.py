@@ -33,7 +33,7 @@ from .journal import JournalWriter, journal_path, scan_journal
 from .limits import AnyioClock, Clock, Limiter
 from .pipeline import JoinState, LiveStats, Pipeline
 from .prompts import PromptBuilder, VerdictParser
-from .realtime import RealtimeRunner
+from .realtime import RealtimeRunner, RealtimeStage
 from .results import ResultsWriter
 from .retry import RetryPolicy
 from .rundir import METRICS_FILE, create_run, load_run, new_run_dir, write_json
@@ -128,8 +128,8 @@ class Evaluation:
         pipeline = Pipeline(
             builder=builder,
             join=JoinState(self.config.labels, VerdictParser(self.config.judge.verdicts)),
-            predict_runner=self.predict_runner,
-            judge_runner=self.judge_runner,
+            predict=RealtimeStage(self.predict_runner),
+            judge=RealtimeStage(self.judge_runner),
             journal=journal.send,
             emit=emit,
             stats=self.stats,

@@ -20,7 +20,7 @@ import polars as pl
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import JournalError
-from .types import STAGES, ChatResult, Failure, Outcome, Stage, Usage
+from .types import STAGES, ChatResult, Failure, Outcome, StageName, Usage
 
 JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "custom_id": pl.String(),
@@ -92,7 +92,7 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
     )
 
 
-def journal_path(run_dir: Path, stage: Stage) -> Path:
+def journal_path(run_dir: Path, stage: StageName) -> Path:
     return run_dir / "journal" / f"{stage}.ndjson"
 
 
@@ -139,7 +139,7 @@ class JournalWriter:
         (run_dir / "journal").mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
             repair_torn_tail(journal_path(run_dir, stage))
-        self.send, self._receive = anyio.create_memory_object_stream[tuple[Stage, str, Outcome]](buffer)
+        self.send, self._receive = anyio.create_memory_object_stream[tuple[StageName, str, Outcome]](buffer)
 
     async def run(self) -> None:
         """Append until every clone of ``send`` is closed."""
@@ -166,15 +166,15 @@ class JournalWriter:
                     await handle.aclose()
 
     @classmethod
-    async def _drain(cls, receive: MemoryObjectReceiveStream[tuple[Stage, str, Outcome]], files: dict[str, Any]) -> None:
+    async def _drain(cls, receive: MemoryObjectReceiveStream[tuple[StageName, str, Outcome]], files: dict[str, Any]) -> None:
         async for first in receive:
             await cls._drain_waiting(receive, files, first)
 
     @staticmethod
     async def _drain_waiting(
-        receive: MemoryObjectReceiveStream[tuple[Stage, str, Outcome]],
+        receive: MemoryObjectReceiveStream[tuple[StageName, str, Outcome]],
         files: dict[str, Any],
-        first: tuple[Stage, str, Outcome] | None = None,
+        first: tuple[StageName, str, Outcome] | None = None,
     ) -> None:
         """Write ``first`` and everything already waiting in the stream, one write per file."""
         lines: dict[str, list[str]] = {"predict": [], "judge": []}
@@ -193,4 +193,4 @@ class JournalWriter:
                 await files[name].flush()
 
 
-JournalSend = MemoryObjectSendStream[tuple[Stage, str, Outcome]]
+JournalSend = MemoryObjectSendStream[tuple[StageName, str, Outcome]]

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.abc import ObjectSendStream, TaskStatus
 
 from .journal import JournalSend, record_to_outcome
 from .prompts import PromptBuilder, VerdictParser, prediction_is_valid
-from .realtime import RealtimeRunner
-from .types import ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Stage, Usage
+from .realtime import Deliver
+from .types import ChatRequest, ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, StageName, Usage
+
 
 
 @dataclass(slots=True)
@@ -134,16 +135,38 @@ def skipped_row(row: Row, reason: str) -> JoinedRow:
 OwedRow = tuple[Row, dict[str, dict[str, Any] | None]]
 
 
+class Stage(Protocol):
+    """Where one stage's requests go: realtime calls (``RealtimeStage``) or provider batches
+    (``BatchStage``). Outcomes come back through ``deliver``, in any order."""
+
+    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve submissions; returns once closed and every submitted request is delivered."""
+
+    async def submit(self, row: Row, request: ChatRequest) -> None:
+        """Queue one request; may wait for capacity, never for the answer."""
+
+    async def flush(self) -> None:
+        """Send whatever is queued now (a batch stage seals its open file)."""
+
+    async def close(self) -> None:
+        """No more submissions: flush, and let ``run`` end when the last outcome is delivered."""
+
+
 class Pipeline:
-    """Runs every owed row through predict and judge; joined rows go to ``emit``."""
+    """Runs every owed row through predict and judge; joined rows go to ``emit``.
+
+    A row holds one of ``rows_in_flight`` slots from the moment it is admitted until it is
+    emitted. Before the feeder would wait for a slot it flushes both stages, so rows queued in
+    an unsealed batch file can never hold up the rows that would complete them.
+    """
 
     def __init__(
         self,
         *,
         builder: PromptBuilder,
         join: JoinState,
-        predict_runner: RealtimeRunner,
-        judge_runner: RealtimeRunner,
+        predict: Stage,
+        judge: Stage,
         journal: JournalSend,
         emit: ObjectSendStream[JoinedRow],
         stats: LiveStats,
@@ -151,8 +174,8 @@ class Pipeline:
     ) -> None:
         self._builder = builder
         self._join = join
-        self._predict = predict_runner
-        self._judge = judge_runner
+        self._predict = predict
+        self._judge = judge
         self._journal = journal
         self._emit = emit
         self._stats = stats
@@ -161,35 +184,54 @@ class Pipeline:
     async def run(self, owed: Iterator[OwedRow]) -> None:
         """Process every owed row; returns when all are joined (closes ``emit`` and the journal)."""
         async with self._journal, self._emit, anyio.create_task_group() as group:
-            for row, records in owed:
-                await self._slots.acquire()
-                group.start_soon(self._row, row, records.get("predict"), records.get("judge"))
+            await group.start(self._judge.run, self._on_verdict)
+            async with anyio.create_task_group() as predicting:
+                await predicting.start(self._predict.run, self._on_prediction)
+                for row, records in owed:
+                    if self._slots.value == 0:
+                        await self._predict.flush()
+                        await self._judge.flush()
+                    await self._slots.acquire()
+                    await self._admit(row, records.get("predict"), records.get("judge"))
+                await self._predict.close()
+            await self._judge.close()
 
-    async def _record(self, stage: Stage, row_id: str, outcome: Outcome) -> None:
+    async def _admit(self, row: Row, predict_record: dict[str, Any] | None, judge_record: dict[str, Any] | None) -> None:
+        if predict_record is not None:
+            prediction = record_to_outcome(predict_record)
+            if judge_record is not None and isinstance(prediction, ChatResult):
+                self._stats.predicted += 1
+                self._join.prediction(row, prediction)
+                await self._complete(self._join.verdict(row.row_id, record_to_outcome(judge_record)))
+            else:
+                await self._predicted(row, prediction)
+        elif not any(str(row.fields.get(name) or "").strip() for name in self._builder.text_fields):
+            await self._complete(skipped_row(row, "empty_input: every field the predict template reads is empty"))
+        else:
+            await self._predict.submit(row, self._builder.predict(row))
+
+    async def _on_prediction(self, row: Row, outcome: Outcome) -> None:
+        await self._record("predict", row.row_id, outcome)
+        await self._predicted(row, outcome)
+
+    async def _predicted(self, row: Row, outcome: Outcome) -> None:
+        joined = self._join.prediction(row, outcome)
+        if joined is not None:
+            await self._complete(joined)
+            return
+        self._stats.predicted += 1
+        assert isinstance(outcome, ChatResult)
+        await self._judge.submit(row, self._builder.judge(row, outcome.content))
+
+    async def _on_verdict(self, row: Row, outcome: Outcome) -> None:
+        await self._record("judge", row.row_id, outcome)
+        await self._complete(self._join.verdict(row.row_id, outcome))
+
+    async def _complete(self, joined: JoinedRow) -> None:
+        await self._emit.send(joined)
+        self._slots.release()
+
+    async def _record(self, stage: StageName, row_id: str, outcome: Outcome) -> None:
         """Journal a paid-for result; shielded, so a cancellation now cannot lose it."""
         with anyio.CancelScope(shield=True):
             await self._journal.send((stage, row_id, outcome))
-
-    async def _row(self, row: Row, predict_record: dict[str, Any] | None, judge_record: dict[str, Any] | None) -> None:
-        try:
-            if predict_record is not None:
-                prediction = record_to_outcome(predict_record)
-            elif not any(str(row.fields.get(name) or "").strip() for name in self._builder.text_fields):
-                await self._emit.send(skipped_row(row, "empty_input: every field the predict template reads is empty"))
-                return
-            else:
-                prediction = await self._predict.call(self._builder.predict(row))
-                await self._record("predict", row.row_id, prediction)
-            joined = self._join.prediction(row, prediction)
-            if joined is None:
-                self._stats.predicted += 1
-                assert isinstance(prediction, ChatResult)
-                if judge_record is not None:
-                    verdict = record_to_outcome(judge_record)
-                else:
-                    verdict = await self._judge.call(self._builder.judge(row, prediction.content))
-                    await self._record("judge", row.row_id, verdict)
-                joined = self._join.verdict(row.row_id, verdict)
-            await self._emit.send(joined)
-        finally:
-            self._slots.release()

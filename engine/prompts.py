@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import StageConfig, TaskConfig, VerdictConfig
 from .errors import ConfigError
-from .types import ChatRequest, Row, Stage, custom_id_for
+from .types import ChatRequest, Row, StageName, custom_id_for
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_ -]*)\}|\{|\}")
 
@@ -102,7 +102,7 @@ class PromptBuilder:
         """Columns the predict template reads: a row with all of them empty is skipped."""
         return tuple(name for name in self._predict.fields if name not in JUDGE_EXTRA_FIELDS)
 
-    def _request(self, stage: Stage, stage_config: StageConfig, row: Row, user: str) -> ChatRequest:
+    def _request(self, stage: StageName, stage_config: StageConfig, row: Row, user: str) -> ChatRequest:
         messages = []
         if stage_config.system_prompt:
             messages.append({"role": "system", "content": stage_config.system_prompt})

@@ -9,13 +9,19 @@ a ``Failure`` with its reason; only an ``AuthError`` escapes, because it dooms e
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
 
 from .errors import AuthError, ProviderError
 from .limits import Clock, Limiter
 from .retry import RetryPolicy
-from .types import ChatRequest, ChatResult, Failure, Outcome, Usage
+from .types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
+
+Deliver = Callable[[Row, Outcome], Awaitable[None]]
 
 
 class Completion(Protocol):
@@ -108,3 +114,34 @@ class RealtimeRunner:
             if error.retry_after is not None:
                 self._limiter.pause(error.retry_after)
         return self._policy.delay(error, attempt)
+
+
+class RealtimeStage:
+    """A pipeline stage served by realtime calls: a task per request, bounded by the limiter."""
+
+    def __init__(self, runner: RealtimeRunner) -> None:
+        self.runner = runner
+        self._group: TaskGroup | None = None
+        self._deliver: Deliver | None = None
+        self._closed = anyio.Event()
+
+    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._deliver = deliver
+        async with anyio.create_task_group() as group:
+            self._group = group
+            task_status.started()
+            await self._closed.wait()
+
+    async def submit(self, row: Row, request: ChatRequest) -> None:
+        assert self._group is not None, "submit() before run() started"
+        self._group.start_soon(self._call, row, request)
+
+    async def _call(self, row: Row, request: ChatRequest) -> None:
+        assert self._deliver is not None
+        await self._deliver(row, await self.runner.call(request))
+
+    async def flush(self) -> None:
+        """Nothing waits in a realtime stage."""
+
+    async def close(self) -> None:
+        self._closed.set()

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Stage = Literal["predict", "judge"]
+StageName = Literal["predict", "judge"]
 RowStatus = Literal["judged", "predict_failed", "judge_failed", "skipped"]
-STAGES: tuple[Stage, ...] = ("predict", "judge")
+STAGES: tuple[StageName, ...] = ("predict", "judge")
 
 
-def custom_id_for(stage: Stage, row_id: str) -> str:
+def custom_id_for(stage: StageName, row_id: str) -> str:
     return f"{stage}:{row_id}"
 
 
@@ -28,7 +28,7 @@ class ChatRequest:
 
     custom_id: str
     row_id: str
-    stage: Stage
+    stage: StageName
     body: dict[str, Any]
     estimated_tokens: int
 
