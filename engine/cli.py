@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from .shipped import example_config
 def _run_parser(commands: Any) -> None:
     run = commands.add_parser("run", help="evaluate a task: predict, judge, join, report")
     run.add_argument("config", nargs="?", help="task TOML file (default: the shipped IMDB example)")
-    run.add_argument("--mode", choices=["realtime"], default=None, help="how both stages run")
+    run.add_argument("--mode", choices=["realtime", "batch"], help="how both stages run (default: the config's)")
+    run.add_argument("--dry-run", action="store_true", help="estimate requests, tokens and cost; send nothing")
     run.add_argument("--limit", type=int, help="evaluate at most N rows")
     run.add_argument("--out", type=Path, help="run directory (default: runs/<task>-<time>-<id>)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
@@ -76,6 +78,11 @@ async def _run(args: argparse.Namespace) -> int:
     from .progress import show_progress
     from .report import print_summary
 
+    if args.dry_run:
+        from .estimate import estimate
+
+        print(json.dumps(estimate(config_from_args(args)), indent=2))
+        return 0
     if args.resume:
         evaluation = Evaluation(run_dir=args.resume, resume=True)
         evaluation.config = with_overrides(evaluation.config, _limit_overrides(args))

@@ -33,11 +33,13 @@ from .journal import JournalWriter, journal_path, scan_journal
 from .limits import AnyioClock, Clock, Limiter
 from .pipeline import JoinState, LiveStats, Pipeline
 from .prompts import PromptBuilder, VerdictParser
+from .batch import BatchStage
+from .pipeline import Stage
 from .realtime import RealtimeRunner, RealtimeStage
 from .results import ResultsWriter
 from .retry import RetryPolicy
 from .rundir import METRICS_FILE, create_run, load_run, new_run_dir, write_json
-from .types import STAGES, JoinedRow
+from .types import STAGES, JoinedRow, StageName
 
 
 class Evaluation:
@@ -74,6 +76,7 @@ class Evaluation:
         self._clock = clock or AnyioClock()
         self._row_buffer = row_buffer
         self._stack = AsyncExitStack()
+        self._batch_stages: list[BatchStage] = []
         self._rows_out: MemoryObjectReceiveStream[JoinedRow] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -84,9 +87,9 @@ class Evaluation:
         builder = PromptBuilder(config, dataset.columns)
         await self._stack.__aenter__()
         try:
-            self.base_url = await self._endpoint()
             if not self.resume:
                 create_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded")
+            self.base_url = await self._endpoint()
             client = await self._stack.enter_async_context(
                 openai_compat.OpenAICompatClient(
                     self.base_url,
@@ -96,7 +99,7 @@ class Evaluation:
                 )
             )
             self._make_runners(client)
-            await self._start(dataset, builder)
+            await self._start(dataset, builder, client)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
             raise
@@ -110,7 +113,39 @@ class Evaluation:
         self.predict_runner = RealtimeRunner(client, limiter, policy, self._clock)
         self.judge_runner = RealtimeRunner(client, limiter, policy, self._clock)
 
-    async def _start(self, dataset: Dataset, builder: PromptBuilder) -> None:
+    def _make_stages(self, client: openai_compat.OpenAICompatClient) -> tuple[Stage, Stage]:
+        """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
+        stage after each batch, so a finished batch's rows are judged at once."""
+        assert self.predict_runner is not None and self.judge_runner is not None
+        stages: dict[StageName, Stage] = {}
+        runners: tuple[tuple[StageName, RealtimeRunner], ...] = (
+            ("predict", self.predict_runner),
+            ("judge", self.judge_runner),
+        )
+        for name, runner in runners:
+            mode = self.config.predict.mode if name == "predict" else self.config.judge.mode
+            if mode == "realtime":
+                stages[name] = RealtimeStage(runner)
+                continue
+            stages[name] = BatchStage(
+                stage=name,
+                client=client,
+                run_dir=self.run_dir,
+                run_id=self.run_dir.name,
+                settings=self.config.batch,
+                policy=RetryPolicy(max_retries=self.config.endpoint.max_retries),
+                clock=self._clock,
+                realtime=runner,
+                journaled=partial(_journaled_ids, self.run_dir, name),
+                progress=self.stats.batches,
+            )
+        predict, judge = stages["predict"], stages["judge"]
+        if isinstance(predict, BatchStage):
+            predict.after_batch = judge.flush
+        self._batch_stages = [stage for stage in (predict, judge) if isinstance(stage, BatchStage)]
+        return predict, judge
+
+    async def _start(self, dataset: Dataset, builder: PromptBuilder, client: openai_compat.OpenAICompatClient) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
         assert self.predict_runner is not None and self.judge_runner is not None
         journal = JournalWriter(self.run_dir)
@@ -125,15 +160,19 @@ class Evaluation:
         self._account_for_earlier_rows(results)
         emit, joined = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
         rows_in, self._rows_out = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
+        predict, judge = self._make_stages(client)
+        rows_in_flight = 2 * self.config.endpoint.concurrency
+        if self.config.uses_batch:
+            rows_in_flight = max(rows_in_flight, self.config.batch.max_rows_in_flight)
         pipeline = Pipeline(
             builder=builder,
             join=JoinState(self.config.labels, VerdictParser(self.config.judge.verdicts)),
-            predict=RealtimeStage(self.predict_runner),
-            judge=RealtimeStage(self.judge_runner),
+            predict=predict,
+            judge=judge,
             journal=journal.send,
             emit=emit,
             stats=self.stats,
-            rows_in_flight=2 * self.config.endpoint.concurrency,
+            rows_in_flight=rows_in_flight,
         )
         group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
         group.start_soon(journal.run)
@@ -222,6 +261,7 @@ class Evaluation:
             requests=requests,
             retries=self.predict_runner.stats.retries + self.judge_runner.stats.retries,
             rate_limited=self.predict_runner.stats.rate_limited + self.judge_runner.stats.rate_limited,
+            batches_created=sum(stage.batches_created for stage in self._batch_stages),
             backend="sim" if self.config.endpoint.base_url is None else None,
         )
         write_json(self.run_dir / METRICS_FILE, metrics)
@@ -232,3 +272,9 @@ def _input_columns(builder: PromptBuilder, dataset: Dataset) -> tuple[str, ...]:
     """The columns the templates read: the inputs kept in results.parquet."""
     return tuple(name for name in dataset.columns if name in builder.template_fields)
 
+
+
+def _journaled_ids(run_dir: Path, stage: StageName) -> set[str]:
+    """Custom ids that already have an outcome in the stage's journal."""
+    frame = scan_journal(journal_path(run_dir, stage)).select("custom_id").collect()
+    return set(frame.to_series().to_list())

@@ -10,12 +10,13 @@ rows are in the pipeline at once is bounded, so memory stays flat on any input s
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import ObjectSendStream, TaskStatus
 
+from .batch import BatchProgress
 from .journal import JournalSend, record_to_outcome
 from .prompts import PromptBuilder, VerdictParser, prediction_is_valid
 from .realtime import Deliver
@@ -35,6 +36,7 @@ class LiveStats:
     verdicts: int = 0
     correct: int = 0
     started: float = 0.0
+    batches: dict[str, BatchProgress] = field(default_factory=dict)
 
     @property
     def done(self) -> int:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from .batch import TERMINAL, BatchProgress
 from .evaluation import Evaluation
 
 
@@ -29,7 +30,24 @@ def progress_line(evaluation: Evaluation) -> str:
         f"retries {retries}",
         f"judge accuracy {'n/a' if accuracy is None else f'{100 * accuracy:.1f}%'}",
     ]
+    if stats.batches:
+        parts.append(_batches(stats.batches))
     return " | ".join(parts)
+
+
+def _batches(batches: dict[str, BatchProgress]) -> str:
+    """``batches 1 completed, 2 in_progress (1200/5000)``."""
+    by_status: dict[str, list[BatchProgress]] = {}
+    for batch in batches.values():
+        by_status.setdefault(batch.status, []).append(batch)
+    described = []
+    for status, members in sorted(by_status.items()):
+        text = f"{len(members)} {status}"
+        if status not in TERMINAL:
+            done = sum(member.completed + member.failed for member in members)
+            text += f" ({done}/{sum(member.total for member in members)})"
+        described.append(text)
+    return "batches " + ", ".join(described)
 
 
 async def show_progress(evaluation: Evaluation, *, stream: TextIO | None = None, interval: float = 0.5) -> None:

@@ -64,24 +64,43 @@ def build_metrics(
     requests: int,
     retries: int,
     rate_limited: int,
+    batches_created: int,
     backend: str | None,
 ) -> dict[str, Any]:
     results = pl.scan_parquet(run_dir / RESULTS_FILE)
     metrics = quality_metrics(results)
     metrics["tokens"] = _tokens(results)
-    metrics["cost_usd"] = None
+    metrics["cost_usd"] = cost_usd(config, metrics["tokens"])
     metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge.mode}
     metrics["wall_seconds"] = round(wall_seconds, 3)
     metrics["requests"] = requests
     metrics["requests_per_second"] = round(requests / wall_seconds, 2) if wall_seconds > 0 else None
     metrics["retries"] = retries
     metrics["rate_limited"] = rate_limited
+    metrics["batches_created"] = batches_created
     metrics["stage_overlap"] = stage_overlap(run_dir)
     metrics["models"] = {
         stage: {"requested": stage_config.model, "served": _served_models(run_dir, stage), "backend": backend}
         for stage, stage_config in (("predict", config.predict), ("judge", config.judge))
     }
     return metrics
+
+
+def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, int]]) -> dict[str, float | None] | None:
+    """Cost per stage at the price table's rates for the stage's model and mode; None when no
+    stage's model has a price."""
+    costs: dict[str, float | None] = {}
+    for stage, stage_config in (("predict", config.predict), ("judge", config.judge)):
+        price = config.prices.get(stage_config.model)
+        if price is None:
+            costs[stage] = None
+            continue
+        per_input, per_output = price.per_token(stage_config.mode)
+        costs[stage] = round(tokens[stage]["prompt"] * per_input + tokens[stage]["completion"] * per_output, 6)
+    known = [cost for cost in costs.values() if cost is not None]
+    if not known:
+        return None
+    return {**costs, "total": round(sum(known), 6)}
 
 
 def _percent(value: float | None) -> str:
@@ -115,6 +134,9 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
         ),
         ("invalid predictions", _percent(metrics["invalid_prediction_rate"]), ""),
         ("invalid verdicts", _percent(metrics["invalid_verdict_rate"]), ""),
+        ("cost", "n/a (no price for the models)" if metrics["cost_usd"] is None else f"${metrics['cost_usd']['total']:.4f}", ""),
+        ("mode (predict / judge)", f"{metrics['mode']['predict']} / {metrics['mode']['judge']}", ""),
+        ("batches created", str(metrics["batches_created"]), ""),
         ("wall time", f"{metrics['wall_seconds']:.1f} s", ""),
         ("requests/s", f"{metrics['requests_per_second'] or 0:.1f}", ""),
     ]

@@ -45,13 +45,14 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class ChatResult:
-    """A successful call. ``content`` is the assistant message text (never None)."""
+    """A successful call. ``content`` is the assistant message text (never None); ``latency_s``
+    is None for an answer that came back in a provider batch."""
 
     custom_id: str
     content: str
     model: str
     usage: Usage
-    latency_s: float
+    latency_s: float | None
     attempts: int = 1
     started_at: float = 0.0
     finished_at: float = 0.0

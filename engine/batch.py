@@ -1,0 +1,442 @@
+"""Batch API mode: a pipeline stage served by provider batches, never paid for twice.
+
+Requests are written, as they are submitted, into JSONL files under ``batches/`` (at most
+``max_requests_per_file`` lines and ``max_bytes_per_file`` bytes each). A sealed file is
+uploaded (``purpose="batch"``) and a batch created with ``metadata`` naming the run, the stage,
+the file ("chunk") and the attempt; the file id and the batch id go into
+``journal/batches.ndjson`` the moment they exist. Each batch is polled with backoff; when it ends,
+its output and error files are downloaded beside the request file and every line becomes an
+outcome for the pipeline. Lines that failed for a reason worth retrying (5xx, 429, expiry,
+cancellation, no line at all) are retried up to ``max_line_retries`` times: as realtime calls when
+fewer than ``realtime_retry_below`` remain, else in a new batch. The rest are recorded failures.
+
+On resume the stage first re-attaches: it lists the endpoint's batches, keeps those tagged with
+this run and stage (plus any the journal names), and every request line that has no outcome in the
+journal yet belongs to the newest such batch that carries it. Those rows wait for that batch
+(downloading a finished one again is free) instead of being submitted again; a file uploaded but
+never turned into a batch (a crash in between) becomes its batch now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from openai.types import Batch
+
+from .config import BatchConfig
+from .errors import AuthError, ProviderError
+from .limits import Clock
+from .realtime import Deliver, RealtimeRunner
+from .retry import RetryPolicy
+from .types import ChatRequest, ChatResult, Failure, Outcome, Row, StageName, Usage
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+BATCHES_DIR = "batches"
+_CHUNK_NAME = re.compile(r"^(predict|judge)-(\d{5})$")
+_FINAL_ERROR_CODES = frozenset({"invalid_request", "invalid_request_error", "model_not_found", "batch_failed"})
+
+
+class BatchClient(Protocol):
+    """The control plane an adapter offers (``adapters.openai_compat.OpenAICompatClient``)."""
+
+    async def upload_batch_file(self, path: Path) -> str: ...
+    async def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> Batch: ...
+    async def retrieve_batch(self, batch_id: str) -> Batch: ...
+    async def cancel_batch(self, batch_id: str) -> Batch: ...
+    def list_batches(self) -> AsyncIterator[Batch]: ...
+    async def download_file(self, file_id: str, path: Path) -> None: ...
+
+
+@dataclass(slots=True)
+class BatchProgress:
+    """What the progress display shows of one batch."""
+
+    stage: StageName
+    chunk: str
+    status: str
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Chunk:
+    """One request file and the rows waiting for its lines."""
+
+    name: str
+    path: Path
+    attempt: int = 0
+    custom_ids: list[str] = field(default_factory=list)
+    size: int = 0
+    rows: dict[str, Row] = field(default_factory=dict)
+    early: dict[str, Outcome] = field(default_factory=dict)
+    handle: IO[str] | None = None
+
+    def lines(self) -> dict[str, str]:
+        """The request lines by custom_id, read back from the file."""
+        with self.path.open(encoding="utf-8") as source:
+            return {json.loads(line)["custom_id"]: line for line in source if line.strip()}
+
+
+class BatchLog:
+    """``journal/batches.ndjson``: file and batch ids, appended and synced the moment they exist."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, event: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({**event, "at": time.time()}) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        events = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # a torn last line from a crash mid-write
+                continue
+        return events
+
+
+def _is_retryable(outcome: Failure) -> bool:
+    if outcome.status_code is not None:
+        return outcome.status_code >= 500 or outcome.status_code in (408, 409, 429)
+    return outcome.reason not in _FINAL_ERROR_CODES
+
+
+def parse_output_line(line: dict[str, Any]) -> Outcome:
+    """One line of a batch output or error file -> an outcome."""
+    custom_id = str(line.get("custom_id"))
+    response = line.get("response")
+    error = line.get("error")
+    if isinstance(response, dict):
+        status = response.get("status_code")
+        body = response.get("body") or {}
+        if status == 200:
+            try:
+                message = body["choices"][0]["message"]
+                content = message.get("content")
+                usage = body.get("usage") or {}
+            except (KeyError, IndexError, TypeError, AttributeError):
+                return Failure(custom_id, "malformed_body", "the batch line is not a chat completion")
+            if not isinstance(content, str) or not content.strip():
+                return Failure(custom_id, "empty_response", "the response has no message content")
+            tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            return ChatResult(custom_id, content, str(body.get("model") or ""), tokens, latency_s=None)
+        detail = body.get("error") if isinstance(body, dict) else None
+        message = detail.get("message") if isinstance(detail, dict) else str(body)[:200]
+        return Failure(custom_id, f"http_{status}", f"HTTP {status}: {message}", status_code=status)
+    if isinstance(error, dict):
+        return Failure(custom_id, str(error.get("code") or "batch_error"), str(error.get("message") or ""))
+    return Failure(custom_id, "malformed_line", "the batch line has neither a response nor an error")
+
+
+class BatchStage:
+    """A pipeline stage whose requests travel in provider batches."""
+
+    def __init__(
+        self,
+        *,
+        stage: StageName,
+        client: BatchClient,
+        run_dir: Path,
+        run_id: str,
+        settings: BatchConfig,
+        policy: RetryPolicy,
+        clock: Clock,
+        realtime: RealtimeRunner,
+        journaled: Callable[[], set[str]],
+        progress: dict[str, BatchProgress],
+        after_batch: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``journaled`` gives the custom_ids that already have an outcome (read once, on start);
+        ``after_batch`` runs after each batch's outcomes are delivered (the judge stage's flush)."""
+        self.stage: StageName = stage
+        self._client = client
+        self._dir = run_dir / BATCHES_DIR
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._log = BatchLog(run_dir / "journal" / "batches.ndjson")
+        self._run_id = run_id
+        self._settings = settings
+        self._policy = policy
+        self._clock = clock
+        self._realtime = realtime
+        self._journaled = journaled
+        self.progress = progress
+        self.after_batch = after_batch
+        self.batches_created = 0
+        self._owner: dict[str, _Chunk] = {}
+        self._open: _Chunk | None = None
+        self._next_index = 1 + max(
+            (int(m.group(2)) for p in self._dir.glob("*.jsonl") if (m := _CHUNK_NAME.match(p.stem))), default=0
+        )
+        self._uploads = anyio.Semaphore(settings.upload_concurrency)
+        self._group: TaskGroup | None = None
+        self._deliver: Deliver | None = None
+        self._closed = anyio.Event()
+
+    # -- the Stage protocol ------------------------------------------------------------------
+
+    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._deliver = deliver
+        async with anyio.create_task_group() as group:
+            self._group = group
+            await self._reattach()
+            task_status.started()
+            await self._closed.wait()
+
+    async def submit(self, row: Row, request: ChatRequest) -> None:
+        owner = self._owner.get(request.custom_id)
+        if owner is not None:  # an earlier session's batch carries this line already
+            early = owner.early.pop(request.custom_id, None)
+            if early is not None:
+                await self._hand_over(row, early)
+            else:
+                owner.rows[request.custom_id] = row
+            return
+        line = json.dumps(
+            {"custom_id": request.custom_id, "method": "POST", "url": "/v1/chat/completions", "body": request.body},
+            ensure_ascii=False,
+        )
+        size = len(line.encode()) + 1
+        chunk = self._open
+        if chunk is not None and chunk.size + size > self._settings.max_bytes_per_file:
+            await self.flush()
+            chunk = None
+        if chunk is None:
+            chunk = self._open = self._new_chunk(attempt=0)
+        assert chunk.handle is not None
+        chunk.handle.write(line + "\n")
+        chunk.size += size
+        chunk.custom_ids.append(request.custom_id)
+        chunk.rows[request.custom_id] = row
+        if len(chunk.custom_ids) >= self._settings.max_requests_per_file:
+            await self.flush()
+
+    async def flush(self) -> None:
+        chunk, self._open = self._open, None
+        if chunk is not None:
+            self._seal(chunk)
+
+    async def close(self) -> None:
+        await self.flush()
+        self._closed.set()
+
+    # -- one chunk's life: upload, create, follow ------------------------------------------
+
+    def _new_chunk(self, *, attempt: int) -> _Chunk:
+        name = f"{self.stage}-{self._next_index:05d}"
+        self._next_index += 1
+        path = self._dir / f"{name}.jsonl"
+        return _Chunk(name, path, attempt=attempt, handle=path.open("w", encoding="utf-8"))
+
+    def _seal(self, chunk: _Chunk) -> None:
+        assert chunk.handle is not None and self._group is not None
+        chunk.handle.close()
+        chunk.handle = None
+        self._group.start_soon(self._submit_chunk, chunk)
+
+    async def _submit_chunk(self, chunk: _Chunk, file_id: str | None = None) -> None:
+        if file_id is None:
+            async with self._uploads:
+                file_id = await self._control(self._client.upload_batch_file, chunk.path)
+            self._log.append({"event": "file", "stage": self.stage, "chunk": chunk.name, "file_id": file_id,
+                              "attempt": chunk.attempt, "lines": len(chunk.custom_ids)})
+        metadata = {"engine_run": self._run_id, "engine_stage": self.stage, "engine_chunk": chunk.name,
+                    "engine_attempt": str(chunk.attempt)}
+        batch = await self._control(self._client.create_batch, file_id, metadata)
+        self._log.append({"event": "batch", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id,
+                          "file_id": file_id})
+        self.batches_created += 1
+        await self._follow(chunk, batch)
+
+    async def _follow(self, chunk: _Chunk, batch: Batch) -> None:
+        """Poll ``batch`` to its end, then deliver or retry each of the chunk's lines."""
+        delay = self._settings.poll_initial_s
+        first_seen = self._clock.now()
+        while True:
+            self._note(chunk, batch)
+            if batch.status in TERMINAL:
+                break
+            if batch.status == "validating" and self._clock.now() - first_seen > self._settings.validating_timeout_s:
+                batch = await self._control(self._client.cancel_batch, batch.id)
+                first_seen = float("inf")  # cancel once
+                continue
+            await self._clock.sleep(delay)
+            delay = min(delay * self._settings.poll_factor, self._settings.poll_max_s)
+            batch = await self._control(self._client.retrieve_batch, batch.id)
+        outcomes = await self._download(chunk, batch)
+        retry: list[str] = []
+        for custom_id in chunk.custom_ids:
+            if self._owner.get(custom_id, chunk) is not chunk:
+                continue  # a newer batch carries this line now
+            outcome = outcomes.get(custom_id) or self._missing(custom_id, batch)
+            if isinstance(outcome, Failure) and _is_retryable(outcome) and chunk.attempt < self._settings.max_line_retries:
+                retry.append(custom_id)
+            else:
+                await self._settle(chunk, custom_id, outcome)
+        if retry:
+            await self._retry(chunk, retry)
+        if self.after_batch is not None:
+            await self.after_batch()
+
+    def _missing(self, custom_id: str, batch: Batch) -> Failure:
+        if batch.status == "failed":
+            errors = "; ".join(
+                f"line {error.line}: {error.message}" if error.line else str(error.message)
+                for error in (batch.errors.data or [] if batch.errors else [])
+            )
+            return Failure(custom_id, "batch_failed", f"batch {batch.id} failed validation: {errors or 'no reason given'}")
+        return Failure(custom_id, f"batch_{batch.status}", f"batch {batch.id} ended {batch.status} without this line")
+
+    async def _download(self, chunk: _Chunk, batch: Batch) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
+            if not file_id:
+                continue
+            path = self._dir / f"{chunk.name}.{kind}.jsonl"
+            if not path.exists():
+                await self._control(self._client.download_file, file_id, path)
+            outcomes.update(await anyio.to_thread.run_sync(_read_outcomes, path))
+        return outcomes
+
+    async def _settle(self, chunk: _Chunk, custom_id: str, outcome: Outcome) -> None:
+        row = chunk.rows.pop(custom_id, None)
+        if row is None:
+            chunk.early[custom_id] = outcome  # the feeder has not reached this row yet
+        else:
+            await self._hand_over(row, outcome)
+
+    async def _hand_over(self, row: Row, outcome: Outcome) -> None:
+        assert self._deliver is not None
+        await self._deliver(row, outcome)
+
+    async def _retry(self, chunk: _Chunk, custom_ids: list[str]) -> None:
+        lines = chunk.lines()
+        if len(custom_ids) < self._settings.realtime_retry_below:
+            assert self._group is not None
+            for custom_id in custom_ids:
+                self._group.start_soon(self._retry_realtime, chunk, custom_id, lines[custom_id])
+            return
+        retry = self._new_chunk(attempt=chunk.attempt + 1)
+        assert retry.handle is not None
+        for custom_id in custom_ids:
+            retry.handle.write(lines[custom_id] if lines[custom_id].endswith("\n") else lines[custom_id] + "\n")
+            retry.custom_ids.append(custom_id)
+            self._owner[custom_id] = retry
+            row = chunk.rows.pop(custom_id, None)
+            if row is not None:
+                retry.rows[custom_id] = row
+        self._seal(retry)
+
+    async def _retry_realtime(self, chunk: _Chunk, custom_id: str, line: str) -> None:
+        body = json.loads(line)["body"]
+        row = chunk.rows.get(custom_id)
+        row_id = row.row_id if row is not None else custom_id.partition(":")[2]
+        request = ChatRequest(custom_id, row_id, self.stage, body, estimated_tokens=0)
+        await self._settle(chunk, custom_id, await self._realtime.call(request))
+
+    def _note(self, chunk: _Chunk, batch: Batch) -> None:
+        counts = batch.request_counts
+        self.progress[batch.id] = BatchProgress(
+            self.stage, chunk.name, batch.status,
+            counts.total if counts else 0, counts.completed if counts else 0, counts.failed if counts else 0,
+        )
+
+    async def _control(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """A control-plane call (upload, create, poll, download) with the engine's retries."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call(*args)
+            except AuthError:
+                raise
+            except ProviderError as error:
+                delay = self._policy.delay(error, attempt)
+                if delay is None:
+                    raise
+                await self._clock.sleep(delay)
+
+    # -- resume ------------------------------------------------------------------------------
+
+    async def _reattach(self) -> None:
+        """Adopt this run's batches and uploaded files from before a restart (see module doc)."""
+        events = [event for event in self._log.events() if event.get("stage") == self.stage]
+        if not events:
+            return
+        done = self._journaled()
+        since = min(float(event.get("at", 0)) for event in events) - 60
+        batches = {batch.id: batch async for batch in self._tagged_batches(since)}
+        for event in events:
+            if event["event"] == "batch" and event["batch_id"] not in batches:
+                batches[event["batch_id"]] = await self._control(self._client.retrieve_batch, event["batch_id"])
+        chunks_with_batch = {_tag(batch, "engine_chunk") for batch in batches.values()}
+        newest_first = sorted(batches.values(), key=lambda batch: batch.created_at, reverse=True)
+        adopted: list[tuple[_Chunk, Batch | None, str | None]] = []
+        for batch in newest_first:
+            chunk = self._adopt(_tag(batch, "engine_chunk"), int(_tag(batch, "engine_attempt") or 0), done)
+            if chunk is not None:
+                adopted.append((chunk, batch, None))
+        for event in events:  # uploaded, but the batch was never created
+            if event["event"] == "file" and event["chunk"] not in chunks_with_batch:
+                chunk = self._adopt(event["chunk"], int(event.get("attempt", 0)), done)
+                if chunk is not None:
+                    adopted.append((chunk, None, event["file_id"]))
+        assert self._group is not None
+        for chunk, running, file_id in adopted:
+            if running is not None:
+                self._group.start_soon(self._follow, chunk, running)
+            else:
+                self._group.start_soon(self._submit_chunk, chunk, file_id)
+
+    def _adopt(self, name: str, attempt: int, done: set[str]) -> _Chunk | None:
+        """Claim the chunk's lines that have no outcome and no newer owner; None if none remain."""
+        path = self._dir / f"{name}.jsonl"
+        if not _CHUNK_NAME.match(name) or not path.exists():
+            return None
+        chunk = _Chunk(name, path, attempt=attempt)
+        chunk.custom_ids = list(chunk.lines())
+        owned = [cid for cid in chunk.custom_ids if cid not in done and cid not in self._owner]
+        if not owned:
+            return None
+        for custom_id in owned:
+            self._owner[custom_id] = chunk
+        return chunk
+
+    async def _tagged_batches(self, since: float) -> AsyncIterator[Batch]:
+        """This run's batches for this stage created after ``since``, from the endpoint's list."""
+        async for batch in self._client.list_batches():
+            if batch.created_at < since:
+                break  # the list is newest first: the rest predate this run
+            if _tag(batch, "engine_run") == self._run_id and _tag(batch, "engine_stage") == self.stage:
+                yield batch
+
+
+def _tag(batch: Batch, key: str) -> str:
+    return str((batch.metadata or {}).get(key) or "")
+
+
+def _read_outcomes(path: Path) -> dict[str, Outcome]:
+    outcomes: dict[str, Outcome] = {}
+    with path.open(encoding="utf-8") as source:
+        for line in source:
+            if line.strip():
+                outcome = parse_output_line(json.loads(line))
+                outcomes[outcome.custom_id] = outcome
+    return outcomes
+

@@ -1,0 +1,73 @@
+"""``--dry-run``: what a run would send and cost, computed from the data set alone.
+
+Prompt tokens are the same estimate the rate limiter uses (about 4 characters a token);
+completion tokens are counted at ``max_tokens``, and the judge prompt with a prediction of
+``max_tokens`` tokens, so the figures are an upper bound. Nothing is sent and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .config import TaskConfig
+from .dataset import Dataset
+from .prompts import PromptBuilder
+from .types import ChatRequest
+
+
+@dataclass(slots=True)
+class StageEstimate:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    request_bytes: int = 0
+
+    def add(self, request: ChatRequest, max_tokens: int) -> None:
+        self.requests += 1
+        self.prompt_tokens += request.estimated_tokens - max_tokens
+        self.completion_tokens += max_tokens
+        self.request_bytes += len(str(request.body)) + 100
+
+
+def estimate(config: TaskConfig) -> dict[str, Any]:
+    dataset = Dataset(config.dataset, label_set=config.labels)
+    builder = PromptBuilder(config, dataset.columns)
+    columns = tuple(name for name in dataset.columns if name in builder.template_fields)
+    placeholder = "x" * (4 * config.predict.max_tokens)
+    stages = {"predict": StageEstimate(), "judge": StageEstimate()}
+    skipped = 0
+    for row, _ in dataset.rows(columns):
+        if not any(str(row.fields.get(name) or "").strip() for name in builder.text_fields):
+            skipped += 1
+            continue
+        stages["predict"].add(builder.predict(row), config.predict.max_tokens)
+        stages["judge"].add(builder.judge(row, placeholder), config.judge.max_tokens)
+    result: dict[str, Any] = {"rows": dataset.n_rows, "skipped": skipped, "stages": {}}
+    total_cost: float | None = None
+    for name, stage_config in (("predict", config.predict), ("judge", config.judge)):
+        figures = stages[name]
+        price = config.prices.get(stage_config.model)
+        cost = None
+        if price is not None:
+            per_input, per_output = price.per_token(stage_config.mode)
+            cost = figures.prompt_tokens * per_input + figures.completion_tokens * per_output
+            total_cost = (total_cost or 0.0) + cost
+        files = None
+        if stage_config.mode == "batch" and figures.requests:
+            files = max(
+                math.ceil(figures.requests / config.batch.max_requests_per_file),
+                math.ceil(figures.request_bytes / config.batch.max_bytes_per_file),
+            )
+        result["stages"][name] = {
+            "model": stage_config.model,
+            "mode": stage_config.mode,
+            "requests": figures.requests,
+            "prompt_tokens": figures.prompt_tokens,
+            "completion_tokens_at_most": figures.completion_tokens,
+            "batch_files": files,
+            "cost_usd_at_most": None if cost is None else round(cost, 4),
+        }
+    result["cost_usd_at_most"] = None if total_cost is None else round(total_cost, 4)
+    return result

@@ -1,0 +1,46 @@
+"""Batch output and error lines -> outcomes, and which failures are worth a retry."""
+
+from __future__ import annotations
+
+from engine.batch import _is_retryable, parse_output_line
+from engine.types import ChatResult, Failure, Usage
+
+
+def success(content: object) -> dict[str, object]:
+    body = {"model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 1}}
+    return {"id": "batch_req_1", "custom_id": "predict:3", "response": {"status_code": 200, "body": body}, "error": None}
+
+
+def test_a_success_line_is_a_result_without_latency() -> None:
+    outcome = parse_output_line(success("Drama"))
+    assert outcome == ChatResult("predict:3", "Drama", "m", Usage(7, 1), latency_s=None)
+
+
+def test_empty_content_is_a_retryable_failure() -> None:
+    outcome = parse_output_line(success(None))
+    assert isinstance(outcome, Failure) and outcome.reason == "empty_response" and _is_retryable(outcome)
+
+
+def test_http_error_lines_keep_their_status() -> None:
+    line = {"custom_id": "judge:1", "response": {"status_code": 500, "body": {"error": {"message": "boom"}}}}
+    outcome = parse_output_line(line)
+    assert isinstance(outcome, Failure)
+    assert (outcome.reason, outcome.status_code, outcome.message) == ("http_500", 500, "HTTP 500: boom")
+    assert _is_retryable(outcome)
+    bad = parse_output_line({"custom_id": "judge:1", "response": {"status_code": 400, "body": {"error": {"message": "no"}}}})
+    assert isinstance(bad, Failure) and not _is_retryable(bad)
+
+
+def test_error_object_lines() -> None:
+    expired = parse_output_line({"custom_id": "predict:9", "response": None,
+                                 "error": {"code": "batch_expired", "message": "expired"}})
+    assert isinstance(expired, Failure) and expired.reason == "batch_expired" and _is_retryable(expired)
+    invalid = parse_output_line({"custom_id": "predict:9", "response": None,
+                                 "error": {"code": "invalid_request", "message": "bad"}})
+    assert isinstance(invalid, Failure) and not _is_retryable(invalid)
+
+
+def test_a_line_with_neither_is_malformed() -> None:
+    outcome = parse_output_line({"custom_id": "predict:1"})
+    assert isinstance(outcome, Failure) and outcome.reason == "malformed_line"
