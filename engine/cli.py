@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,29 @@ def _run_parser(commands: Any) -> None:
     run.add_argument("--rpm", type=float, help="requests per minute budget")
     run.add_argument("--tpm", type=float, help="tokens per minute budget")
     run.add_argument("--sim-latency-ms", type=float, help="latency of the embedded sim backend")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+        help="override any config value, e.g. --set batch.poll_initial_s=1 (TOML value; repeatable)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``key=value`` as a line of TOML (``batch.poll_initial_s=1``, ``prices."m".input=0.2``);
+    a value that is not TOML is taken as text. Returns the top-level key and its table."""
+    key, separator, value = text.partition("=")
+    if not separator or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for candidate in (value, json.dumps(value)):
+        try:
+            parsed = tomllib.loads(f"{key} = {candidate}")
+            break
+        except tomllib.TOMLDecodeError:
+            continue
+    else:
+        raise argparse.ArgumentTypeError(f"{key!r} is not a config key")
+    ((top, table),) = parsed.items()
+    return top, table
 
 
 def _serve_parser(commands: Any) -> None:
@@ -66,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> TaskConfig:
         "judge.model": args.judge_model,
         "local.latency_ms": args.sim_latency_ms,
     }
-    return with_overrides(config, {**overrides, **_limit_overrides(args)})
+    return with_overrides(config, {**overrides, **_limit_overrides(args), **dict(args.set)})
 
 
 def _limit_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -207,8 +207,17 @@ def load_config(path: str | Path) -> TaskConfig:
     return parse_config(data, source=path.name, base_dir=path.resolve().parent)
 
 
+def _merge(target: dict[str, Any], updates: dict[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
 def with_overrides(config: TaskConfig, overrides: dict[str, Any]) -> TaskConfig:
-    """Apply dotted overrides (``{"endpoint.rpm": 600}``); ``None`` values are ignored."""
+    """Apply dotted overrides (``{"endpoint.rpm": 600}``); ``None`` values are ignored and a
+    dict value is merged into the table it names."""
     data = config.model_dump()
     for dotted, value in overrides.items():
         if value is None:
@@ -216,8 +225,13 @@ def with_overrides(config: TaskConfig, overrides: dict[str, Any]) -> TaskConfig:
         node = data
         *parents, leaf = dotted.split(".")
         for parent in parents:
+            if not isinstance(node.get(parent), dict):
+                raise ConfigError(f"command line: {dotted}: no such setting")
             node = node[parent]
-        node[leaf] = value
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            _merge(node[leaf], value)
+        else:
+            node[leaf] = value
     try:
         return TaskConfig.model_validate(data)
     except ValidationError as exc:
