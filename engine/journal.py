@@ -142,26 +142,24 @@ class JournalWriter:
         self.send, self._receive = anyio.create_memory_object_stream[tuple[StageName, str, Outcome]](buffer)
 
     async def run(self) -> None:
-        """Append until every clone of ``send`` is closed."""
+        """Append until every clone of ``send`` is closed.
+
+        Shielded from cancellation: when a run is cancelled (Ctrl-C, a rejected key), results
+        that already arrived are paid for, so the writer keeps writing until the pipeline, itself
+        cancelled, closes its end of the stream.
+        """
         files: dict[str, Any] = {}
-        try:
-            with anyio.CancelScope(shield=True):  # an open abandoned mid-way would leak its file
+        with anyio.CancelScope(shield=True):
+            try:
                 for stage in STAGES:
-                    path = journal_path(self.run_dir, stage)
-                    files[stage] = await anyio.open_file(path, "a", encoding="utf-8")
-            async with self._receive:
-                try:
+                    files[stage] = await anyio.open_file(journal_path(self.run_dir, stage), "a", encoding="utf-8")
+                async with self._receive:
                     await self._drain(self._receive, files)
-                except anyio.get_cancelled_exc_class():
-                    # Cancelled (Ctrl-C, a failed sibling): results already received are paid
-                    # for, so write them before going.
-                    with anyio.CancelScope(shield=True):
-                        await self._drain_waiting(self._receive, files)
-                    raise
-        except OSError as exc:
-            raise JournalError(f"cannot write the journal in {self.run_dir / 'journal'}: {exc.strerror or exc}") from exc
-        finally:
-            with anyio.CancelScope(shield=True):
+            except OSError as exc:
+                raise JournalError(
+                    f"cannot write the journal in {self.run_dir / 'journal'}: {exc.strerror or exc}"
+                ) from exc
+            finally:
                 for handle in files.values():
                     await handle.aclose()
 
