@@ -185,6 +185,7 @@ class BatchStage:
             (int(m.group(2)) for p in self._dir.glob("*.jsonl") if (m := _CHUNK_NAME.match(p.stem))), default=0
         )
         self._uploads = anyio.Semaphore(settings.upload_concurrency)
+        self._delivering = anyio.Lock()
         self._group: TaskGroup | None = None
         self._deliver: Deliver | None = None
         self._closed = anyio.Event()
@@ -280,19 +281,21 @@ class BatchStage:
             delay = min(delay * self._settings.poll_factor, self._settings.poll_max_s)
             batch = await self._control(self._client.retrieve_batch, batch.id)
         outcomes = await self._download(chunk, batch)
-        retry: list[str] = []
-        for custom_id in chunk.custom_ids:
-            if self._owner.get(custom_id, chunk) is not chunk:
-                continue  # a newer batch carries this line now
-            outcome = outcomes.get(custom_id) or self._missing(custom_id, batch)
-            if isinstance(outcome, Failure) and _is_retryable(outcome) and chunk.attempt < self._settings.max_line_retries:
-                retry.append(custom_id)
-            else:
-                await self._settle(chunk, custom_id, outcome)
-        if retry:
-            await self._retry(chunk, retry)
-        if self.after_batch is not None:
-            await self.after_batch()
+        async with self._delivering:  # one batch at a time, so its rows are flushed together
+            retry: list[str] = []
+            for custom_id in chunk.custom_ids:
+                if self._owner.get(custom_id, chunk) is not chunk:
+                    continue  # a newer batch carries this line now
+                outcome = outcomes.get(custom_id) or self._missing(custom_id, batch)
+                retryable = isinstance(outcome, Failure) and _is_retryable(outcome)
+                if retryable and chunk.attempt < self._settings.max_line_retries:
+                    retry.append(custom_id)
+                else:
+                    await self._settle(chunk, custom_id, outcome)
+            if retry:
+                await self._retry(chunk, retry)
+            if self.after_batch is not None:
+                await self.after_batch()
 
     def _missing(self, custom_id: str, batch: Batch) -> Failure:
         if batch.status == "failed":

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from .config import TaskConfig, load_config, with_overrides
+from .config import TaskConfig, load_config, merge_tables, with_overrides
 from .errors import AuthError, EngineError
 from .shipped import example_config
 
@@ -66,6 +66,8 @@ def _serve_parser(commands: Any) -> None:
     serve.add_argument("--rpm", type=float)
     serve.add_argument("--tpm", type=float)
     serve.add_argument("--error-rate", type=float, default=0.0, help="share of calls answered 5xx")
+    serve.add_argument("--batch-min-seconds", type=float, default=0.0, help="a batch's turnaround at least")
+    serve.add_argument("--data-dir", type=Path, help="keep files and batches here across restarts (default: a temporary dir)")
     serve.add_argument("--seed", type=int, default=0)
 
 
@@ -89,7 +91,10 @@ def config_from_args(args: argparse.Namespace) -> TaskConfig:
         "judge.model": args.judge_model,
         "local.latency_ms": args.sim_latency_ms,
     }
-    return with_overrides(config, {**overrides, **_limit_overrides(args), **dict(args.set)})
+    settings: dict[str, Any] = {}
+    for key, table in args.set:  # merged first: two --set prices."m".… make one table
+        merge_tables(settings, {key: table})
+    return with_overrides(config, {**overrides, **_limit_overrides(args), **settings})
 
 
 def _limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,13 +138,19 @@ def _serve(args: argparse.Namespace) -> int:
     from adapters.local.server import serve_forever
 
     settings = SimSettings(
-        latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm, error_rate=args.error_rate, seed=args.seed
+        latency_ms=args.latency_ms,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        error_rate=args.error_rate,
+        batch_min_seconds=args.batch_min_seconds,
+        seed=args.seed,
     )
 
     def ready(url: str) -> None:
         print(f"serving the {args.backend} backend (simulated answers) at {url}", flush=True)
 
-    anyio.run(lambda: serve_forever(SimBackend(settings), host=args.host, port=args.port, on_ready=ready))
+    server = serve_forever(SimBackend(settings), host=args.host, port=args.port, data_dir=args.data_dir, on_ready=ready)
+    anyio.run(lambda: server)
     return 0
 
 

@@ -138,6 +138,7 @@ class LocalServerConfig(_Strict):
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
     error_rate: float = Field(0.0, ge=0, le=1)
+    batch_min_seconds: float = Field(0.0, ge=0, description="a batch's turnaround: done no sooner than this")
     seed: int = 0
 
 
@@ -207,10 +208,11 @@ def load_config(path: str | Path) -> TaskConfig:
     return parse_config(data, source=path.name, base_dir=path.resolve().parent)
 
 
-def _merge(target: dict[str, Any], updates: dict[str, Any]) -> None:
+def merge_tables(target: dict[str, Any], updates: dict[str, Any]) -> None:
+    """Merge nested ``updates`` into ``target`` in place, table by table."""
     for key, value in updates.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
+            merge_tables(target[key], value)
         else:
             target[key] = value
 
@@ -229,7 +231,7 @@ def with_overrides(config: TaskConfig, overrides: dict[str, Any]) -> TaskConfig:
                 raise ConfigError(f"command line: {dotted}: no such setting")
             node = node[parent]
         if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            _merge(node[leaf], value)
+            merge_tables(node[leaf], value)
         else:
             node[leaf] = value
     try:

@@ -216,9 +216,17 @@ class Evaluation:
 
         local = self.config.local
         settings = SimSettings(
-            latency_ms=local.latency_ms, rpm=local.rpm, tpm=local.tpm, error_rate=local.error_rate, seed=local.seed
+            latency_ms=local.latency_ms,
+            rpm=local.rpm,
+            tpm=local.tpm,
+            error_rate=local.error_rate,
+            batch_min_seconds=local.batch_min_seconds,
+            seed=local.seed,
         )
-        return await self._stack.enter_async_context(embedded_server(SimBackend(settings)))
+        # The server keeps its files and batches in the run directory, so a resumed run finds
+        # the batches its killed predecessor had in progress.
+        server = embedded_server(SimBackend(settings), data_dir=self.run_dir / "server")
+        return await self._stack.enter_async_context(server)
 
     # -- the collector: joined rows -> parquet parts, live stats, the caller's stream --------
 

@@ -93,3 +93,16 @@ def test_sigkill_then_resume_loses_only_what_was_in_flight(tmp_path: Path) -> No
     # Each row costs two calls; a kill costs at most the calls in flight.
     assert calls_at_kill < 2 * rows
     assert backend.calls - 2 * rows <= 2 * concurrency  # in flight: sent, or answered but not yet journaled
+
+
+def test_set_overrides_any_value_and_repeats_merge() -> None:
+    from engine.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([
+        "run", "--mode", "batch", "--set", "batch.max_requests_per_file=40", "--set", "batch.poll_initial_s=0.5",
+        "--set", 'prices."m-1".input=0.2', "--set", 'prices."m-1".output=0.4', "--set", "name=plain words",
+    ])
+    config = config_from_args(args)
+    assert (config.batch.max_requests_per_file, config.batch.poll_initial_s) == (40, 0.5)
+    assert config.prices["m-1"].per_token("batch") == (0.1 / 1e6, 0.2 / 1e6)
+    assert config.name == "plain words" and config.predict.mode == config.judge.mode == "batch"

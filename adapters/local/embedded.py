@@ -9,12 +9,14 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 
 import anyio
 import anyio.to_thread
 
 from .backends.base import Backend
+from .batches import BatchSettings
 from .server import DEFAULT_MAX_BODY_BYTES, serve_forever
 
 __all__ = ["EmbeddedServer", "embedded_server"]
@@ -23,7 +25,8 @@ __all__ = ["EmbeddedServer", "embedded_server"]
 class EmbeddedServer:
     """The OpenAI-compatible server on a daemon thread; ``start()`` returns its base URL.
 
-    Not restartable: make a new one. ``port=0`` picks a free port.
+    Not restartable: make a new one (on the same ``data_dir`` it resumes the batches). ``port=0``
+    picks a free port; the options are :func:`~adapters.local.server.create_app`'s.
     """
 
     def __init__(
@@ -34,8 +37,12 @@ class EmbeddedServer:
         port: int = 0,
         api_key: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        data_dir: Path | str | None = None,
+        batch_settings: BatchSettings = BatchSettings(),
     ) -> None:
         self._backend = backend
+        self._data_dir = data_dir
+        self._batch_settings = batch_settings
         self._host = host
         self._port = port
         self._api_key = api_key
@@ -65,7 +72,7 @@ class EmbeddedServer:
         return self._url
 
     def stop(self) -> None:
-        """Stop gracefully (in-flight requests get a few seconds) and join the thread."""
+        """Stop gracefully and join the thread: in-flight requests and batch lines get a few seconds."""
         if self._thread is None:
             return
         if self._loop is not None and self._task is not None and self._url is not None:
@@ -103,6 +110,8 @@ class EmbeddedServer:
             port=self._port,
             api_key=self._api_key,
             max_body_bytes=self._max_body_bytes,
+            data_dir=self._data_dir,
+            batch_settings=self._batch_settings,
             on_ready=self._on_ready,
         )
 
@@ -119,10 +128,18 @@ async def embedded_server(
     port: int = 0,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    data_dir: Path | str | None = None,
+    batch_settings: BatchSettings = BatchSettings(),
 ) -> AsyncIterator[str]:
     """Serve ``backend`` for the block's duration and yield the base URL; works on asyncio and trio."""
     server = EmbeddedServer(
-        backend, host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes
+        backend,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        data_dir=data_dir,
+        batch_settings=batch_settings,
     )
     url = await anyio.to_thread.run_sync(server.start)
     try:

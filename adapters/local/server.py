@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server (aiohttp) in front of a :class:`Backend`.
 
-Endpoints: ``GET /v1/models`` and ``POST /v1/chat/completions``, in OpenAI's shapes. Every error,
-routing errors included, is an OpenAI error object ``{"error": {message, type, param, code}}``.
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, and the Files and Batches APIs
+(:mod:`.routes`, executed by :mod:`.batches`), in OpenAI's shapes. Every error, routing errors
+included, is an OpenAI error object ``{"error": {message, type, param, code}}``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from . import routes
 from .backends.base import Backend, BackendError, DropConnection, MalformedReply
+from .batches import BatchSettings
+from .wire import chat_completion, chat_problem, error_response
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "serve_forever"]
 
@@ -29,9 +33,19 @@ _log = logging.getLogger(__name__)
 
 
 def create_app(
-    backend: Backend, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    backend: Backend,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    data_dir: Path | str | None = None,
+    batch_settings: BatchSettings = BatchSettings(),
 ) -> web.Application:
-    """Build the app. With ``api_key`` set, every request needs ``Authorization: Bearer <key>``."""
+    """Build the app. With ``api_key`` set, every request needs ``Authorization: Bearer <key>``.
+
+    Files and batches are kept under ``data_dir`` and survive a restart on the same one; with
+    ``None`` they go to a temporary directory removed when the app stops. ``max_body_bytes``
+    bounds JSON bodies; uploads are bounded by ``batch_settings.max_file_bytes``.
+    """
     middlewares: list[Middleware] = [_errors_as_json]
     if api_key is not None:
         middlewares.append(_bearer_auth(api_key))
@@ -39,6 +53,8 @@ def create_app(
     app[_BACKEND] = backend
     app.router.add_get("/v1/models", _list_models)
     app.router.add_post("/v1/chat/completions", _chat_completions)
+    root = None if data_dir is None else Path(data_dir)
+    routes.install(app, backend, data_dir=root, settings=batch_settings)
     return app
 
 
@@ -49,14 +65,24 @@ async def serve_forever(
     port: int = 0,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    data_dir: Path | str | None = None,
+    batch_settings: BatchSettings = BatchSettings(),
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until cancelled; ``port=0`` picks a free port.
+    """Serve until cancelled; ``port=0`` picks a free port. The options are :func:`create_app`'s.
 
     ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) once the socket listens. On
-    cancellation in-flight requests get a few seconds to finish before connections close.
+    cancellation in-flight requests get a few seconds to finish before connections close, then
+    running batches stop (in-flight lines get ``batch_settings.shutdown_grace_s``) to resume on
+    the next start with the same ``data_dir``.
     """
-    app = create_app(backend, api_key=api_key, max_body_bytes=max_body_bytes)
+    app = create_app(
+        backend,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        data_dir=data_dir,
+        batch_settings=batch_settings,
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
@@ -71,21 +97,6 @@ async def serve_forever(
         await runner.cleanup()
 
 
-def _error(
-    status: int,
-    message: str,
-    *,
-    type: str = "invalid_request_error",
-    code: str | None = None,
-    param: str | None = None,
-    headers: tuple[tuple[str, str], ...] = (),
-) -> web.Response:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return web.Response(
-        status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
-    )
-
-
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render aiohttp's own HTTP errors (404, 405, 413) as OpenAI error objects."""
@@ -94,7 +105,7 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.text or exc.reason, code=exc.reason.lower().replace(" ", "_"))
+        return error_response(exc.status, exc.text or exc.reason, code=exc.reason.lower().replace(" ", "_"))
 
 
 def _bearer_auth(api_key: str) -> Middleware:
@@ -105,7 +116,7 @@ def _bearer_auth(api_key: str) -> Middleware:
         supplied = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(supplied, expected):
             # Never echo what was supplied: it may be a real key sent to the wrong server.
-            return _error(401, "Incorrect or missing API key.", code="invalid_api_key")
+            return error_response(401, "Incorrect or missing API key.", code="invalid_api_key")
         return await handler(request)
 
     return bearer_auth
@@ -126,18 +137,13 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError):
-        return _error(400, "We could not parse the JSON body of your request.")
-    if (problem := _validate(body)) is not None:
-        return _error(400, problem[1], param=problem[0])
-    model = body["model"]
-    if backend.models is not None and model not in backend.models:
-        return _error(
-            404, f"The model `{model}` does not exist.", code="model_not_found", param="model"
-        )
+        return error_response(400, "We could not parse the JSON body of your request.")
+    if (problem := chat_problem(body, backend.models)) is not None:
+        return problem.response()
     try:
         completion = await backend.complete(body)
     except BackendError as exc:
-        return _error(
+        return error_response(
             exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param, headers=exc.headers
         )
     except DropConnection:
@@ -149,52 +155,10 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return web.Response(body=exc.body, content_type="application/json")
     except Exception:
         _log.exception("backend %s failed", backend.name)
-        return _error(500, f"The {backend.name} backend failed.", type="server_error")
+        return error_response(500, f"The {backend.name} backend failed.", type="server_error")
     request_id = secrets.token_hex(12)
-    total = completion.prompt_tokens + completion.completion_tokens
-    reply = {
-        "id": f"chatcmpl-{request_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": completion.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.content},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "total_tokens": total,
-        },
-    }
     return web.Response(
-        body=json.dumps(reply).encode(),
+        body=json.dumps(chat_completion(completion, request_id)).encode(),
         content_type="application/json",
         headers=(("x-request-id", f"req_{request_id}"), *completion.headers),
     )
-
-
-def _validate(body: Any) -> tuple[str | None, str] | None:
-    """``(param, message)`` for the first problem with a chat-completion body, else None."""
-    if not isinstance(body, dict):
-        return None, "The request body must be a JSON object."
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return "model", "`model` must be a non-empty string."
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "messages", "`messages` must be a non-empty array."
-    for i, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or not isinstance(message.get("role"), str)
-            or not isinstance(message.get("content"), (str, list))
-        ):
-            return f"messages[{i}]", f"`messages[{i}]` must be an object with a `role` and `content`."
-    if body.get("stream"):
-        return "stream", "Streaming is not supported by this server."
-    return None

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from .base import Backend, BackendError, Completion, DropConnection, MalformedReply
+from .base import Backend, BackendError, BatchPolicy, Completion, DropConnection, MalformedReply, batch_policy
 from .sim import SimBackend, SimSettings
 
 __all__ = [
     "Backend",
     "BackendError",
+    "BatchPolicy",
     "Completion",
     "DropConnection",
     "MalformedReply",
     "SimBackend",
     "SimSettings",
+    "batch_policy",
 ]

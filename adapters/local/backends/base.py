@@ -9,10 +9,15 @@ renders the exception:
     └── MalformedReply     answer 200 with a body that is not JSON
 
 Any other exception becomes a 500 ``server_error`` that names no internals.
+
+A backend may also carry a ``batch_policy`` (:class:`BatchPolicy`): how the server's batches
+behave beyond answering lines (turnaround, expiry, failed lines, stalls). The simulator does;
+:func:`batch_policy` gives the default, no faults, for any backend that does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +50,45 @@ class Backend(Protocol):
     def models(self) -> tuple[str, ...] | None: ...
 
     async def complete(self, body: dict[str, Any]) -> Completion: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How a backend's batches behave, beyond each line's answer.
+
+    No batch completes sooner than ``min_seconds`` after its creation; one still running
+    ``expire_after_s`` after creation expires with partial output (``None``: never). A share
+    ``fail_rate`` of lines fails with a 500 error line without reaching the backend, chosen by a
+    hash of ``(seed, custom_id)`` so the same lines fail in every run. ``stall_validating`` keeps
+    every batch in ``validating`` until it is cancelled.
+    """
+
+    min_seconds: float = 0.0
+    expire_after_s: float | None = None
+    fail_rate: float = 0.0
+    stall_validating: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_seconds < 0:
+            raise ValueError(f"batch min_seconds must not be negative, got {self.min_seconds}")
+        if self.expire_after_s is not None and self.expire_after_s <= 0:
+            raise ValueError(f"batch expire_after_s must be positive or None, got {self.expire_after_s}")
+        if not 0.0 <= self.fail_rate <= 1.0:
+            raise ValueError(f"batch fail_rate must be in [0, 1], got {self.fail_rate}")
+
+    def fails(self, custom_id: str) -> bool:
+        """Whether the line ``custom_id`` is one of the failing share."""
+        if not self.fail_rate:
+            return False
+        digest = hashlib.blake2b(f"{self.seed}:{custom_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64 < self.fail_rate
+
+
+def batch_policy(backend: object) -> BatchPolicy:
+    """``backend.batch_policy`` when it has one, else the default policy (no batch faults)."""
+    policy = getattr(backend, "batch_policy", None)
+    return policy if isinstance(policy, BatchPolicy) else BatchPolicy()
 
 
 class BackendError(Exception):

@@ -12,6 +12,9 @@ every process; it never reads ground truth. In order of precedence it answers:
    one of them;
 4. otherwise ``"simulated answer"``.
 
+Its ``batch_policy`` (from the ``batch_*`` settings) makes the server's batches slow, expire, fail
+lines or stall in ``validating``; by default batches behave.
+
 Rate limits are token buckets like a provider's; faults (5xx, resets, malformed bodies) and latency
 jitter are drawn from a ``random.Random(seed)`` owned by the backend, so a run is reproducible.
 """
@@ -30,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .base import BackendError, Completion, DropConnection, Headers, MalformedReply
+from .base import BackendError, BatchPolicy, Completion, DropConnection, Headers, MalformedReply
 
 _WORD = r"[A-Za-z][A-Za-z'/&-]*"
 _ITEM = rf"{_WORD}(?: {_WORD}){{0,2}}"
@@ -51,6 +54,7 @@ class SimSettings:
     Rates are probabilities per request; ``error_rate + reset_rate + malformed_rate`` must not
     exceed 1. ``rpm``/``tpm`` ``None`` means unlimited; a bucket holds ``burst_seconds`` worth of
     its rate (and always at least one request's cost). ``models`` ``None`` accepts any model.
+    The ``batch_*`` settings are the fields of the backend's :class:`BatchPolicy`.
     """
 
     latency_ms: float = 0.0
@@ -64,6 +68,10 @@ class SimSettings:
     models: tuple[str, ...] | None = None
     seed: int = 0
     judge_correct_rate: float = 0.75
+    batch_min_seconds: float = 0.0
+    batch_expire_after_s: float | None = None
+    batch_fail_rate: float = 0.0
+    batch_stall_validating: bool = False
 
     def __post_init__(self) -> None:
         rates = {
@@ -71,6 +79,7 @@ class SimSettings:
             "reset_rate": self.reset_rate,
             "malformed_rate": self.malformed_rate,
             "judge_correct_rate": self.judge_correct_rate,
+            "batch_fail_rate": self.batch_fail_rate,
         }
         for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:
@@ -82,6 +91,20 @@ class SimSettings:
                 raise ValueError(f"{name} must be positive or None, got {limit}")
         if self.burst_seconds <= 0 or self.latency_ms < 0 or self.latency_jitter_ms < 0:
             raise ValueError("burst_seconds must be positive and latencies non-negative")
+        expire = self.batch_expire_after_s
+        if self.batch_min_seconds < 0 or (expire is not None and expire <= 0):
+            raise ValueError("batch_min_seconds must be non-negative, batch_expire_after_s positive or None")
+
+    @property
+    def batch_policy(self) -> BatchPolicy:
+        """The batch behaviour these settings ask for."""
+        return BatchPolicy(
+            min_seconds=self.batch_min_seconds,
+            expire_after_s=self.batch_expire_after_s,
+            fail_rate=self.batch_fail_rate,
+            stall_validating=self.batch_stall_validating,
+            seed=self.seed,
+        )
 
 
 class _Bucket:
@@ -112,6 +135,7 @@ class SimBackend:
     def __init__(self, settings: SimSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.models = settings.models
+        self.batch_policy = settings.batch_policy
         self._clock = clock
         self._rng = random.Random(settings.seed)
         now = clock()
