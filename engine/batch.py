@@ -92,9 +92,9 @@ class BatchLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, event: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps({**event, "at": time.time()}) + "\n")
             out.flush()
@@ -178,7 +178,6 @@ class BatchStage:
         self._journaled = journaled
         self.progress = progress
         self.after_batch = after_batch
-        self.batches_created = 0
         self._owner: dict[str, _Chunk] = {}
         self._open: _Chunk | None = None
         self._next_index = 1 + max(
@@ -262,7 +261,6 @@ class BatchStage:
         batch = await self._control(self._client.create_batch, file_id, metadata)
         self._log.append({"event": "batch", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id,
                           "file_id": file_id})
-        self.batches_created += 1
         await self._follow(chunk, batch)
 
     async def _follow(self, chunk: _Chunk, batch: Batch) -> None:

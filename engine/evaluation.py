@@ -76,7 +76,6 @@ class Evaluation:
         self._clock = clock or AnyioClock()
         self._row_buffer = row_buffer
         self._stack = AsyncExitStack()
-        self._batch_stages: list[BatchStage] = []
         self._rows_out: MemoryObjectReceiveStream[JoinedRow] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -142,7 +141,6 @@ class Evaluation:
         predict, judge = stages["predict"], stages["judge"]
         if isinstance(predict, BatchStage):
             predict.after_batch = judge.flush
-        self._batch_stages = [stage for stage in (predict, judge) if isinstance(stage, BatchStage)]
         return predict, judge
 
     async def _start(self, dataset: Dataset, builder: PromptBuilder, client: openai_compat.OpenAICompatClient) -> None:
@@ -269,7 +267,6 @@ class Evaluation:
             requests=requests,
             retries=self.predict_runner.stats.retries + self.judge_runner.stats.retries,
             rate_limited=self.predict_runner.stats.rate_limited + self.judge_runner.stats.rate_limited,
-            batches_created=sum(stage.batches_created for stage in self._batch_stages),
             backend="sim" if self.config.endpoint.base_url is None else None,
         )
         write_json(self.run_dir / METRICS_FILE, metrics)

@@ -13,6 +13,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from .batch import BatchLog
 from .config import TaskConfig
 from .journal import journal_path, scan_journal
 from .metrics import quality_metrics
@@ -64,7 +65,6 @@ def build_metrics(
     requests: int,
     retries: int,
     rate_limited: int,
-    batches_created: int,
     backend: str | None,
 ) -> dict[str, Any]:
     results = pl.scan_parquet(run_dir / RESULTS_FILE)
@@ -77,13 +77,18 @@ def build_metrics(
     metrics["requests_per_second"] = round(requests / wall_seconds, 2) if wall_seconds > 0 else None
     metrics["retries"] = retries
     metrics["rate_limited"] = rate_limited
-    metrics["batches_created"] = batches_created
+    metrics["batches_created"] = batches_created(run_dir)
     metrics["stage_overlap"] = stage_overlap(run_dir)
     metrics["models"] = {
         stage: {"requested": stage_config.model, "served": _served_models(run_dir, stage), "backend": backend}
         for stage, stage_config in (("predict", config.predict), ("judge", config.judge))
     }
     return metrics
+
+
+def batches_created(run_dir: Path) -> int:
+    """Batches the run created, all sessions together (the ``batch`` events of its journal)."""
+    return sum(1 for event in BatchLog(run_dir / "journal" / "batches.ndjson").events() if event["event"] == "batch")
 
 
 def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, int]]) -> dict[str, float | None] | None:
