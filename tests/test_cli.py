@@ -106,3 +106,16 @@ def test_set_overrides_any_value_and_repeats_merge() -> None:
     assert (config.batch.max_requests_per_file, config.batch.poll_initial_s) == (40, 0.5)
     assert config.prices["m-1"].per_token("batch") == (0.1 / 1e6, 0.2 / 1e6)
     assert config.name == "plain words" and config.predict.mode == config.judge.mode == "batch"
+
+
+def test_the_sdk_batch_flow_script_runs_against_serve() -> None:
+    command = [sys.executable, "-m", "engine", "serve", "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO) as server:
+        assert server.stdout is not None
+        url = server.stdout.readline().rsplit(" at ", 1)[1].strip()
+        done = subprocess.run([sys.executable, "examples/sdk_batch_flow.py", url], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        server.terminate()
+    assert done.returncode == 0, done.stderr
+    answers = [line for line in done.stdout.splitlines() if line.startswith("movie-")]
+    assert len(answers) == 20 and "completed 20/20" in done.stdout
