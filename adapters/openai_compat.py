@@ -28,7 +28,7 @@ import openai
 import sniffio
 from openai.types import Batch
 
-from engine.errors import AuthError, ErrorKind, ProviderError
+from engine.errors import AuthError, ErrorKind, ModelNotFoundError, ProviderError
 from engine.retry import parse_retry_after
 from engine.types import ChatRequest, Usage
 
@@ -93,7 +93,7 @@ class OpenAICompatClient:
                 options=self._options,
             )
         except openai.APIStatusError as exc:
-            raise self._status_error(exc) from exc
+            raise self._status_error(exc, model=request.body.get("model")) from exc
         except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
             raise self._connection_error(exc) from exc
         return _parse_completion(response.content, time.perf_counter() - started)
@@ -163,9 +163,13 @@ class OpenAICompatClient:
         message = _scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
         return ProviderError(message, kind="transient", reason="connection")
 
-    def _status_error(self, exc: openai.APIStatusError) -> ProviderError:
+    def _status_error(self, exc: openai.APIStatusError, *, model: str | None = None) -> ProviderError:
+        """``model`` is set for chat calls, where a 404 can only mean an unknown model."""
         status = exc.status_code
         message = _scrub(f"HTTP {status}: {exc.message}", self._api_key)
+        if status == 404 and model is not None:
+            message = f"{message} (the endpoint {self.base_url} does not serve the model {model!r})"
+            return ModelNotFoundError(message, kind="no", reason="http_404", status_code=status)
         if status == 401:
             source = f"${self._api_key_env}" if self._api_key_env else "the API key"
             message = f"{message} (the endpoint {self.base_url} rejected the key in {source})"

@@ -1,7 +1,7 @@
 """An async LLM-as-a-judge evaluation engine for any OpenAI-compatible endpoint."""
 
 from .config import TaskConfig, load_config, with_overrides
-from .errors import AuthError, ConfigError, EngineError, JournalError, ProviderError
+from .errors import AuthError, ConfigError, EngineError, FatalError, JournalError, ModelNotFoundError, ProviderError
 from .evaluation import Evaluation
 from .types import JoinedRow
 
@@ -10,8 +10,10 @@ __all__ = [
     "ConfigError",
     "EngineError",
     "Evaluation",
+    "FatalError",
     "JoinedRow",
     "JournalError",
+    "ModelNotFoundError",
     "ProviderError",
     "TaskConfig",
     "load_config",

@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from openai.types import Batch
 
 from .config import BatchConfig
-from .errors import AuthError, ProviderError
+from .errors import FatalError, ProviderError
 from .limits import Clock
 from .realtime import Deliver, RealtimeRunner
 from .retry import RetryPolicy
@@ -365,7 +365,7 @@ class BatchStage:
             attempt += 1
             try:
                 return await call(*args)
-            except AuthError:
+            except FatalError:
                 raise
             except ProviderError as error:
                 delay = self._policy.delay(error, attempt)

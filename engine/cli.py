@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from .config import TaskConfig, load_config, merge_tables, with_overrides
-from .errors import AuthError, EngineError
+from .errors import EngineError, FatalError
 from .shipped import example_config
 
 
@@ -124,9 +124,10 @@ async def _run(args: argparse.Namespace) -> int:
             async for _ in evaluation:
                 pass
             group.cancel_scope.cancel()
-    except AuthError as exc:
+    except FatalError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        print(f"nothing done is lost: fix it and resume with --resume {evaluation.run_dir}", file=sys.stderr)
+        if (evaluation.run_dir / "run.json").exists():
+            print(f"nothing done is lost: fix it and resume with --resume {evaluation.run_dir}", file=sys.stderr)
         return 2
     assert evaluation.metrics is not None
     print_summary(evaluation.metrics, evaluation.run_dir)

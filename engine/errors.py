@@ -1,10 +1,12 @@
 """The engine's exceptions.
 
     EngineError
-    ├── ConfigError        bad config, data set or template: names the file, row or field
-    ├── JournalError       the run directory cannot be read or written
-    └── ProviderError      one call failed; ``kind`` says whether it may be retried
-        └── AuthError      401/403: the key is wrong; the whole run stops at once
+    ├── ConfigError                bad config, data set or template: names the file, row or field
+    ├── JournalError               the run directory cannot be read or written
+    └── ProviderError              one call failed; ``kind`` says whether it may be retried
+        └── FatalError             every other row would fail the same way: the run stops at once
+            ├── AuthError          401: the endpoint rejected the key
+            └── ModelNotFoundError 404: the endpoint does not serve the model
 
 Adapters map their dependency's errors onto ``ProviderError`` once (``raise ... from exc``);
 the engine decides retries and limits from ``kind`` alone.
@@ -53,8 +55,16 @@ class ProviderError(EngineError):
         self.retry_after = retry_after
 
 
-class AuthError(ProviderError):
-    """The endpoint rejected the key; retrying cannot help and neither can the next row."""
+class FatalError(ProviderError):
+    """Retrying cannot help and neither can the next row: stop the run, keep what is done."""
+
+
+class AuthError(FatalError):
+    """The endpoint rejected the key."""
+
+
+class ModelNotFoundError(FatalError):
+    """The endpoint does not serve the requested model."""
 
 
 def engine_error_in(exc: BaseException) -> EngineError | None:

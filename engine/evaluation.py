@@ -12,6 +12,7 @@ the evaluation owns; leaving waits for the last row, writes ``results.parquet`` 
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import AsyncExitStack
 from functools import partial
@@ -28,7 +29,7 @@ from adapters import openai_compat
 from . import report
 from .config import TaskConfig
 from .dataset import Dataset
-from .errors import engine_error_in
+from .errors import ConfigError, FatalError, ProviderError, engine_error_in
 from .journal import JournalWriter, journal_path, scan_journal
 from .limits import AnyioClock, Clock, Limiter
 from .pipeline import JoinState, LiveStats, Pipeline
@@ -38,8 +39,8 @@ from .pipeline import Stage
 from .realtime import RealtimeRunner, RealtimeStage
 from .results import ResultsWriter
 from .retry import RetryPolicy
-from .rundir import METRICS_FILE, create_run, load_run, new_run_dir, write_json
-from .types import STAGES, JoinedRow, StageName
+from .rundir import METRICS_FILE, RUN_FILE, create_run, load_run, new_run_dir, prepare_run_dir, write_json
+from .types import STAGES, ChatRequest, JoinedRow, StageName
 
 
 class Evaluation:
@@ -84,10 +85,11 @@ class Evaluation:
         config = self.config
         dataset = await anyio.to_thread.run_sync(partial(Dataset, config.dataset, label_set=config.labels))
         builder = PromptBuilder(config, dataset.columns)
+        fresh = not self.resume and not self.run_dir.exists()
+        if not self.resume:
+            prepare_run_dir(self.run_dir)
         await self._stack.__aenter__()
         try:
-            if not self.resume:
-                create_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded")
             self.base_url = await self._endpoint()
             client = await self._stack.enter_async_context(
                 openai_compat.OpenAICompatClient(
@@ -97,10 +99,15 @@ class Evaluation:
                     timeout_s=config.endpoint.timeout_s,
                 )
             )
+            await preflight(client, config)
+            if not self.resume:
+                create_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded")
             self._make_runners(client)
             await self._start(dataset, builder, client)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
+            if fresh and not (self.run_dir / RUN_FILE).exists():
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing started: leave nothing behind
             raise
         return self
 
@@ -283,3 +290,22 @@ def _journaled_ids(run_dir: Path, stage: StageName) -> set[str]:
     """Custom ids that already have an outcome in the stage's journal."""
     frame = scan_journal(journal_path(run_dir, stage)).select("custom_id").collect()
     return set(frame.to_series().to_list())
+
+
+async def preflight(client: openai_compat.OpenAICompatClient, config: TaskConfig) -> None:
+    """One tiny call per batch-mode model before anything is submitted.
+
+    A batch only reports a rejected key or an unknown model hours later, line by line; this
+    asks once, with ``max_tokens=1``, and stops the run before it starts. Realtime stages need
+    no preflight: their first call stops the run the same way.
+    """
+    models = {stage.model for stage in (config.predict, config.judge) if stage.mode == "batch"}
+    for model in sorted(models):
+        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        try:
+            await client.complete(ChatRequest("preflight:0", "0", "predict", body, estimated_tokens=0))
+        except FatalError:
+            raise
+        except ProviderError as error:
+            if error.kind == "no":
+                raise ConfigError(f"the endpoint rejected a test request for model {model!r}: {error}") from None

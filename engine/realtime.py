@@ -3,7 +3,8 @@
 The runner owns everything between "this request must be answered" and "here is its outcome":
 waiting for a concurrency slot and RPM/TPM budget, the call, correcting the token estimate with
 the real ``usage``, pausing everyone after a 429, and backing off. It returns a ``ChatResult`` or
-a ``Failure`` with its reason; only an ``AuthError`` escapes, because it dooms every other row too.
+a ``Failure`` with its reason; only a ``FatalError`` (a rejected key, an unknown model) escapes,
+because it dooms every other row too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .errors import AuthError, ProviderError
+from .errors import FatalError, ProviderError
 from .limits import Clock, Limiter
 from .retry import RetryPolicy
 from .types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
@@ -107,7 +108,7 @@ class RealtimeRunner:
             await self._clock.sleep(delay)
 
     def _after_error(self, error: ProviderError, attempt: int) -> float | None:
-        if isinstance(error, AuthError):
+        if isinstance(error, FatalError):
             raise error
         if error.kind == "rate_limit":
             self.stats.rate_limited += 1

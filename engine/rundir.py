@@ -38,13 +38,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise JournalError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def create_run(run_dir: Path, config: TaskConfig, *, endpoint: str) -> None:
+def prepare_run_dir(run_dir: Path) -> None:
+    """Make the directory of a new run; a run that lives there already is an error."""
+    if (run_dir / RUN_FILE).exists():
+        raise ConfigError(f"{run_dir}: a run lives here already; resume it with --resume {run_dir}")
     try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise ConfigError(f"{run_dir}: run directory exists already; resume it with --resume {run_dir}") from None
+        run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise JournalError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from exc
+
+
+def create_run(run_dir: Path, config: TaskConfig, *, endpoint: str) -> None:
+    """Write ``run.json``: from now on the directory is a run that ``--resume`` can finish."""
     write_json(
         run_dir / RUN_FILE,
         {

@@ -156,7 +156,7 @@ async def test_a_run_stopped_mid_batch_resumes_without_paying_twice(tmp_path: Pa
 
 def test_sigkill_during_batches_then_resume(tmp_path: Path) -> None:
     settings = SimSettings(seed=9, batch_min_seconds=0.5)
-    backend = CountingBackend(settings, signal_after=1)
+    backend = CountingBackend(settings, signal_after=3)  # after the 2 preflight calls: a batch line
     with EmbeddedServer(backend, data_dir=tmp_path / "server") as url:
         run_dir = tmp_path / "run"
         args = ["--mode", "batch", "--limit", "60", "--base-url", url, "--out", str(run_dir), "--quiet",

@@ -1,0 +1,107 @@
+"""Bad input, as a user meets it on the command line: one clear line naming the file, row or
+field, a non-zero exit, and no run directory for work that could not start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adapters.local.backends.sim import SimSettings
+from adapters.local.embedded import EmbeddedServer
+
+from .conftest import CountingBackend
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = 'Overview,Genre\n"A heist goes wrong.",Crime\n"Two friends.",Comedy\n'
+TASK = """
+name = "t"
+labels = ["Crime", "Comedy", "Drama"]
+[dataset]
+path = "data.csv"
+label_column = "Genre"
+[predict]
+model = "base"
+user_template = "{Overview}"
+[judge]
+model = "judge"
+user_template = "{Overview} {prediction}"
+"""
+
+CASES = {
+    "unknown column": (TASK.replace('label_column = "Genre"', 'label_column = "genre"'), DATA,
+                       r"data.csv: dataset.label_column = 'genre' is not a column \(columns: Overview, Genre\)"),
+    "template names a missing field": (TASK.replace("{Overview} {prediction}", "{Plot} {prediction}"), DATA,
+                                       r"judge.user_template: placeholder \{Plot\} is not a column"),
+    "wrong type": (TASK.replace('model = "base"', 'model = "base"\ntemperature = "hot"'), DATA,
+                   r"task.toml: predict.temperature: Input should be a valid number"),
+    "unknown key": (TASK.replace('model = "base"', 'model = "base"\nmax_token = 5'), DATA,
+                    r"task.toml: predict.max_token: unknown key \(check the spelling\)"),
+    "negative rate limit": (TASK + "[endpoint]\nrpm = -1\n", DATA, r"task.toml: endpoint.rpm: Input should be greater than 0"),
+    "unknown labels": (TASK, DATA + '"A ghost.",Horror\n',
+                       r"data.csv: row 2: label 'Horror' in column 'Genre' is not in the task's label set"),
+    "ragged csv": (TASK, DATA + '"x",Crime,extra\n', r"data.csv: cannot read the data file: .*more fields"),
+    "non-UTF-8 file": (TASK, None, r"data.csv: cannot read the data file"),
+    "unmatched brace": (TASK.replace("{Overview}\"", "{Overview\""), DATA, r"predict.user_template: unmatched '\{'"),
+}
+
+
+def engine(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clear_line(tmp_path: Path, case: str) -> None:
+    task, data, expected = CASES[case]
+    (tmp_path / "task.toml").write_text(task, encoding="utf-8")
+    if data is None:
+        (tmp_path / "data.csv").write_bytes("Overview,Genre\nCaf\xe9 society,Drama\n".encode("latin-1"))
+    else:
+        (tmp_path / "data.csv").write_text(data, encoding="utf-8")
+    done = engine("run", "task.toml", "--out", "run", "--quiet", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in done.stderr
+    assert __import__("re").search(expected, lines[-1]), lines[-1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+def test_a_model_the_endpoint_does_not_serve(tmp_path: Path, mode: str) -> None:
+    backend = CountingBackend(SimSettings(models=("base", "judge")))
+    (tmp_path / "task.toml").write_text(TASK, encoding="utf-8")
+    (tmp_path / "data.csv").write_text(DATA, encoding="utf-8")
+    with EmbeddedServer(backend) as url:
+        done = engine("run", "task.toml", "--base-url", url, "--mode", mode, "--judge-model", "judge-xl",
+                      "--out", "run", "--quiet", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "does not serve the model 'judge-xl'" in done.stderr and "Traceback" not in done.stderr
+    if mode == "batch":  # the preflight stopped it before anything was submitted
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_key(tmp_path: Path) -> None:
+    (tmp_path / "task.toml").write_text(TASK, encoding="utf-8")
+    (tmp_path / "data.csv").write_text(DATA, encoding="utf-8")
+    with EmbeddedServer(CountingBackend(SimSettings()), api_key="the-right-key") as url:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "run", "task.toml", "--base-url", url, "--api-key-env", "MY_KEY",
+             "--out", "run", "--quiet"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "MY_KEY": "sk-wrong-0123456789"},
+        )
+    assert done.returncode == 2
+    assert "rejected the key in $MY_KEY" in done.stderr and "sk-wrong-0123456789" not in done.stderr
+
+
+def test_an_unwritable_run_directory(tmp_path: Path) -> None:
+    (tmp_path / "task.toml").write_text(TASK, encoding="utf-8")
+    (tmp_path / "data.csv").write_text(DATA, encoding="utf-8")
+    (tmp_path / "a-file").write_text("")
+    done = engine("run", "task.toml", "--out", "a-file/run", "--quiet", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "a-file/run" in done.stderr
