@@ -155,13 +155,18 @@ class JournalWriter:
                     files[stage] = await anyio.open_file(journal_path(self.run_dir, stage), "a", encoding="utf-8")
                 async with self._receive:
                     await self._drain(self._receive, files)
+            except BaseException as exc:
+                await _close_all(files, ignore_errors=True)  # a failed disk fails the last flush too
+                if isinstance(exc, OSError):
+                    raise self._error(exc) from exc
+                raise
+            try:
+                await _close_all(files, ignore_errors=False)
             except OSError as exc:
-                raise JournalError(
-                    f"cannot write the journal in {self.run_dir / 'journal'}: {exc.strerror or exc}"
-                ) from exc
-            finally:
-                for handle in files.values():
-                    await handle.aclose()
+                raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> JournalError:
+        return JournalError(f"cannot write the journal in {self.run_dir / 'journal'}: {exc.strerror or exc}")
 
     @classmethod
     async def _drain(cls, receive: MemoryObjectReceiveStream[tuple[StageName, str, Outcome]], files: dict[str, Any]) -> None:
@@ -189,6 +194,15 @@ class JournalWriter:
             if batch:
                 await files[name].write("\n".join(batch) + "\n")
                 await files[name].flush()
+
+
+async def _close_all(files: dict[str, Any], *, ignore_errors: bool) -> None:
+    for handle in files.values():
+        try:
+            await handle.aclose()
+        except OSError:
+            if not ignore_errors:
+                raise
 
 
 JournalSend = MemoryObjectSendStream[tuple[StageName, str, Outcome]]

@@ -105,3 +105,29 @@ def test_an_unwritable_run_directory(tmp_path: Path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "a-file/run" in done.stderr
+
+
+def test_a_full_disk_stops_cleanly_and_the_journal_resumes(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes every write past 20 kB fail as a full disk would (EFBIG)."""
+    import resource
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    with EmbeddedServer(CountingBackend(SimSettings(seed=3))) as url:
+        args = ["run", "--limit", "200", "--base-url", url, "--quiet"]
+        full = subprocess.run([sys.executable, "-m", "engine", *args, "--out", "cut"], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                              preexec_fn=small_disk)
+        assert full.returncode == 2 and "Traceback" not in full.stderr
+        assert "cannot write the journal" in full.stderr and "File too large" in full.stderr
+        resumed = engine("run", "--resume", "cut", "--quiet", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        whole = engine(*args, "--out", "whole", cwd=tmp_path)
+        assert whole.returncode == 0, whole.stderr
+    import polars as pl
+
+    def results(name: str) -> pl.DataFrame:
+        return pl.read_parquet(tmp_path / name / "results.parquet").drop("predict_latency_s", "judge_latency_s")
+
+    assert results("cut").equals(results("whole"))
