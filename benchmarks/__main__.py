@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from . import overhead
+from . import faults, overhead
 
-BENCHMARKS = {"overhead": overhead.main}
+BENCHMARKS = {"faults": faults.main, "overhead": overhead.main}
 
 if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
     print(f"usage: python -m benchmarks {{{','.join(BENCHMARKS)}}} [options]", file=sys.stderr)

@@ -30,6 +30,11 @@ class CountingBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def arm(self, calls: int) -> None:
+        """Signal ``reached`` again once the backend has seen ``calls`` requests in all."""
+        self.reached.clear()
+        self._signal_after = calls
+
     async def complete(self, body: dict[str, Any]) -> Completion:
         self.calls += 1
         if self._signal_after is not None and self.calls >= self._signal_after:
