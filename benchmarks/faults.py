@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -79,7 +79,7 @@ class Server:
             self.running = None
 
 
-Action = Callable[[Server, str], Awaitable[None]]
+Action = Callable[[Server, str], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
