@@ -278,6 +278,12 @@ class BatchStage:
             await self._clock.sleep(delay)
             delay = min(delay * self._settings.poll_factor, self._settings.poll_max_s)
             batch = await self._control(self._client.retrieve_batch, batch.id)
+        self._log.append({
+            "event": "ended", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id, "status": batch.status,
+            "created_at": batch.created_at, "in_progress_at": batch.in_progress_at,
+            "finished_at": batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at,
+            "lines": len(chunk.custom_ids),
+        })
         outcomes = await self._download(chunk, batch)
         async with self._delivering:  # one batch at a time, so its rows are flushed together
             retry: list[str] = []
