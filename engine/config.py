@@ -76,6 +76,7 @@ class StageConfig(_Strict):
 
 
 class JudgeConfig(StageConfig):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$", description="required in a panel of judges")
     verdicts: VerdictConfig = VerdictConfig()
 
 
@@ -147,15 +148,39 @@ class TaskConfig(_Strict):
     labels: tuple[str, ...] = Field((), description="the label set; empty for open answers")
     dataset: DatasetConfig
     predict: StageConfig
-    judge: JudgeConfig
+    judge: JudgeConfig | tuple[JudgeConfig, ...] = Field(description="one [judge] table, or [[judge]] tables: a panel")
     endpoint: EndpointConfig = EndpointConfig()
     batch: BatchConfig = BatchConfig()
     prices: dict[str, Price] = Field(default_factory=dict, description="by model name")
     local: LocalServerConfig = LocalServerConfig()
 
+    @model_validator(mode="after")
+    def _one_panel(self) -> TaskConfig:
+        judges = self.judges
+        if not judges:
+            raise ValueError("judge: at least one judge is needed")
+        if len(judges) > 1:
+            names = [judge.name for judge in judges]
+            if None in names or len(set(names)) != len(names):
+                raise ValueError("judge: each judge of a panel needs a unique `name`")
+            if len({judge.mode for judge in judges}) > 1:
+                raise ValueError("judge: the judges of a panel share one mode (realtime or batch)")
+        return self
+
+    @property
+    def judges(self) -> tuple[JudgeConfig, ...]:
+        return self.judge if isinstance(self.judge, tuple) else (self.judge,)
+
+    @property
+    def judge_mode(self) -> Mode:
+        return self.judges[0].mode
+
+    def stage_mode(self, stage: str) -> Mode:
+        return self.predict.mode if stage == "predict" else self.judge_mode
+
     @property
     def uses_batch(self) -> bool:
-        return "batch" in (self.predict.mode, self.judge.mode)
+        return "batch" in (self.predict.mode, self.judge_mode)
 
     def api_key(self) -> str:
         """The key from the named environment variable.
@@ -208,6 +233,25 @@ def load_config(path: str | Path) -> TaskConfig:
     return parse_config(data, source=path.name, base_dir=path.resolve().parent)
 
 
+def _apply(node: dict[str, Any], path: list[str], value: Any, dotted: str) -> None:
+    head, *rest = path
+    if not rest:
+        if isinstance(value, dict) and isinstance(node.get(head), dict):
+            merge_tables(node[head], value)
+        else:
+            node[head] = value
+        return
+    child = node.get(head)
+    if isinstance(child, (list, tuple)):  # [[judge]] tables: the setting applies to each
+        node[head] = [dict(item) for item in child]
+        for item in node[head]:
+            _apply(item, rest, value, dotted)
+    elif isinstance(child, dict):
+        _apply(child, rest, value, dotted)
+    else:
+        raise ConfigError(f"command line: {dotted}: no such setting")
+
+
 def merge_tables(target: dict[str, Any], updates: dict[str, Any]) -> None:
     """Merge nested ``updates`` into ``target`` in place, table by table."""
     for key, value in updates.items():
@@ -218,22 +262,13 @@ def merge_tables(target: dict[str, Any], updates: dict[str, Any]) -> None:
 
 
 def with_overrides(config: TaskConfig, overrides: dict[str, Any]) -> TaskConfig:
-    """Apply dotted overrides (``{"endpoint.rpm": 600}``); ``None`` values are ignored and a
-    dict value is merged into the table it names."""
+    """Apply dotted overrides (``{"endpoint.rpm": 600}``); ``None`` values are ignored, a dict
+    value is merged into the table it names, and a setting under ``judge`` applies to every judge
+    of a panel."""
     data = config.model_dump()
     for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            if not isinstance(node.get(parent), dict):
-                raise ConfigError(f"command line: {dotted}: no such setting")
-            node = node[parent]
-        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            merge_tables(node[leaf], value)
-        else:
-            node[leaf] = value
+        if value is not None:
+            _apply(data, dotted.split("."), value, dotted)
     try:
         return TaskConfig.model_validate(data)
     except ValidationError as exc:

@@ -36,17 +36,18 @@ def estimate(config: TaskConfig) -> dict[str, Any]:
     builder = PromptBuilder(config, dataset.columns)
     columns = tuple(name for name in dataset.columns if name in builder.template_fields)
     placeholder = "x" * (4 * config.predict.max_tokens)
-    stages = {"predict": StageEstimate(), "judge": StageEstimate()}
+    stages = {"predict": StageEstimate(), **{prefix: StageEstimate() for prefix in builder.judge_prefixes}}
     skipped = 0
     for row, _ in dataset.rows(columns):
         if not any(str(row.fields.get(name) or "").strip() for name in builder.text_fields):
             skipped += 1
             continue
         stages["predict"].add(builder.predict(row), config.predict.max_tokens)
-        stages["judge"].add(builder.judge(row, placeholder), config.judge.max_tokens)
+        for index, judge in enumerate(config.judges):
+            stages[builder.judge_prefixes[index]].add(builder.judge(row, placeholder, index), judge.max_tokens)
     result: dict[str, Any] = {"rows": dataset.n_rows, "skipped": skipped, "stages": {}}
     total_cost: float | None = None
-    for name, stage_config in (("predict", config.predict), ("judge", config.judge)):
+    for name, stage_config in (("predict", config.predict), *zip(builder.judge_prefixes, config.judges)):
         figures = stages[name]
         price = config.prices.get(stage_config.model)
         cost = None

@@ -129,8 +129,7 @@ class Evaluation:
             ("judge", self.judge_runner),
         )
         for name, runner in runners:
-            mode = self.config.predict.mode if name == "predict" else self.config.judge.mode
-            if mode == "realtime":
+            if self.config.stage_mode(name) == "realtime":
                 stages[name] = RealtimeStage(runner)
                 continue
             stages[name] = BatchStage(
@@ -158,7 +157,7 @@ class Evaluation:
         owed = dataset.rows(
             results.input_columns,
             exclude=results.done_row_ids(),
-            attach={stage: scan_journal(journal_path(self.run_dir, stage)) for stage in STAGES},
+            attach=_journal_records(self.run_dir, builder.judge_prefixes),
         )
         self.stats.total = dataset.n_rows
         self.stats.started = time.perf_counter()
@@ -171,7 +170,11 @@ class Evaluation:
             rows_in_flight = max(rows_in_flight, self.config.batch.max_rows_in_flight)
         pipeline = Pipeline(
             builder=builder,
-            join=JoinState(self.config.labels, VerdictParser(self.config.judge.verdicts)),
+            join=JoinState(
+                self.config.labels,
+                tuple(VerdictParser(judge.verdicts) for judge in self.config.judges),
+                builder.judge_prefixes,
+            ),
             predict=predict,
             judge=judge,
             journal=journal.send,
@@ -299,7 +302,7 @@ async def preflight(client: openai_compat.OpenAICompatClient, config: TaskConfig
     asks once, with ``max_tokens=1``, and stops the run before it starts. Realtime stages need
     no preflight: their first call stops the run the same way.
     """
-    models = {stage.model for stage in (config.predict, config.judge) if stage.mode == "batch"}
+    models = {stage.model for stage in (config.predict, *config.judges) if stage.mode == "batch"}
     for model in sorted(models):
         body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
         try:
@@ -309,3 +312,12 @@ async def preflight(client: openai_compat.OpenAICompatClient, config: TaskConfig
         except ProviderError as error:
             if error.kind == "no":
                 raise ConfigError(f"the endpoint rejected a test request for model {model!r}: {error}") from None
+
+
+def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:
+    """The journal as frames to attach to owed rows: predictions, and each judge's verdicts."""
+    judge = scan_journal(journal_path(run_dir, "judge"))
+    frames = {"predict": scan_journal(journal_path(run_dir, "predict"))}
+    for prefix in judge_prefixes:
+        frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
+    return frames

@@ -172,3 +172,44 @@ def _ratio(part: int, whole: int) -> float | None:
 def _interval(successes: int, n: int) -> list[float] | None:
     interval = wilson_interval(successes, n)
     return list(interval) if interval else None
+
+
+def fleiss_kappa(ratings: Sequence[Sequence[bool]]) -> float | None:
+    """Fleiss' kappa of binary ratings: one inner sequence per item, one rating per rater.
+
+    None when undefined: fewer than two items or raters, or every rating in one category.
+    """
+    if len(ratings) < 2 or len(ratings[0]) < 2:
+        return None
+    raters = len(ratings[0])
+    yes = [sum(item) for item in ratings]
+    share_yes = sum(yes) / (len(ratings) * raters)
+    expected = share_yes**2 + (1 - share_yes) ** 2
+    if expected == 1:
+        return None
+    observed = sum(y * (y - 1) + (raters - y) * (raters - y - 1) for y in yes) / (len(ratings) * raters * (raters - 1))
+    return (observed - expected) / (1 - expected)
+
+
+def panel_metrics(results: pl.DataFrame | pl.LazyFrame, names: Sequence[str]) -> dict[str, Any]:
+    """A panel of judges: each judge's accuracy, their agreement (Fleiss' kappa over rows where
+    every judge gave a recognised verdict) and the ties of the strict majority."""
+    frame = (results.lazy() if isinstance(results, pl.DataFrame) else results).filter(pl.col("status") == "judged")
+    verdicts = frame.select("verdicts", "verdict").collect()
+    per_judge: dict[str, Any] = {}
+    for index, name in enumerate(names):
+        column = verdicts["verdicts"].list.get(index, null_on_oob=True)
+        recognised = column.drop_nulls()
+        per_judge[name] = {
+            "judge_accuracy": _ratio(int(recognised.sum()), recognised.len()),
+            "invalid_verdict_rate": _ratio(column.null_count(), column.len()),
+        }
+    complete = [row for row in verdicts["verdicts"].to_list() if row and None not in row and len(row) == len(names)]
+    votes = verdicts["verdicts"].to_list()
+    ties = sum(1 for row in votes if row and sum(v is True for v in row) == sum(v is False for v in row))
+    return {
+        "judges": per_judge,
+        "fleiss_kappa": fleiss_kappa(complete),
+        "unanimous_rate": _ratio(sum(1 for row in complete if len(set(row)) == 1), len(complete)),
+        "ties": ties,
+    }

@@ -18,7 +18,7 @@ from anyio.abc import ObjectSendStream, TaskStatus
 
 from .batch import BatchProgress
 from .journal import JournalSend, record_to_outcome
-from .prompts import PromptBuilder, VerdictParser, prediction_is_valid
+from .prompts import PromptBuilder, VerdictParser, judge_index, prediction_is_valid
 from .realtime import Deliver
 from .types import ChatRequest, ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, StageName, Usage
 
@@ -61,12 +61,17 @@ class LiveStats:
 
 
 class JoinState:
-    """Pending predictions by row id; turns (prediction, verdict) pairs into joined rows."""
+    """Pending predictions by row id; turns a prediction and its verdicts into a joined row.
 
-    def __init__(self, label_set: tuple[str, ...], parse_verdict: VerdictParser) -> None:
+    With a panel of judges a row completes when every judge has answered (or failed); its
+    ``verdict`` is the strict majority of the recognised verdicts, None on a tie.
+    """
+
+    def __init__(self, label_set: tuple[str, ...], parsers: tuple[VerdictParser, ...], prefixes: tuple[str, ...]) -> None:
         self._labels = frozenset(label_set)
-        self._parse_verdict = parse_verdict
-        self._pending: dict[str, tuple[Row, ChatResult]] = {}
+        self._parsers = parsers
+        self._prefixes = prefixes
+        self._pending: dict[str, tuple[Row, ChatResult, list[Outcome | None]]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -74,31 +79,45 @@ class JoinState:
     def prediction(self, row: Row, outcome: Outcome) -> JoinedRow | None:
         """Record a prediction; a failed one completes the row at once."""
         if isinstance(outcome, Failure):
-            return _joined(row, "predict_failed", None, None, error=f"{outcome.reason}: {outcome.message}")
-        self._pending[row.row_id] = (row, outcome)
+            return _joined(row, None, [], self._labels, error=f"{outcome.reason}: {outcome.message}")
+        self._pending[row.row_id] = (row, outcome, [None] * len(self._parsers))
         return None
 
-    def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow:
-        row, prediction = self._pending.pop(row_id)
-        if isinstance(outcome, Failure):
-            return _joined(
-                row, "judge_failed", prediction, None, error=f"{outcome.reason}: {outcome.message}", labels=self._labels
-            )
-        return _joined(row, "judged", prediction, outcome, labels=self._labels, parse=self._parse_verdict)
+    def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow | None:
+        """Record one judge's outcome; the joined row once every judge of the row has one."""
+        row, prediction, verdicts = self._pending[row_id]
+        verdicts[judge_index(outcome.custom_id, self._prefixes)] = outcome
+        if any(verdict is None for verdict in verdicts):
+            return None
+        del self._pending[row_id]
+        return _joined(row, prediction, verdicts, self._labels, parsers=self._parsers)  # type: ignore[arg-type]
+
+
+def majority(verdicts: list[bool | None]) -> bool | None:
+    """Strict majority of the recognised verdicts; None on a tie or with none recognised."""
+    yes = sum(1 for verdict in verdicts if verdict is True)
+    no = sum(1 for verdict in verdicts if verdict is False)
+    return None if yes == no else yes > no
 
 
 def _joined(
     row: Row,
-    status: RowStatus,
     prediction: ChatResult | None,
-    verdict: ChatResult | None,
+    verdicts: list[Outcome],
+    labels: frozenset[str],
     *,
     error: str | None = None,
-    labels: frozenset[str] = frozenset(),
-    parse: VerdictParser | None = None,
+    parsers: tuple[VerdictParser, ...] = (),
 ) -> JoinedRow:
     text = prediction.content if prediction else None
     answer = text.strip() if text is not None else None
+    answers = [verdict for verdict in verdicts if isinstance(verdict, ChatResult)]
+    failures = [verdict for verdict in verdicts if isinstance(verdict, Failure)]
+    parsed = [parse(v.content) if isinstance(v, ChatResult) else None for parse, v in zip(parsers, verdicts)]
+    status: RowStatus = "predict_failed" if prediction is None else "judged" if answers else "judge_failed"
+    if failures and error is None:
+        error = "; ".join(f"{failure.reason}: {failure.message}" for failure in failures)
+    latencies = [v.latency_s for v in answers if v.latency_s is not None]
     return JoinedRow(
         row_id=row.row_id,
         index=row.index,
@@ -107,14 +126,16 @@ def _joined(
         labels=row.labels,
         prediction=text,
         prediction_valid=prediction_is_valid(text, labels) if text is not None else None,
-        verdict_text=verdict.content if verdict else None,
-        verdict=parse(verdict.content) if verdict and parse else None,
+        verdict_text=" | ".join(v.content if isinstance(v, ChatResult) else "" for v in verdicts) if answers else None,
+        verdict=majority(parsed),
         ground_truth_correct=(answer in row.labels) if row.labels is not None and answer is not None else None,
         error=error,
         predict_tokens=prediction.usage if prediction else Usage(),
-        judge_tokens=verdict.usage if verdict else Usage(),
+        judge_tokens=Usage(sum(v.usage.prompt_tokens for v in answers), sum(v.usage.completion_tokens for v in answers)),
         predict_latency_s=prediction.latency_s if prediction else None,
-        judge_latency_s=verdict.latency_s if verdict else None,
+        judge_latency_s=max(latencies) if latencies else None,
+        verdicts=tuple(parsed),
+        verdict_texts=tuple(v.content if isinstance(v, ChatResult) else None for v in verdicts),
     )
 
 
@@ -194,19 +215,21 @@ class Pipeline:
                         await self._predict.flush()
                         await self._judge.flush()
                     await self._slots.acquire()
-                    await self._admit(row, records.get("predict"), records.get("judge"))
+                    await self._admit(row, records)
                 await self._predict.close()
             await self._judge.close()
 
-    async def _admit(self, row: Row, predict_record: dict[str, Any] | None, judge_record: dict[str, Any] | None) -> None:
+    async def _admit(self, row: Row, records: dict[str, dict[str, Any] | None]) -> None:
+        """Start a row, or pick it up where the journal left it (``records`` by stage/judge)."""
+        predict_record = records.get("predict")
         if predict_record is not None:
             prediction = record_to_outcome(predict_record)
-            if judge_record is not None and isinstance(prediction, ChatResult):
-                self._stats.predicted += 1
-                self._join.prediction(row, prediction)
-                await self._complete(self._join.verdict(row.row_id, record_to_outcome(judge_record)))
-            else:
-                await self._predicted(row, prediction)
+            judged = {
+                index: record_to_outcome(record)
+                for index, prefix in enumerate(self._builder.judge_prefixes)
+                if (record := records.get(prefix)) is not None
+            }
+            await self._predicted(row, prediction, judged)
         elif not any(str(row.fields.get(name) or "").strip() for name in self._builder.text_fields):
             await self._complete(skipped_row(row, "empty_input: every field the predict template reads is empty"))
         else:
@@ -214,20 +237,29 @@ class Pipeline:
 
     async def _on_prediction(self, row: Row, outcome: Outcome) -> None:
         await self._record("predict", row.row_id, outcome)
-        await self._predicted(row, outcome)
+        await self._predicted(row, outcome, {})
 
-    async def _predicted(self, row: Row, outcome: Outcome) -> None:
+    async def _predicted(self, row: Row, outcome: Outcome, judged: dict[int, Outcome]) -> None:
+        """Join the prediction, then ask every judge that has not answered yet."""
         joined = self._join.prediction(row, outcome)
         if joined is not None:
             await self._complete(joined)
             return
         self._stats.predicted += 1
         assert isinstance(outcome, ChatResult)
-        await self._judge.submit(row, self._builder.judge(row, outcome.content))
+        for index in range(len(self._builder.judge_prefixes)):
+            if index in judged:
+                joined = self._join.verdict(row.row_id, judged[index])
+            else:
+                await self._judge.submit(row, self._builder.judge(row, outcome.content, index))
+        if joined is not None:
+            await self._complete(joined)
 
     async def _on_verdict(self, row: Row, outcome: Outcome) -> None:
         await self._record("judge", row.row_id, outcome)
-        await self._complete(self._join.verdict(row.row_id, outcome))
+        joined = self._join.verdict(row.row_id, outcome)
+        if joined is not None:
+            await self._complete(joined)
 
     async def _complete(self, joined: JoinedRow) -> None:
         await self._emit.send(joined)

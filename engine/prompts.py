@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import StageConfig, TaskConfig, VerdictConfig
 from .errors import ConfigError
-from .types import ChatRequest, Row, StageName, custom_id_for
+from .types import ChatRequest, Row, StageName
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_ -]*)\}|\{|\}")
 
@@ -77,9 +77,14 @@ class PromptBuilder:
         self._config = config
         self._labels_text = ", ".join(config.labels)
         self._predict = Template.parse(config.predict.user_template, where="predict.user_template")
-        self._judge = Template.parse(config.judge.user_template, where="judge.user_template")
         self._check_fields(self._predict, "predict.user_template", columns, extra=("labels",))
-        self._check_fields(self._judge, "judge.user_template", columns, extra=JUDGE_EXTRA_FIELDS)
+        self._judges: list[Template] = []
+        for judge in config.judges:
+            where = "judge.user_template" if judge.name is None else f"judge {judge.name}: user_template"
+            template = Template.parse(judge.user_template, where=where)
+            self._check_fields(template, where, columns, extra=JUDGE_EXTRA_FIELDS)
+            self._judges.append(template)
+        self.judge_prefixes = judge_prefixes(config)
 
     @staticmethod
     def _check_fields(template: Template, where: str, columns: list[str], extra: tuple[str, ...]) -> None:
@@ -94,7 +99,7 @@ class PromptBuilder:
     @property
     def template_fields(self) -> frozenset[str]:
         """Data-set columns either template reads."""
-        fields = set(self._predict.fields) | set(self._judge.fields)
+        fields = set(self._predict.fields).union(*(template.fields for template in self._judges))
         return frozenset(fields - set(JUDGE_EXTRA_FIELDS))
 
     @property
@@ -102,7 +107,9 @@ class PromptBuilder:
         """Columns the predict template reads: a row with all of them empty is skipped."""
         return tuple(name for name in self._predict.fields if name not in JUDGE_EXTRA_FIELDS)
 
-    def _request(self, stage: StageName, stage_config: StageConfig, row: Row, user: str) -> ChatRequest:
+    def _request(
+        self, stage: StageName, stage_config: StageConfig, row: Row, user: str, prefix: str | None = None
+    ) -> ChatRequest:
         messages = []
         if stage_config.system_prompt:
             messages.append({"role": "system", "content": stage_config.system_prompt})
@@ -114,7 +121,7 @@ class PromptBuilder:
             "max_tokens": stage_config.max_tokens,
         }
         return ChatRequest(
-            custom_id=custom_id_for(stage, row.row_id),
+            custom_id=f"{prefix or stage}:{row.row_id}",
             row_id=row.row_id,
             stage=stage,
             body=body,
@@ -125,9 +132,22 @@ class PromptBuilder:
         user = self._predict.render({**row.fields, "labels": self._labels_text})
         return self._request("predict", self._config.predict, row, user)
 
-    def judge(self, row: Row, prediction: str) -> ChatRequest:
+    def judge(self, row: Row, prediction: str, index: int = 0) -> ChatRequest:
+        """The request of judge ``index`` of the panel (0 for a single judge)."""
         values = {**row.fields, "labels": self._labels_text, "prediction": prediction}
-        return self._request("judge", self._config.judge, row, self._judge.render(values))
+        user = self._judges[index].render(values)
+        return self._request("judge", self._config.judges[index], row, user, prefix=self.judge_prefixes[index])
+
+
+def judge_prefixes(config: TaskConfig) -> tuple[str, ...]:
+    """The ``custom_id`` prefix of each judge: ``judge`` alone, ``judge.<name>`` in a panel."""
+    if len(config.judges) == 1:
+        return ("judge",)
+    return tuple(f"judge.{judge.name}" for judge in config.judges)
+
+
+def judge_index(custom_id: str, prefixes: tuple[str, ...]) -> int:
+    return prefixes.index(custom_id.partition(":")[0])
 
 
 def _normalise(text: str) -> str:

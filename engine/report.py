@@ -16,7 +16,9 @@ from rich.table import Table
 from .batch import BatchLog
 from .config import TaskConfig
 from .journal import journal_path, scan_journal
-from .metrics import quality_metrics
+from .types import STAGES
+from .metrics import panel_metrics, quality_metrics
+from .prompts import judge_prefixes
 from .results import RESULTS_FILE
 
 
@@ -52,11 +54,6 @@ def stage_overlap(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _served_models(run_dir: Path, stage: Any) -> list[str]:
-    served = scan_journal(journal_path(run_dir, stage)).select(pl.col("model").drop_nulls().unique().sort()).collect()
-    return served.to_series().to_list()[:5]
-
-
 def build_metrics(
     run_dir: Path,
     config: TaskConfig,
@@ -68,10 +65,14 @@ def build_metrics(
     backend: str | None,
 ) -> dict[str, Any]:
     results = pl.scan_parquet(run_dir / RESULTS_FILE)
+    prefixes = judge_prefixes(config)
     metrics = quality_metrics(results)
+    if len(prefixes) > 1:
+        metrics["panel"] = panel_metrics(results, [judge.name or "" for judge in config.judges])
     metrics["tokens"] = _tokens(results)
-    metrics["cost_usd"] = cost_usd(config, metrics["tokens"])
-    metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge.mode}
+    by_caller = tokens_by_caller(run_dir)
+    metrics["cost_usd"] = cost_usd(config, by_caller)
+    metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge_mode}
     metrics["wall_seconds"] = round(wall_seconds, 3)
     metrics["requests"] = requests
     metrics["requests_per_second"] = round(requests / wall_seconds, 2) if wall_seconds > 0 else None
@@ -80,10 +81,33 @@ def build_metrics(
     metrics["batches_created"] = batches_created(run_dir)
     metrics["stage_overlap"] = stage_overlap(run_dir)
     metrics["models"] = {
-        stage: {"requested": stage_config.model, "served": _served_models(run_dir, stage), "backend": backend}
-        for stage, stage_config in (("predict", config.predict), ("judge", config.judge))
+        caller: {"requested": stage_config.model, "served": by_caller.get(caller, {}).get("served", []), "backend": backend}
+        for caller, stage_config in (("predict", config.predict), *zip(prefixes, config.judges))
     }
     return metrics
+
+
+def tokens_by_caller(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Tokens and served model names per ``custom_id`` prefix (``predict``, ``judge``,
+    ``judge.<name>``), from the journal's successful calls."""
+    callers: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        frame = (
+            scan_journal(journal_path(run_dir, stage))
+            .filter(pl.col("ok"))
+            .group_by(pl.col("custom_id").str.split(":").list.first().alias("caller"))
+            .agg(
+                pl.col("prompt_tokens").sum().alias("prompt"),
+                pl.col("completion_tokens").sum().alias("completion"),
+                pl.col("model").drop_nulls().unique().sort().head(5).alias("served"),
+            )
+            .collect()
+        )
+        for row in frame.iter_rows(named=True):
+            callers[row["caller"]] = {
+                "prompt": int(row["prompt"] or 0), "completion": int(row["completion"] or 0), "served": row["served"]
+            }
+    return callers
 
 
 def batches_created(run_dir: Path) -> int:
@@ -91,17 +115,18 @@ def batches_created(run_dir: Path) -> int:
     return sum(1 for event in BatchLog(run_dir / "journal" / "batches.ndjson").events() if event["event"] == "batch")
 
 
-def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, int]]) -> dict[str, float | None] | None:
-    """Cost per stage at the price table's rates for the stage's model and mode; None when no
-    stage's model has a price."""
+def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str, float | None] | None:
+    """Cost per caller (``predict``, each judge) at the price table's rates for its model and
+    mode; None when no model has a price."""
     costs: dict[str, float | None] = {}
-    for stage, stage_config in (("predict", config.predict), ("judge", config.judge)):
+    for caller, stage_config in (("predict", config.predict), *zip(judge_prefixes(config), config.judges)):
         price = config.prices.get(stage_config.model)
         if price is None:
-            costs[stage] = None
+            costs[caller] = None
             continue
         per_input, per_output = price.per_token(stage_config.mode)
-        costs[stage] = round(tokens[stage]["prompt"] * per_input + tokens[stage]["completion"] * per_output, 6)
+        used = tokens.get(caller, {"prompt": 0, "completion": 0})
+        costs[caller] = round(used["prompt"] * per_input + used["completion"] * per_output, 6)
     known = [cost for cost in costs.values() if cost is not None]
     if not known:
         return None

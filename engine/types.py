@@ -1,7 +1,8 @@
 """Values that flow through the engine: requests, results, failures, joined rows.
 
 Every value is a frozen, slotted dataclass. ``custom_id`` is the join key everywhere: it is
-``"<stage>:<row_id>"`` and survives the round trip through a provider's Batch API unchanged.
+``"predict:<row_id>"``, ``"judge:<row_id>"`` (``"judge.<name>:<row_id>"`` for each judge of a
+panel) and survives the round trip through a provider's Batch API unchanged.
 """
 
 from __future__ import annotations
@@ -12,10 +13,6 @@ from typing import Any, Literal
 StageName = Literal["predict", "judge"]
 RowStatus = Literal["judged", "predict_failed", "judge_failed", "skipped"]
 STAGES: tuple[StageName, ...] = ("predict", "judge")
-
-
-def custom_id_for(stage: StageName, row_id: str) -> str:
-    return f"{stage}:{row_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +90,9 @@ class JoinedRow:
     """A data row with its prediction and verdict: one line of ``results.parquet``.
 
     ``status`` is ``judged`` when both stages succeeded, else ``predict_failed``,
-    ``judge_failed`` or ``skipped`` (nothing to ask) with ``error`` saying why.
+    ``judge_failed`` or ``skipped`` (nothing to ask) with ``error`` saying why. ``verdicts`` and
+    ``verdict_texts`` hold each judge's (one for a single judge); ``verdict`` is their strict
+    majority and ``verdict_text`` their texts joined by `` | ``.
     """
 
     row_id: str
@@ -111,3 +110,5 @@ class JoinedRow:
     judge_tokens: Usage = field(default_factory=Usage)
     predict_latency_s: float | None = None
     judge_latency_s: float | None = None
+    verdicts: tuple[bool | None, ...] = ()
+    verdict_texts: tuple[str | None, ...] = ()

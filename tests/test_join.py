@@ -17,47 +17,76 @@ def row(row_id: str, labels: tuple[str, ...] | None = ("Crime", "Drama")) -> Row
 
 
 def test_prediction_waits_for_its_verdict_in_any_order() -> None:
-    join = JoinState(LABELS, VerdictParser(VerdictConfig()))
+    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
     assert join.prediction(row("1"), result("predict:1", "Drama")) is None
     assert join.prediction(row("2"), result("predict:2", "Comedy")) is None
     second = join.verdict("2", result("judge:2", "incorrect"))
     first = join.verdict("1", result("judge:1", "correct"))
-    assert len(join) == 0
+    assert len(join) == 0 and first is not None and second is not None
     assert (first.row_id, first.prediction, first.verdict, first.ground_truth_correct) == ("1", "Drama", True, True)
     assert (second.verdict, second.ground_truth_correct, second.prediction_valid) == (False, False, True)
     assert first.predict_tokens == Usage(3, 1) and first.judge_latency_s == 0.2
 
 
 def test_failed_prediction_completes_the_row_at_once() -> None:
-    join = JoinState(LABELS, VerdictParser(VerdictConfig()))
+    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
     joined = join.prediction(row("1"), Failure("predict:1", "http_400", "bad request", 400))
     assert joined is not None and joined.status == "predict_failed" and joined.error == "http_400: bad request"
     assert len(join) == 0
 
 
 def test_failed_verdict_keeps_the_prediction() -> None:
-    join = JoinState(LABELS, VerdictParser(VerdictConfig()))
+    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
     join.prediction(row("1"), result("predict:1", "Thriller"))
     joined = join.verdict("1", Failure("judge:1", "timeout", "timed out"))
-    assert joined.status == "judge_failed" and joined.prediction == "Thriller"
+    assert joined is not None and joined.status == "judge_failed" and joined.prediction == "Thriller"
     assert joined.prediction_valid is False and joined.verdict is None
 
 
 def test_unrecognised_verdict_and_rows_without_labels() -> None:
-    join = JoinState((), VerdictParser(VerdictConfig()))
+    join = JoinState((), (VerdictParser(VerdictConfig()),), ("judge",))
     join.prediction(row("1", labels=None), result("predict:1", "anything"))
     joined = join.verdict("1", result("judge:1", "maybe"))
-    assert joined.status == "judged" and joined.verdict is None and joined.verdict_text == "maybe"
+    assert joined is not None and joined.status == "judged" and joined.verdict is None and joined.verdict_text == "maybe"
     assert joined.ground_truth_correct is None and joined.prediction_valid is None
 
 
 def test_live_stats_count_each_outcome() -> None:
-    join = JoinState(LABELS, VerdictParser(VerdictConfig()))
+    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
     stats = LiveStats(total=3)
     join.prediction(row("1"), result("predict:1", "Drama"))
-    stats.count(join.verdict("1", result("judge:1", "correct")))
+    stats.count(join.verdict("1", result("judge:1", "correct")))  # type: ignore[arg-type]
     stats.count(join.prediction(row("2"), Failure("predict:2", "timeout", "t")))  # type: ignore[arg-type]
     join.prediction(row("3"), result("predict:3", "Drama"))
-    stats.count(join.verdict("3", result("judge:3", "incorrect")))
+    stats.count(join.verdict("3", result("judge:3", "incorrect")))  # type: ignore[arg-type]
     assert (stats.judged, stats.failed, stats.done) == (2, 1, 3)
     assert stats.judge_accuracy == 0.5
+
+
+PANEL = ("judge.a", "judge.b", "judge.c")
+
+
+def panel() -> JoinState:
+    return JoinState(LABELS, tuple(VerdictParser(VerdictConfig()) for _ in PANEL), PANEL)
+
+
+def test_a_panel_row_completes_with_its_last_judge_and_takes_the_majority() -> None:
+    join = panel()
+    join.prediction(row("1"), result("predict:1", "Drama"))
+    assert join.verdict("1", result("judge.b:1", "incorrect")) is None
+    assert join.verdict("1", result("judge.a:1", "correct")) is None
+    joined = join.verdict("1", result("judge.c:1", "correct"))
+    assert joined is not None and joined.verdicts == (True, False, True) and joined.verdict is True
+    assert joined.verdict_texts == ("correct", "incorrect", "correct")
+    assert joined.judge_tokens == Usage(9, 3)
+
+
+def test_a_panel_tie_or_failure_has_no_majority() -> None:
+    join = panel()
+    join.prediction(row("1"), result("predict:1", "Drama"))
+    join.verdict("1", result("judge.a:1", "correct"))
+    join.verdict("1", Failure("judge.b:1", "timeout", "timed out"))
+    joined = join.verdict("1", result("judge.c:1", "incorrect"))
+    assert joined is not None and joined.status == "judged"
+    assert joined.verdicts == (True, None, False) and joined.verdict is None
+    assert joined.error == "timeout: timed out"

@@ -1,0 +1,194 @@
+"""Two runs side by side: their metrics, and paired tests on the rows both runs share.
+
+Rows are matched on ``row_id``. On the shared rows, each yes/no outcome (the judge's verdict,
+ground-truth correctness) is compared with McNemar's exact test: under "no difference" the
+discordant pairs (right in A only, right in B only) split like fair coin flips, so the two-sided
+p-value is a binomial tail. The test only makes sense for runs over the same data set; the
+comparison says whether the two task names match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from .report import _interval, _percent
+from .results import RESULTS_FILE
+from .rundir import METRICS_FILE, RUN_FILE
+
+ALPHA = 0.05
+_PAIRED = {"judge_accuracy": "verdict", "ground_truth_accuracy": "ground_truth_correct"}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value of ``b`` pairs right in A only and ``c`` right in B only.
+
+    Twice the smaller binomial tail of ``b + c`` fair coin flips, capped at 1; 1.0 without
+    discordant pairs. Summed in log space, so it stays finite for any number of pairs.
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    log_terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in range(min(b, c) + 1)]
+    top = max(log_terms)
+    log_tail = top + math.log(sum(math.exp(term - top) for term in log_terms)) - n * math.log(2)
+    return min(1.0, 2 * math.exp(log_tail))
+
+
+def _load(run_dir: Path) -> dict[str, Any]:
+    info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    return {
+        "path": str(run_dir),
+        "run_id": info["run_id"],
+        "task": info["config"]["name"],
+        "metrics": json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8")),
+    }
+
+
+def _paired(shared: pl.DataFrame, column: str) -> dict[str, Any] | None:
+    """McNemar on the shared rows where both runs have ``column``; ``None`` when there are none."""
+    a, b = pl.col(f"{column}_a"), pl.col(f"{column}_b")
+    counts = (
+        shared.filter(a.is_not_null() & b.is_not_null())
+        .select(n=pl.len(), a_right=a.sum(), b_right=b.sum(), a_only=(a & ~b).sum(), b_only=(~a & b).sum())
+        .row(0, named=True)
+    )
+    n = counts["n"]
+    if n == 0:
+        return None
+    p_value = mcnemar_exact(counts["a_only"], counts["b_only"])
+    return {
+        "n": n,
+        "a": counts["a_right"] / n,
+        "b": counts["b_right"] / n,
+        "difference": (counts["b_right"] - counts["a_right"]) / n,
+        "a_only": counts["a_only"],
+        "b_only": counts["b_only"],
+        "p_value": p_value,
+        "significant": p_value < ALPHA,
+    }
+
+
+def _agreement(shared: pl.DataFrame, column: str) -> float | None:
+    both = shared.filter(pl.col(f"{column}_a").is_not_null() & pl.col(f"{column}_b").is_not_null())
+    return None if both.is_empty() else float((both[f"{column}_a"] == both[f"{column}_b"]).mean())  # type: ignore[arg-type]
+
+
+def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
+    """Compare two run directories (B against A): differences are B minus A.
+
+    ``judge_accuracy`` and ``ground_truth_accuracy`` each hold both runs' values, their
+    difference and ``paired``: the McNemar test on the shared rows (``None`` when no shared row
+    has the value in both runs). ``prediction_agreement`` and ``verdict_agreement`` are the share
+    of shared rows where both runs have the value and it is the same.
+    """
+    a, b = _load(run_a), _load(run_b)
+    columns = ["row_id", "prediction", *_PAIRED.values()]
+    shared = pl.read_parquet(run_a / RESULTS_FILE, columns=columns).join(
+        pl.read_parquet(run_b / RESULTS_FILE, columns=columns), on="row_id", how="inner", suffix="_b"
+    ).rename({name: f"{name}_a" for name in columns[1:]})
+    comparison: dict[str, Any] = {
+        "a": a,
+        "b": b,
+        "same_task": a["task"] == b["task"],
+        "shared_rows": shared.height,
+        "prediction_agreement": _agreement(shared, "prediction"),
+        "verdict_agreement": _agreement(shared, "verdict"),
+    }
+    for key, column in _PAIRED.items():
+        value_a, value_b = a["metrics"][key], b["metrics"][key]
+        comparison[key] = {
+            "a": value_a,
+            "b": value_b,
+            "difference": None if value_a is None or value_b is None else value_b - value_a,
+            "paired": _paired(shared, column),
+        }
+    return comparison
+
+
+def _points(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _served(metrics: dict[str, Any], stage: str) -> str:
+    info = metrics["models"][stage]
+    return ", ".join(info["served"]) or info["requested"]
+
+
+def _metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    def rate(key: str, name: str, ci: bool = False) -> tuple[str, str, str, str]:
+        cells = [_percent(m[key]) + (f" {_interval(m[f'{key}_ci95'])}" if ci and m[key] is not None else "") for m in (a, b)]
+        both = a[key] is not None and b[key] is not None
+        return name, cells[0], cells[1], _points(b[key] - a[key]) if both else ""
+
+    def plain(name: str, render: Any) -> tuple[str, str, str, str]:
+        return name, render(a), render(b), ""
+
+    return [
+        plain("predict model", lambda m: _served(m, "predict")),
+        plain("judge model", lambda m: _served(m, "judge")),
+        plain("mode (predict / judge)", lambda m: f"{m['mode']['predict']} / {m['mode']['judge']}"),
+        plain("rows", lambda m: f"{m['n_rows']:,}"),
+        plain("judged / failed", lambda m: f"{m['n_judged']:,} / {m['n_failed']:,}"),
+        rate("judge_accuracy", "judge accuracy", ci=True),
+        rate("ground_truth_accuracy", "ground-truth accuracy", ci=True),
+        rate("judge_vs_truth_agreement", "judge agrees with truth"),
+        plain("judge vs truth kappa", lambda m: "n/a" if m["judge_vs_truth_kappa"] is None else f"{m['judge_vs_truth_kappa']:.3f}"),
+        rate("majority_baseline_accuracy", "majority baseline"),
+        rate("invalid_prediction_rate", "invalid predictions"),
+        plain("tokens", lambda m: f"{sum(t['prompt'] + t['completion'] for t in m['tokens'].values()):,}"),
+        plain("cost", lambda m: "no price table" if m["cost_usd"] is None else f"${m['cost_usd']['total']:.4f}"),
+        plain("wall time", lambda m: f"{m['wall_seconds']:.1f} s"),
+        plain("requests/s", lambda m: f"{m['requests_per_second'] or 0:.1f}" if m["requests"] else "n/a (batch)"),
+    ]
+
+
+def comparison_tables(comparison: dict[str, Any]) -> tuple[Table, Table]:
+    """The metrics side by side, and the paired tests on the shared rows."""
+    a, b = comparison["a"], comparison["b"]
+    metrics = Table(title="runs side by side", header_style="bold")
+    metrics.add_column("metric")
+    for name in (f"A: {a['run_id']}", f"B: {b['run_id']}", "B - A"):
+        metrics.add_column(name, justify="right", overflow="fold")
+    for row in _metric_rows(a["metrics"], b["metrics"]):
+        metrics.add_row(*row)
+    paired = Table(title=f"paired on {comparison['shared_rows']:,} shared rows", header_style="bold")
+    paired.add_column("")
+    tests = [comparison[key]["paired"] for key in _PAIRED]
+    for name in ("judge says correct", "right by ground truth"):
+        paired.add_column(name, justify="right")
+    fields: list[tuple[str, Any]] = [
+        ("rows with both values", lambda t: f"{t['n']:,}"),
+        ("A", lambda t: _percent(t["a"])),
+        ("B", lambda t: _percent(t["b"])),
+        ("B - A", lambda t: _points(t["difference"])),
+        ("right in A only", lambda t: str(t["a_only"])),
+        ("right in B only", lambda t: str(t["b_only"])),
+        ("p (McNemar exact)", lambda t: f"{t['p_value']:.3g}"),
+        ("verdict", lambda t: "significant at 5%" if t["significant"] else "not significant"),
+    ]
+    for name, render in fields:
+        paired.add_row(name, *("n/a" if test is None else render(test) for test in tests))
+    return metrics, paired
+
+
+def print_comparison(comparison: dict[str, Any], console: Console | None = None) -> None:
+    """Print both tables, the agreement between the runs, and a warning if the tasks differ."""
+    console = console or Console()
+    for table in comparison_tables(comparison):
+        console.print(table)
+    console.print(
+        f"the runs agree on {_percent(comparison['prediction_agreement'])} of shared predictions "
+        f"and {_percent(comparison['verdict_agreement'])} of shared verdicts"
+    )
+    if not comparison["same_task"]:
+        console.print(f"[yellow]different tasks ({comparison['a']['task']} vs {comparison['b']['task']}): "
+                      "rows are matched on row_id only[/]")

@@ -1,0 +1,136 @@
+"""The report's PNG plots: one function per plot, each writes one small file and returns its path.
+
+Figures are drawn with matplotlib's object API on an Agg canvas (``Figure`` plus
+``FigureCanvasAgg``, never pyplot), so no display is needed, no global backend is switched in
+the caller's process, and drawing is safe off the main thread. Functions take data already
+shaped by polars; they only draw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+STAGE_COLOURS = {"predict": "#4c72b0", "judge": "#dd8452"}
+_DPI = 100
+
+
+def _figure(width: float = 6.4, height: float = 3.2) -> tuple[Figure, Axes]:
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=_DPI)
+    return path
+
+
+def accuracy_plot(
+    path: Path,
+    bars: list[tuple[str, float, tuple[float, float] | None]],
+    baseline: tuple[str, float] | None,
+) -> Path:
+    """Bars of accuracies ``(name, value, wilson_ci)`` with error bars and the baseline as a line."""
+    figure, axes = _figure(5.2, 3.0)
+    names = [name for name, _, _ in bars]
+    values = [value for _, value, _ in bars]
+    low = [value - ci[0] if ci else 0.0 for _, value, ci in bars]
+    high = [ci[1] - value if ci else 0.0 for _, value, ci in bars]
+    axes.bar(names, values, yerr=[low, high], capsize=6, color=["#4c72b0", "#55a868"][: len(bars)], width=0.5)
+    for position, value in enumerate(values):
+        axes.annotate(f"{100 * value:.1f}%", (position, value), xytext=(12, 3), textcoords="offset points")
+    if baseline is not None:
+        label, value = baseline
+        axes.axhline(value, color="#c44e52", linestyle="--", linewidth=1.2, label=f"always '{label}': {100 * value:.1f}%")
+        axes.legend(loc="upper right", fontsize=8)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("accuracy (95% Wilson CI)")
+    return _save(figure, path)
+
+
+def confusion_plot(path: Path, confusion: dict[str, int]) -> Path:
+    """The judge-vs-truth 2x2 table as a heat map with counts (keys tp, fp, fn, tn)."""
+    figure, axes = _figure(4.0, 3.2)
+    cells = [[confusion["tp"], confusion["fp"]], [confusion["fn"], confusion["tn"]]]
+    axes.imshow(cells, cmap="Blues", vmin=0)
+    top = max(max(row) for row in cells) or 1
+    for i, row in enumerate(cells):
+        for j, count in enumerate(row):
+            axes.text(j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black")
+    axes.set_xticks([0, 1], ["right by truth", "wrong by truth"])
+    axes.set_yticks([0, 1], ["judge: correct", "judge: incorrect"])
+    return _save(figure, path)
+
+
+def label_plot(path: Path, breakdown: pl.DataFrame) -> Path:
+    """Per predicted label: share of predictions, right by truth, judged right (columns of
+    ``breakdown``: label, share, truth_rate, judge_rate; a null rate draws no bar)."""
+    figure, axes = _figure(6.4, 1.2 + 0.32 * breakdown.height)
+    series = [("share", "share of predictions", "#8172b2"), ("truth_rate", "right by truth", "#55a868"),
+              ("judge_rate", "judge says right", "#4c72b0")]
+    shown = [entry for entry in series if breakdown[entry[0]].null_count() < breakdown.height]
+    height = 0.8 / len(shown)
+    positions = list(range(breakdown.height))
+    for k, (column, label, colour) in enumerate(shown):
+        values = breakdown[column].fill_null(0.0).to_list()
+        axes.barh([p + k * height for p in positions], values, height=height, label=label, color=colour)
+    axes.set_yticks([p + height * (len(shown) - 1) / 2 for p in positions], breakdown["label"].to_list())
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.legend(fontsize=8, loc="lower right")
+    return _save(figure, path)
+
+
+def latency_plot(path: Path, latencies: dict[str, list[float]]) -> Path:
+    """Histogram of per-request latency (seconds) per stage, on shared bins."""
+    figure, axes = _figure()
+    everything = [value for values in latencies.values() for value in values]
+    low, high = min(everything), max(everything)
+    bins = [low + (high - low) * i / 40 for i in range(41)] if high > low else 10
+    for stage, values in latencies.items():
+        axes.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{stage} (n={len(values)})",
+                  color=STAGE_COLOURS.get(stage))
+    axes.set_xlabel("latency (s)")
+    axes.set_ylabel("requests")
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def throughput_plot(path: Path, rates: pl.DataFrame) -> Path:
+    """Completions per second over time per stage (columns stage, start, end, per_second; one
+    row per time bin, in seconds since the run's first call)."""
+    figure, axes = _figure()
+    for (stage,), frame in rates.sort("start").group_by("stage", maintain_order=True):
+        edges = [*frame["start"].to_list(), frame["end"][-1]]
+        axes.stairs(frame["per_second"].to_list(), edges, label=str(stage), color=STAGE_COLOURS.get(str(stage)), linewidth=1.5)
+    axes.set_xlabel("time since the first call (s)")
+    axes.set_ylabel("completions / s")
+    axes.set_ylim(bottom=0)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def batch_timeline_plot(path: Path, spans: pl.DataFrame) -> Path:
+    """One bar per batch from creation to its end, coloured by stage, hatched unless completed
+    (columns stage, chunk, status, start, end; seconds since the first batch was created)."""
+    figure, axes = _figure(6.4, 1.2 + 0.25 * spans.height)
+    span = max(spans["end"].to_list() + [1.0])
+    for position, row in enumerate(spans.iter_rows(named=True)):
+        width = max(row["end"] - row["start"], span / 200)
+        axes.barh(position, width, left=row["start"], color=STAGE_COLOURS.get(row["stage"], "grey"),
+                  hatch=None if row["status"] == "completed" else "//", edgecolor="black", linewidth=0.4)
+        if row["status"] != "completed":
+            axes.text(row["start"] + width, position, f" {row['status']}", va="center", fontsize=7)
+    axes.set_yticks(range(spans.height), spans["chunk"].to_list(), fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("time since the first batch was created (s)")
+    for stage, colour in STAGE_COLOURS.items():
+        axes.barh([], [], color=colour, label=stage)
+    axes.legend(fontsize=8, loc="lower right")
+    return _save(figure, path)

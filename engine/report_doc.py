@@ -1,0 +1,397 @@
+"""``report.md`` and a self-contained ``report.html`` for people, with PNG plots in ``plots/``.
+
+Everything is read from the run directory alone (``run.json``, ``metrics.json``,
+``results.parquet``, ``journal/``), so a copied or archived run can be reported again. The
+document is built once as sections of blocks (paragraphs, notes, tables, images) and rendered
+twice: Markdown that links the PNGs beside it, and HTML that embeds them as base64 data URIs,
+with its CSS inline and no script, so the one file can be mailed or attached as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from . import plots
+from .batch import BatchLog
+from .journal import journal_path, scan_journal
+from .report import _interval, _percent
+from .results import RESULTS_FILE
+from .rundir import METRICS_FILE, RUN_FILE
+from .types import STAGES
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOTS_DIR = "plots"
+INVALID_LABEL = "(not a label)"
+EXAMPLES = 8
+_TEXT_CHARS = 200
+_BIN_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+    "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
+    "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}"
+    ".note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5rem 1rem}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Note:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    path: Path
+    alt: str
+
+
+_Block = str | _Note | _Table | _Image
+
+
+@dataclass(slots=True)
+class _Section:
+    heading: str
+    blocks: list[_Block] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What the report reads from a run directory."""
+
+    run_dir: Path
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+    results: pl.LazyFrame
+
+    @classmethod
+    def load(cls, run_dir: Path) -> _Run:
+        return cls(
+            run_dir,
+            json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")),
+            json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8")),
+            pl.scan_parquet(run_dir / RESULTS_FILE),
+        )
+
+    @property
+    def has_truth(self) -> bool:
+        return self.metrics["ground_truth_accuracy"] is not None
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``run_dir``; returns report.md."""
+    run = _Run.load(run_dir)
+    plots_dir = run_dir / PLOTS_DIR
+    title = f"Evaluation report: {run.info['config']['name']}"
+    sections = [
+        _overview(run),
+        _accuracy(run, plots_dir),
+        _judge_vs_truth(run, plots_dir),
+        _labels(run, plots_dir),
+        _latency(run, plots_dir),
+        _timing(run, plots_dir),
+        _tokens(run),
+        _examples(run),
+    ]
+    markdown = run_dir / REPORT_MD
+    markdown.write_text(_markdown(title, sections, run_dir), encoding="utf-8")
+    (run_dir / REPORT_HTML).write_text(_html(title, sections), encoding="utf-8")
+    return markdown
+
+
+def _overview(run: _Run) -> _Section:
+    m = run.metrics
+    section = _Section("Run", [f"run {run.info['run_id']}, created {run.info['created_at']}, endpoint {run.info['endpoint']}"])
+    served = [name for info in m["models"].values() for name in info["served"]]
+    if any(name.startswith("sim:") for name in served):
+        section.blocks.append(_Note(
+            "Simulated: the embedded server's simulator answered (served model names start with 'sim:'). "
+            "Its answers are drawn at random from the options in the prompt: this checks the pipeline, not a model."
+        ))
+    section.blocks.append(_Table(("", *STAGES), [
+        ("model requested", *(m["models"][stage]["requested"] for stage in STAGES)),
+        ("model served", *(", ".join(m["models"][stage]["served"]) or "none" for stage in STAGES)),
+        ("mode", *(m["mode"][stage] for stage in STAGES)),
+    ]))
+    wall = m["wall_seconds"]
+    section.blocks.append(_Table(("rows", "judged", "failed", "skipped", "wall time", "requests/s", "rows/s"), [(
+        f"{m['n_rows']:,}", f"{m['n_judged']:,}", f"{m['n_failed']:,}", f"{m['n_skipped']:,}", f"{wall:.1f} s",
+        f"{m['requests_per_second'] or 0:.1f}" if m["requests"] else "n/a (batch only)",
+        f"{m['n_rows'] / wall:.1f}" if wall else "n/a",
+    )]))
+    return section
+
+
+def _accuracy(run: _Run, plots_dir: Path) -> _Section:
+    m = run.metrics
+    section = _Section("Accuracy")
+    baseline = f"baseline: always '{m['majority_baseline_label']}'"
+    section.blocks.append(_Table(("metric", "value", "95% CI"), [
+        ("judge accuracy (judge says correct)", _percent(m["judge_accuracy"]), _interval(m["judge_accuracy_ci95"])),
+        ("ground-truth accuracy", _percent(m["ground_truth_accuracy"]), _interval(m["ground_truth_accuracy_ci95"])),
+        (baseline if m["majority_baseline_label"] else "majority baseline", _percent(m["majority_baseline_accuracy"]), ""),
+        ("invalid predictions (not one of the labels)", _percent(m["invalid_prediction_rate"]), ""),
+        ("unrecognised verdicts", _percent(m["invalid_verdict_rate"]), ""),
+    ]))
+    bars = [(name, m[key], tuple(m[f"{key}_ci95"]) if m[f"{key}_ci95"] else None)
+            for name, key in (("judge", "judge_accuracy"), ("ground truth", "ground_truth_accuracy")) if m[key] is not None]
+    if bars:
+        top = (m["majority_baseline_label"], m["majority_baseline_accuracy"]) if m["majority_baseline_label"] else None
+        section.blocks.append(_Image(plots.accuracy_plot(plots_dir / "accuracy.png", bars, top), "accuracy with 95% CIs"))
+    if not run.has_truth:
+        section.blocks.append(_no_truth(run))
+    return section
+
+
+def _no_truth(run: _Run) -> str:
+    if run.info["config"]["dataset"]["label_column"] is None:
+        return "This task has no ground truth (no dataset.label_column): only the judge's verdicts measure the answers."
+    return "No row has both a prediction and ground-truth labels, so there is no ground-truth accuracy."
+
+
+def _judge_vs_truth(run: _Run, plots_dir: Path) -> _Section:
+    m = run.metrics
+    section = _Section("Judge vs ground truth")
+    if not run.has_truth:
+        section.blocks.append("No ground truth to compare the judge with.")
+        return section
+    c = m["confusion"]
+    section.blocks.append(_Table(("", "right by truth", "wrong by truth"), [
+        ("judge: correct", str(c["tp"]), str(c["fp"])),
+        ("judge: incorrect", str(c["fn"]), str(c["tn"])),
+    ]))
+    kappa = "n/a" if m["judge_vs_truth_kappa"] is None else f"{m['judge_vs_truth_kappa']:.3f}"
+    section.blocks.append(_Table(("agreement", "Cohen's kappa", "precision of 'correct'", "recall of 'correct'", "rows"), [(
+        _percent(m["judge_vs_truth_agreement"]), kappa, _percent(m["judge_precision"]), _percent(m["judge_recall"]),
+        f"{m['judge_vs_truth_n']:,}",
+    )]))
+    section.blocks.append(_Image(plots.confusion_plot(plots_dir / "confusion.png", c), "judge vs truth confusion matrix"))
+    return section
+
+
+def label_breakdown(results: pl.LazyFrame) -> pl.DataFrame:
+    """Per predicted label: count, share of predictions, right by truth, judged right, share of
+    labelled rows that carry it. Predictions that are not a label are pooled as ``(not a label)``."""
+    label = pl.when(pl.col("prediction_valid").fill_null(True)).then(pl.col("prediction")).otherwise(pl.lit(INVALID_LABEL))
+    predicted = (
+        results.filter(pl.col("prediction").is_not_null())
+        .group_by(label.alias("label"))
+        .agg(
+            predicted=pl.len(),
+            truth_rate=pl.col("ground_truth_correct").cast(pl.Float64).mean(),
+            judge_rate=pl.col("verdict").cast(pl.Float64).mean(),
+        )
+        .with_columns(share=pl.col("predicted") / pl.col("predicted").sum())
+    )
+    labelled = results.filter(pl.col("labels").list.len().fill_null(0) > 0)
+    in_truth = (
+        labelled.select(pl.col("labels").list.unique().explode().alias("label"))
+        .group_by("label")
+        .agg(in_truth=pl.len().cast(pl.Float64))
+        .with_columns(pl.col("in_truth") / labelled.select(pl.len()).collect().item())
+    )
+    return predicted.join(in_truth, on="label", how="left").sort(["predicted", "label"], descending=[True, False]).collect()
+
+
+def _labels(run: _Run, plots_dir: Path) -> _Section:
+    section = _Section("Per-label breakdown")
+    breakdown = label_breakdown(run.results)
+    if breakdown.is_empty():
+        section.blocks.append("No predictions.")
+        return section
+    section.blocks.append("For each answer the base model gave: how often it gave it, how often the judge calls it "
+                          "right and, with ground truth, how often it is right and how many rows carry it as a label.")
+    header = ("label", "predicted", "share", "judge says right", "right by truth", "rows with this label")
+    rows = [(row["label"], f"{row['predicted']:,}", _percent(row["share"]), _percent(row["judge_rate"]),
+             _percent(row["truth_rate"]), _percent(row["in_truth"])) for row in breakdown.iter_rows(named=True)]
+    width = len(header) if run.has_truth else 4
+    section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
+    section.blocks.append(_Image(plots.label_plot(plots_dir / "labels.png", breakdown), "per-label breakdown"))
+    return section
+
+
+def _duration(seconds: float) -> str:
+    return f"{1000 * seconds:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _latency(run: _Run, plots_dir: Path) -> _Section:
+    section = _Section("Latency (realtime calls)")
+    frame = run.results.select(f"{stage}_latency_s" for stage in STAGES).collect()
+    latencies = {stage: frame[f"{stage}_latency_s"].drop_nulls() for stage in STAGES}
+    latencies = {stage: values for stage, values in latencies.items() if len(values)}
+    if not latencies:
+        section.blocks.append("No realtime calls: rows answered in batches have no per-request latency.")
+        return section
+    rows = []
+    for stage, values in latencies.items():
+        q = [float(values.quantile(p, "linear") or 0.0) for p in (0.5, 0.9, 0.99)]
+        rows.append((stage, f"{len(values):,}", *(_duration(v) for v in q), _duration(float(values.max()))))  # type: ignore[arg-type]
+    section.blocks.append(_Table(("stage", "calls", "p50", "p90", "p99", "max"), rows))
+    path = plots.latency_plot(plots_dir / "latency.png", {stage: values.to_list() for stage, values in latencies.items()})
+    section.blocks.append(_Image(path, "latency histogram per stage"))
+    return section
+
+
+def throughput(run_dir: Path) -> pl.DataFrame | None:
+    """Realtime completions per second per stage in time bins (columns stage, start, end,
+    per_second; seconds since the first call); ``None`` without realtime calls. Empty bins are
+    zeros; the bin width is a round number that keeps to 30 bins or fewer."""
+    calls = pl.concat([
+        scan_journal(journal_path(run_dir, stage))
+        .filter(pl.col("ok") & pl.col("latency_s").is_not_null())
+        .select(pl.lit(stage).alias("stage"), "started_at", "finished_at")
+        for stage in STAGES
+    ]).collect()
+    if calls.is_empty():
+        return None
+    start = float(calls["started_at"].min())  # type: ignore[arg-type]
+    span = float(calls["finished_at"].max()) - start  # type: ignore[arg-type]
+    width = next((step for step in _BIN_STEPS if span / step <= 30), span / 30)
+    counts = calls.group_by("stage", ((pl.col("finished_at") - start) // width).cast(pl.Int64).alias("bin")).len()
+    grid = pl.DataFrame({"stage": [stage for stage in STAGES if stage in counts["stage"]]}).join(
+        pl.DataFrame({"bin": range(int(counts["bin"].max()) + 1)}), how="cross"  # type: ignore[arg-type]
+    )
+    return grid.join(counts, on=["stage", "bin"], how="left").select(
+        "stage",
+        (pl.col("bin") * width).alias("start"),
+        ((pl.col("bin") + 1) * width).alias("end"),
+        (pl.col("len").fill_null(0) / width).alias("per_second"),
+    )
+
+
+def batch_spans(run_dir: Path) -> pl.DataFrame | None:
+    """Every batch that ended (journal ``ended`` events, the last per batch id) with start and end
+    in seconds since the first batch was created; ``None`` when the run made no batch."""
+    ended = [event for event in BatchLog(run_dir / "journal" / "batches.ndjson").events() if event["event"] == "ended"]
+    if not ended:
+        return None
+    frame = pl.DataFrame(
+        [{key: event.get(key) for key in ("stage", "chunk", "batch_id", "status", "lines")}
+         | {"created": float(event["created_at"]), "finished": float(event["finished_at"] or event["at"])} for event in ended]
+    ).unique("batch_id", keep="last", maintain_order=True)
+    origin = frame["created"].min()
+    return frame.sort("created", "chunk").select(
+        "stage", "chunk", "batch_id", "status", "lines",
+        (pl.col("created") - origin).alias("start"), (pl.col("finished") - origin).alias("end"),
+    )
+
+
+def _timing(run: _Run, plots_dir: Path) -> _Section:
+    section = _Section("Throughput and batches")
+    rates = throughput(run.run_dir)
+    if rates is not None:
+        section.blocks.append("Realtime completions per second, from the journal's finish times.")
+        section.blocks.append(_Image(plots.throughput_plot(plots_dir / "throughput.png", rates), "throughput over time"))
+    spans = batch_spans(run.run_dir)
+    if spans is not None:
+        section.blocks.append(f"{spans.height} batches, from creation to their end (hatched: not completed).")
+        section.blocks.append(_Table(("stage", "file", "batch", "status", "lines", "start", "duration"), [
+            (row["stage"], row["chunk"], row["batch_id"], row["status"], str(row["lines"]), f"{row['start']:.0f} s",
+             f"{row['end'] - row['start']:.0f} s") for row in spans.iter_rows(named=True)
+        ]))
+        section.blocks.append(_Image(plots.batch_timeline_plot(plots_dir / "batches.png", spans), "batch timeline"))
+    if rates is None and spans is None:
+        section.blocks.append("No completed calls to time.")
+    return section
+
+
+def _tokens(run: _Run) -> _Section:
+    tokens, cost = run.metrics["tokens"], run.metrics["cost_usd"]
+    rows: list[tuple[str, ...]] = [(stage, f"{tokens[stage]['prompt']:,}", f"{tokens[stage]['completion']:,}",
+             "no price" if cost is None or cost[stage] is None else f"${cost[stage]:.4f}") for stage in STAGES]
+    rows.append(("total", f"{sum(t['prompt'] for t in tokens.values()):,}", f"{sum(t['completion'] for t in tokens.values()):,}",
+                 "no price table" if cost is None else f"${cost['total']:.4f}"))
+    return _Section("Tokens and cost", [_Table(("stage", "prompt tokens", "completion tokens", "cost (USD)"), rows)])
+
+
+def _examples(run: _Run) -> _Section:
+    verdict, truth = pl.col("verdict"), pl.col("ground_truth_correct")
+    if run.has_truth:
+        section = _Section("Where the judge and the ground truth disagree")
+        said_right = run.results.filter(verdict & ~truth).head(EXAMPLES).collect()
+        said_wrong = run.results.filter(~verdict & truth).head(EXAMPLES).collect()
+        take_wrong = min(said_wrong.height, max(EXAMPLES // 2, EXAMPLES - said_right.height))
+        examples = pl.concat([said_right.head(EXAMPLES - take_wrong), said_wrong.head(take_wrong)])
+    else:
+        section = _Section("Answers the judge rejected (no ground truth)")
+        examples = run.results.filter(~verdict).head(EXAMPLES).collect()
+    if examples.is_empty():
+        section.blocks.append("None.")
+        return section
+    header = ("row", "input", "prediction", "judge said", "labels", "right by truth")
+    rows = [(row["row_id"], _inputs(row["inputs"]), row["prediction"] or "-", _clip(row["verdict_text"] or "-"),
+             ", ".join(row["labels"] or []) or "-", {True: "yes", False: "no", None: "-"}[row["ground_truth_correct"]])
+            for row in examples.iter_rows(named=True)]
+    width = len(header) if run.has_truth else 4
+    section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
+    return section
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _TEXT_CHARS else text[: _TEXT_CHARS - 1] + "…"
+
+
+def _inputs(inputs: dict[str, str | None] | None) -> str:
+    if not inputs:
+        return "-"
+    if len(inputs) == 1:
+        return _clip(next(iter(inputs.values())) or "")
+    return _clip(" · ".join(f"{name}: {value}" for name, value in inputs.items()))
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;")
+
+
+def _markdown(title: str, sections: list[_Section], run_dir: Path) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.heading}", ""]
+        for block in section.blocks:
+            if isinstance(block, _Table):
+                lines.append("| " + " | ".join(map(_md_cell, block.header)) + " |")
+                lines.append("|" + "---|" * len(block.header))
+                lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows]
+            elif isinstance(block, _Image):
+                lines.append(f"![{block.alt}]({block.path.relative_to(run_dir).as_posix()})")
+            elif isinstance(block, _Note):
+                lines.append(f"> **{block.text}**")
+            else:
+                lines.append(block)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _html(title: str, sections: list[_Section]) -> str:
+    e = html.escape
+    parts = [f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>',
+             f"<style>{_STYLE}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{e(section.heading)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, _Table):
+                parts.append("<table><tr>" + "".join(f"<th>{e(cell)}</th>" for cell in block.header) + "</tr>")
+                parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in block.rows]
+                parts.append("</table>")
+            elif isinstance(block, _Image):
+                data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+                parts.append(f'<p><img alt="{e(block.alt)}" src="data:image/png;base64,{data}"></p>')
+            elif isinstance(block, _Note):
+                parts.append(f'<p class="note">{e(block.text)}</p>')
+            else:
+                parts.append(f"<p>{e(block)}</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
