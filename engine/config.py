@@ -73,6 +73,11 @@ class StageConfig(_Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(16, ge=1)
     mode: Mode = "realtime"
+    constrain: bool = Field(
+        False,
+        description="answer through a JSON-schema enum (OpenAI structured outputs): the label set for "
+        "predict, the verdict words for a judge",
+    )
 
 
 class JudgeConfig(StageConfig):

@@ -174,6 +174,7 @@ class Evaluation:
                 self.config.labels,
                 tuple(VerdictParser(judge.verdicts) for judge in self.config.judges),
                 builder.judge_prefixes,
+                builder.answer,
             ),
             predict=predict,
             judge=judge,

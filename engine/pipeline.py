@@ -9,8 +9,8 @@ rows are in the pipeline at once is bounded, so memory stays flat on any input s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anyio
@@ -67,10 +67,19 @@ class JoinState:
     ``verdict`` is the strict majority of the recognised verdicts, None on a tie.
     """
 
-    def __init__(self, label_set: tuple[str, ...], parsers: tuple[VerdictParser, ...], prefixes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        label_set: tuple[str, ...],
+        parsers: tuple[VerdictParser, ...],
+        prefixes: tuple[str, ...],
+        answer: Callable[[str, str], str] = lambda caller, content: content,
+    ) -> None:
+        """``answer(caller, content)`` reads the answer out of a reply (a constrained reply is
+        JSON); ``prefixes`` are the judges' custom_id prefixes, in panel order."""
         self._labels = frozenset(label_set)
         self._parsers = parsers
         self._prefixes = prefixes
+        self._answer = answer
         self._pending: dict[str, tuple[Row, ChatResult, list[Outcome | None]]] = {}
 
     def __len__(self) -> int:
@@ -80,13 +89,17 @@ class JoinState:
         """Record a prediction; a failed one completes the row at once."""
         if isinstance(outcome, Failure):
             return _joined(row, None, [], self._labels, error=f"{outcome.reason}: {outcome.message}")
-        self._pending[row.row_id] = (row, outcome, [None] * len(self._parsers))
+        answered = replace(outcome, content=self._answer("predict", outcome.content))
+        self._pending[row.row_id] = (row, answered, [None] * len(self._parsers))
         return None
 
     def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow | None:
         """Record one judge's outcome; the joined row once every judge of the row has one."""
         row, prediction, verdicts = self._pending[row_id]
-        verdicts[judge_index(outcome.custom_id, self._prefixes)] = outcome
+        index = judge_index(outcome.custom_id, self._prefixes)
+        if isinstance(outcome, ChatResult):
+            outcome = replace(outcome, content=self._answer(self._prefixes[index], outcome.content))
+        verdicts[index] = outcome
         if any(verdict is None for verdict in verdicts):
             return None
         del self._pending[row_id]
@@ -247,11 +260,12 @@ class Pipeline:
             return
         self._stats.predicted += 1
         assert isinstance(outcome, ChatResult)
+        answer = self._builder.answer("predict", outcome.content)
         for index in range(len(self._builder.judge_prefixes)):
             if index in judged:
                 joined = self._join.verdict(row.row_id, judged[index])
             else:
-                await self._judge.submit(row, self._builder.judge(row, outcome.content, index))
+                await self._judge.submit(row, self._builder.judge(row, answer, index))
         if joined is not None:
             await self._complete(joined)
 

@@ -7,6 +7,7 @@ inside a prediction fed to the judge are copied verbatim and can never be read a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,18 @@ class PromptBuilder:
             self._check_fields(template, where, columns, extra=JUDGE_EXTRA_FIELDS)
             self._judges.append(template)
         self.judge_prefixes = judge_prefixes(config)
+        self._choices: dict[str, tuple[str, ...]] = {}
+        if config.predict.constrain:
+            if not config.labels:
+                raise ConfigError("predict.constrain needs the task's `labels` to choose from")
+            self._choices["predict"] = config.labels
+        for prefix, judge in zip(self.judge_prefixes, config.judges):
+            if judge.constrain:
+                self._choices[prefix] = judge.verdicts.correct + judge.verdicts.incorrect
+
+    def answer(self, caller: str, content: str) -> str:
+        """The answer in a reply: the chosen value of a constrained (JSON) reply, else the text."""
+        return unwrap_choice(content) if caller in self._choices else content
 
     @staticmethod
     def _check_fields(template: Template, where: str, columns: list[str], extra: tuple[str, ...]) -> None:
@@ -114,12 +127,15 @@ class PromptBuilder:
         if stage_config.system_prompt:
             messages.append({"role": "system", "content": stage_config.system_prompt})
         messages.append({"role": "user", "content": user})
-        body = {
+        body: dict[str, Any] = {
             "model": stage_config.model,
             "messages": messages,
             "temperature": stage_config.temperature,
             "max_tokens": stage_config.max_tokens,
         }
+        choices = self._choices.get(prefix or stage)
+        if choices:
+            body["response_format"] = choice_format(choices)
         return ChatRequest(
             custom_id=f"{prefix or stage}:{row.row_id}",
             row_id=row.row_id,
@@ -137,6 +153,29 @@ class PromptBuilder:
         values = {**row.fields, "labels": self._labels_text, "prediction": prediction}
         user = self._judges[index].render(values)
         return self._request("judge", self._config.judges[index], row, user, prefix=self.judge_prefixes[index])
+
+
+def choice_format(choices: tuple[str, ...]) -> dict[str, Any]:
+    """An OpenAI structured-output ``response_format`` whose only answer is one of ``choices``."""
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": list(choices)}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}
+
+
+def unwrap_choice(content: str) -> str:
+    """``{"answer": "Drama"}`` -> ``Drama``; anything else is returned as it is (and will count
+    as invalid if it is not an allowed answer)."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return content
+    if isinstance(value, dict) and isinstance(value.get("answer"), str):
+        return str(value["answer"])
+    return value if isinstance(value, str) else content
 
 
 def judge_prefixes(config: TaskConfig) -> tuple[str, ...]:

@@ -153,3 +153,18 @@ def test_the_library_runs_under_trio(tmp_path: Path, api_key: str, sim_url: str)
 
     assert anyio.run(main, backend="trio") == 10
     assert pl.read_parquet(tmp_path / "run" / "results.parquet").height == 10
+
+
+async def test_constrained_answers_use_a_json_schema_enum_and_are_unwrapped(
+    tmp_path: Path, api_key: str, sim_url: str
+) -> None:
+    config = imdb_config(sim_url, limit=20, **{"predict.constrain": True, "judge.constrain": True})
+    async with Evaluation(config, run_dir=tmp_path / "run"):
+        pass
+    results = pl.read_parquet(tmp_path / "run" / "results.parquet")
+    assert results["prediction_valid"].to_list() == [True] * 20  # every answer is one of the labels
+    assert set(results["verdict_text"].to_list()) <= {"correct", "incorrect"}
+    assert results["verdict"].null_count() == 0
+    journal = [json.loads(line) for line in (tmp_path / "run" / "journal" / "predict.ndjson").read_text().splitlines()]
+    replies = {record["row_id"]: json.loads(record["content"])["answer"] for record in journal}  # raw replies kept
+    assert replies == dict(zip(results["row_id"].to_list(), results["prediction"].to_list()))
