@@ -2,7 +2,8 @@
 
 The SDK does the HTTP (auth headers, base URL handling, error types); we skip the per-call work
 we don't need: its request-parameter transform (the body is serialised once, here) and its
-response models (we read three fields of the JSON). On asyncio it uses the SDK's aiohttp
+response models (we read three fields of the JSON, and the ``x-ratelimit-*`` headers the limiter
+learns from). On asyncio it uses the SDK's aiohttp
 transport (``openai.DefaultAioHttpClient``), measured at under half the CPU per call of the
 default httpx client; on other anyio backends (trio) it falls back to the default client.
 
@@ -14,6 +15,7 @@ batch mode go through the SDK's typed resources: they are few, so their cost doe
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,10 +31,18 @@ import sniffio
 from openai.types import Batch
 
 from engine.errors import AuthError, ErrorKind, ModelNotFoundError, ProviderError
+from engine.limits import RateLimits
 from engine.retry import parse_retry_after
 from engine.types import ChatRequest, Usage
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_RATE_LIMIT_PREFIX = b"x-ratelimit-"
+_RATE_LIMIT_FIELDS = {
+    b"limit-requests": "limit_requests",
+    b"limit-tokens": "limit_tokens",
+    b"remaining-requests": "remaining_requests",
+    b"remaining-tokens": "remaining_tokens",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,7 @@ class Completion:
     model: str
     usage: Usage
     latency_s: float
+    rate_limits: RateLimits | None = None
 
 
 def _http_client(timeout_s: float) -> httpx2.AsyncClient:
@@ -96,7 +107,7 @@ class OpenAICompatClient:
             raise self._status_error(exc, model=request.body.get("model")) from exc
         except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
             raise self._connection_error(exc) from exc
-        return _parse_completion(response.content, time.perf_counter() - started)
+        return _parse_completion(response.content, time.perf_counter() - started, _rate_limits(response.headers))
 
     # -- Files and Batches: the control plane of batch mode ---------------------------------
 
@@ -175,15 +186,41 @@ class OpenAICompatClient:
             message = f"{message} (the endpoint {self.base_url} rejected the key in {source})"
             return AuthError(message, kind="no", reason="http_401", status_code=status)
         if status == 429:
-            retry_after = parse_retry_after(exc.response.headers)
-            return ProviderError(message, kind="rate_limit", reason="http_429", status_code=status, retry_after=retry_after)
+            headers = exc.response.headers
+            return ProviderError(
+                message,
+                kind="rate_limit",
+                reason="http_429",
+                status_code=status,
+                retry_after=parse_retry_after(headers),
+                rate_limits=_rate_limits(headers),
+            )
         kind: ErrorKind = "transient" if status >= 500 or status in (408, 409) else "no"
         return ProviderError(message, kind=kind, reason=f"http_{status}", status_code=status)
 
 
-def _parse_completion(raw: bytes, latency_s: float) -> Completion:
+def _rate_limits(headers: httpx2.Headers) -> RateLimits | None:
+    """The ``x-ratelimit-{limit,remaining}-{requests,tokens}`` headers; None when there are none.
+
+    One pass over the raw headers: this runs for every response.
+    """
+    found: dict[str, float] = {}
+    for key, value in headers.raw:
+        if key[:12].lower() == _RATE_LIMIT_PREFIX and (name := _RATE_LIMIT_FIELDS.get(key[12:].lower())):
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if 0.0 <= number < math.inf:
+                found[name] = number
+    return RateLimits(**found) if found else None
+
+
+def _parse_completion(raw: bytes, latency_s: float, rate_limits: RateLimits | None) -> Completion:
     try:
         payload = json.loads(raw)
+        if payload.get("choices") == []:
+            raise ProviderError("the response has no choices", kind="transient", reason="empty_response")
         choice = payload["choices"][0]
         content = choice["message"]["content"]
         model = payload.get("model") or ""
@@ -194,4 +231,4 @@ def _parse_completion(raw: bytes, latency_s: float) -> Completion:
     if not isinstance(content, str) or not content.strip():
         raise ProviderError("the response has no message content", kind="transient", reason="empty_response")
     tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-    return Completion(content, model, tokens, latency_s)
+    return Completion(content, model, tokens, latency_s, rate_limits)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from . import faults, overhead
+from . import faults, limiter, memory, overhead, realtime_vs_batch
 
-BENCHMARKS = {"faults": faults.main, "overhead": overhead.main}
+BENCHMARKS = {
+    "faults": faults.main,
+    "limiter": limiter.main,
+    "memory": memory.main,
+    "overhead": overhead.main,
+    "realtime-vs-batch": realtime_vs_batch.main,
+}
 
 if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
     print(f"usage: python -m benchmarks {{{','.join(BENCHMARKS)}}} [options]", file=sys.stderr)

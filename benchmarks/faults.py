@@ -140,6 +140,10 @@ def scenarios() -> list[Scenario]:
         Scenario("500/502/503 at 10%", "realtime", SimSettings(error_rate=0.10)),
         Scenario("connection resets at 5%", "realtime", SimSettings(reset_rate=0.05)),
         Scenario("bodies that are not JSON at 5%", "realtime", SimSettings(malformed_rate=0.05)),
+        Scenario("responses cut off mid-body at 5%", "realtime", SimSettings(truncate_rate=0.05)),
+        Scenario("choices: [] or content: null at 5% each", "realtime",
+                 SimSettings(empty_choices_rate=0.05, null_content_rate=0.05)),
+        Scenario("a server that stops answering (timeouts) at 3%", "realtime", SimSettings(hang_rate=0.03)),
     ]
     batch = [
         Scenario("none", "batch"),

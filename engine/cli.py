@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 
 import anyio
 
-from .config import TaskConfig, load_config, merge_tables, with_overrides
-from .errors import EngineError, FatalError
+from adapters.local.backends.base import Backend
+
+from .config import LocalServerConfig, TaskConfig, load_config, merge_tables, with_overrides
+from .errors import ConfigError, EngineError, FatalError
+from .evaluation import local_backend
 from .shipped import example_config
 
 
@@ -61,7 +65,14 @@ def _serve_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the embedded OpenAI-compatible server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    serve.add_argument("--backend", choices=["sim"], default="sim")
+    serve.add_argument(
+        "--backend", choices=["sim", "local", "upstream"], default="sim",
+        help="sim: simulated answers; local: a small real model on this CPU; upstream: forward to --upstream-url",
+    )
+    serve.add_argument("--upstream-url", help="the OpenAI-compatible endpoint the upstream backend forwards to")
+    serve.add_argument("--upstream-api-key-env", help="variable holding the upstream's API key")
+    serve.add_argument("--api-key-env", help="require 'Authorization: Bearer' with the key in this variable")
+    serve.add_argument("--threads", type=int, help="CPU threads of the local model (default: all cores)")
     serve.add_argument("--latency-ms", type=float, default=0.0)
     serve.add_argument("--rpm", type=float)
     serve.add_argument("--tpm", type=float)
@@ -76,7 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _run_parser(commands)
     _serve_parser(commands)
+    report = commands.add_parser("report", help="write report.md, report.html and plots from a run directory")
+    report.add_argument("run_dir", type=Path)
+    compare = commands.add_parser("compare", help="two runs side by side, with a paired test on shared rows")
+    compare.add_argument("run_a", type=Path)
+    compare.add_argument("run_b", type=Path)
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report_doc import write_report
+    from .rundir import load_run
+
+    load_run(args.run_dir)  # a clear error when it is not a run directory
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, print_comparison
+    from .rundir import load_run
+
+    for run_dir in (args.run_a, args.run_b):
+        load_run(run_dir)
+    comparison = compare_runs(args.run_a, args.run_b)
+    if args.json:
+        print(json.dumps(comparison, indent=2, default=str))
+    else:
+        print_comparison(comparison)
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> TaskConfig:
@@ -131,26 +171,54 @@ async def _run(args: argparse.Namespace) -> int:
         return 2
     assert evaluation.metrics is not None
     print_summary(evaluation.metrics, evaluation.run_dir)
+    print(f"report  {evaluation.run_dir / 'report.html'}")
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from adapters.local.backends.sim import SimBackend, SimSettings
-    from adapters.local.server import serve_forever
+def _serve_backend(args: argparse.Namespace) -> tuple[Backend, str]:
+    """The backend ``serve`` runs, and how to describe it."""
+    if args.backend == "upstream":
+        from adapters.local.backends.upstream import UpstreamBackend
 
-    settings = SimSettings(
+        if not args.upstream_url:
+            raise ConfigError("serve --backend upstream needs --upstream-url URL")
+        key = os.environ.get(args.upstream_api_key_env) if args.upstream_api_key_env else None
+        return UpstreamBackend(args.upstream_url, api_key=key), f"the upstream {args.upstream_url}"
+    local = LocalServerConfig(
+        backend=args.backend,
         latency_ms=args.latency_ms,
         rpm=args.rpm,
         tpm=args.tpm,
         error_rate=args.error_rate,
         batch_min_seconds=args.batch_min_seconds,
         seed=args.seed,
+        threads=args.threads,
     )
+    backend = local_backend(local)
+    if args.backend == "local":
+        return backend, f"the local model {backend.name} (CPU)"
+    return backend, "the sim backend (simulated answers)"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from adapters.local.server import serve_forever
+
+    from adapters.local.server import api_key_from_env
+
+    api_key = None
+    if args.api_key_env:
+        try:
+            api_key = api_key_from_env(args.api_key_env, required=True)
+        except ValueError as exc:
+            raise ConfigError(f"--api-key-env: {exc}") from None
+    backend, described = _serve_backend(args)
 
     def ready(url: str) -> None:
-        print(f"serving the {args.backend} backend (simulated answers) at {url}", flush=True)
+        print(f"serving {described} at {url}", flush=True)
 
-    server = serve_forever(SimBackend(settings), host=args.host, port=args.port, data_dir=args.data_dir, on_ready=ready)
+    server = serve_forever(
+        backend, host=args.host, port=args.port, api_key=api_key, data_dir=args.data_dir, on_ready=ready
+    )
     anyio.run(lambda: server)
     return 0
 
@@ -160,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "compare":
+            return _compare(args)
         return anyio.run(_run, args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

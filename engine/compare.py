@@ -29,14 +29,15 @@ _PAIRED = {"judge_accuracy": "verdict", "ground_truth_accuracy": "ground_truth_c
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value of ``b`` pairs right in A only and ``c`` right in B only.
 
-    Twice the smaller binomial tail of ``b + c`` fair coin flips, capped at 1; 1.0 without
-    discordant pairs. Summed in log space, so it stays finite for any number of pairs.
+    Twice the smaller binomial tail of ``b + c`` fair coin flips, capped at 1 (exactly 1 when
+    ``b`` and ``c`` differ by at most one, no pairs included). Summed in log space, so it stays
+    finite for any number of pairs.
     """
     if b < 0 or c < 0:
         raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
-    n = b + c
-    if n == 0:
+    if abs(b - c) <= 1:
         return 1.0
+    n = b + c
     log_terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in range(min(b, c) + 1)]
     top = max(log_terms)
     log_tail = top + math.log(sum(math.exp(term - top) for term in log_terms)) - n * math.log(2)
@@ -79,7 +80,7 @@ def _paired(shared: pl.DataFrame, column: str) -> dict[str, Any] | None:
 
 def _agreement(shared: pl.DataFrame, column: str) -> float | None:
     both = shared.filter(pl.col(f"{column}_a").is_not_null() & pl.col(f"{column}_b").is_not_null())
-    return None if both.is_empty() else float((both[f"{column}_a"] == both[f"{column}_b"]).mean())  # type: ignore[arg-type]
+    return None if both.is_empty() else both.select((pl.col(f"{column}_a") == pl.col(f"{column}_b")).mean()).item()
 
 
 def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
@@ -119,8 +120,9 @@ def _points(value: float | None) -> str:
 
 
 def _served(metrics: dict[str, Any], stage: str) -> str:
-    info = metrics["models"][stage]
-    return ", ".join(info["served"]) or info["requested"]
+    """The models that answered for ``stage`` (all judges of a panel), else those requested."""
+    callers = [info for caller, info in metrics["models"].items() if caller.split(".")[0] == stage]
+    return ", ".join(", ".join(info["served"]) or info["requested"] for info in callers)
 
 
 def _metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str, str]]:

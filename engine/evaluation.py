@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -25,22 +26,27 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from adapters import openai_compat
+from adapters.local.backends.base import Backend
 
 from . import report
-from .config import TaskConfig
+from .config import LocalServerConfig, TaskConfig
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
-from .journal import JournalWriter, journal_path, scan_journal
+from .journal import Journal, journal_path, scan_journal
 from .limits import AnyioClock, Clock, Limiter
 from .pipeline import JoinState, LiveStats, Pipeline
 from .prompts import PromptBuilder, VerdictParser
 from .batch import BatchStage
 from .pipeline import Stage
 from .realtime import RealtimeRunner, RealtimeStage
+from .report_doc import write_report
 from .results import ResultsWriter
 from .retry import RetryPolicy
 from .rundir import METRICS_FILE, RUN_FILE, create_run, load_run, new_run_dir, prepare_run_dir, write_json
 from .types import STAGES, ChatRequest, JoinedRow, StageName
+
+
+LOCAL_MODEL_CONCURRENCY = 2
 
 
 class Evaluation:
@@ -114,7 +120,12 @@ class Evaluation:
     def _make_runners(self, client: openai_compat.OpenAICompatClient) -> None:
         """One limiter and retry policy for both stages: they share the endpoint's budget."""
         endpoint = self.config.endpoint
-        limiter = Limiter(concurrency=endpoint.concurrency, rpm=endpoint.rpm, tpm=endpoint.tpm, clock=self._clock)
+        concurrency = endpoint.concurrency
+        if endpoint.base_url is None and self.config.local.backend == "local":
+            # The local model answers one request at a time: more in flight only queue at the
+            # server, where their time counts against the client's timeout.
+            concurrency = min(concurrency, LOCAL_MODEL_CONCURRENCY)
+        limiter = Limiter(concurrency=concurrency, rpm=endpoint.rpm, tpm=endpoint.tpm, clock=self._clock)
         policy = RetryPolicy(max_retries=endpoint.max_retries)
         self.predict_runner = RealtimeRunner(client, limiter, policy, self._clock)
         self.judge_runner = RealtimeRunner(client, limiter, policy, self._clock)
@@ -152,7 +163,8 @@ class Evaluation:
     async def _start(self, dataset: Dataset, builder: PromptBuilder, client: openai_compat.OpenAICompatClient) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
         assert self.predict_runner is not None and self.judge_runner is not None
-        journal = JournalWriter(self.run_dir)
+        journal = Journal(self.run_dir)
+        self._stack.callback(journal.close)
         results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
         owed = dataset.rows(
             results.input_columns,
@@ -178,13 +190,12 @@ class Evaluation:
             ),
             predict=predict,
             judge=judge,
-            journal=journal.send,
+            journal=journal,
             emit=emit,
             stats=self.stats,
             rows_in_flight=rows_in_flight,
         )
         group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
-        group.start_soon(journal.run)
         group.start_soon(pipeline.run, owed)
         group.start_soon(self._collect, joined, results, rows_in)
 
@@ -220,21 +231,12 @@ class Evaluation:
     async def _endpoint(self) -> str:
         if self.config.endpoint.base_url:
             return self.config.endpoint.base_url
-        from adapters.local.backends.sim import SimBackend, SimSettings
         from adapters.local.embedded import embedded_server
 
-        local = self.config.local
-        settings = SimSettings(
-            latency_ms=local.latency_ms,
-            rpm=local.rpm,
-            tpm=local.tpm,
-            error_rate=local.error_rate,
-            batch_min_seconds=local.batch_min_seconds,
-            seed=local.seed,
-        )
         # The server keeps its files and batches in the run directory, so a resumed run finds
         # the batches its killed predecessor had in progress.
-        server = embedded_server(SimBackend(settings), data_dir=self.run_dir / "server")
+        backend = await anyio.to_thread.run_sync(local_backend, self.config.local)
+        server = embedded_server(backend, data_dir=self.run_dir / "server")
         return await self._stack.enter_async_context(server)
 
     # -- the collector: joined rows -> parquet parts, live stats, the caller's stream --------
@@ -278,9 +280,18 @@ class Evaluation:
             requests=requests,
             retries=self.predict_runner.stats.retries + self.judge_runner.stats.retries,
             rate_limited=self.predict_runner.stats.rate_limited + self.judge_runner.stats.rate_limited,
-            backend="sim" if self.config.endpoint.base_url is None else None,
+            backend=self.config.local.backend if self.config.endpoint.base_url is None else None,
         )
         write_json(self.run_dir / METRICS_FILE, metrics)
+        try:
+            write_report(self.run_dir)
+        except Exception as exc:  # the run's results and metrics are written: a report is extra
+            warnings.warn(
+                f"the run finished but its report could not be written ({exc!r}); "
+                f"retry with: python -m engine report {self.run_dir}",
+                RuntimeWarning,
+                stacklevel=1,
+            )
         return metrics
 
 
@@ -322,3 +333,27 @@ def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str
     for prefix in judge_prefixes:
         frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
     return frames
+
+
+def local_backend(local: LocalServerConfig) -> Backend:
+    """The embedded server's backend as configured; the local model is loaded here, once."""
+    if local.backend == "local":
+        from adapters.local.backends.llama import LlamaBackend, LlamaSettings, ModelUnavailable
+
+        try:
+            model = LlamaBackend(LlamaSettings(n_threads=local.threads, seed=local.seed))
+            model.load()
+        except ModelUnavailable as exc:
+            raise ConfigError(f"local.backend = \"local\": {exc}") from None
+        return model
+    from adapters.local.backends.sim import SimBackend, SimSettings
+
+    settings = SimSettings(
+        latency_ms=local.latency_ms,
+        rpm=local.rpm,
+        tpm=local.tpm,
+        error_rate=local.error_rate,
+        batch_min_seconds=local.batch_min_seconds,
+        seed=local.seed,
+    )
+    return SimBackend(settings)

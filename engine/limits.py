@@ -1,13 +1,16 @@
-"""Concurrency and RPM/TPM budgets, on an injectable clock.
+"""Concurrency and request/token rates that adapt to the endpoint, on an injectable clock.
 
-The runner asks a :class:`Limiter` before every call and releases it afterwards. The limiter is
-the only place that knows about budgets, and its interface (``acquire``, ``release``, ``settle``,
-``pause``) is small on purpose: a shared implementation backed by an external store (Redis, a Ray
-actor) can replace this in-process one for several engine processes that share one API key.
+The runner asks a :class:`Limiter` before every call, tells it how the call went and releases
+it afterwards. The limiter is the only place that knows about budgets, and its interface
+(``acquire``, ``settle``, ``on_success``, ``on_rate_limited``, ``pause``, ``release``) is small
+on purpose: a shared implementation backed by an external store (Redis, a Ray actor) can replace
+this in-process one for several engine processes that share one API key.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
@@ -15,6 +18,14 @@ import anyio
 # Waits shorter than this (seconds) count as none: float rounding must not leave a waiter sleeping,
 # again and again, for an interval too small to move the clock.
 _EPSILON = 1e-9
+# Announced limits are used at this share, for what the two clocks and bucket shapes disagree on.
+HEADROOM = 0.98
+# A 429 cuts the request rate to this share of the rate achieved over the last WINDOW_S seconds...
+DECREASE = 0.9
+WINDOW_S = 1.0
+# ... which then grows back by this share of the cut rate every second, never below MIN_RATE (/s).
+RECOVERY_PER_S = 0.02
+MIN_RATE = 1.0 / 60.0
 
 
 class Clock(Protocol):
@@ -78,17 +89,51 @@ class TokenBucket:
         """Charge ``amount`` used beyond what was taken; the level may go negative."""
         self._set(self.level(now) - amount, now)
 
+    def lower_to(self, level: float, now: float) -> None:
+        """Bring the level down to ``level`` if it is above it; never raise it."""
+        if level < self.level(now):
+            self._set(level, now)
+
+    def set_rate(self, rate_per_second: float, capacity: float, now: float) -> None:
+        """Refill at ``rate_per_second`` from ``now`` on, up to ``capacity``; what is there stays."""
+        level = self.level(now)
+        self.rate = rate_per_second
+        self.capacity = capacity
+        self._set(min(level, capacity), now)
+
     def _set(self, level: float, now: float) -> None:
         self._level = level
         self._updated = max(self._updated, now)
 
 
-class Limiter:
-    """Concurrency slots plus requests-per-minute and tokens-per-minute budgets.
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """What a response said about the endpoint's budgets (OpenAI's ``x-ratelimit-*`` headers).
 
-    One instance is shared by both pipeline stages. Each bucket holds ``burst_seconds`` worth of
-    its rate (at least 1) and starts full; ``rpm``/``tpm`` of ``None`` mean unlimited. Waiters are
-    served first come, first served: one of them at a time sleeps for budget.
+    Limits are per minute; ``remaining_*`` is what the server had left once it had admitted (or
+    refused) the call. ``None``: the response did not say.
+    """
+
+    limit_requests: float | None = None
+    limit_tokens: float | None = None
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+
+
+class Limiter:
+    """Concurrency slots plus request and token rates that follow what the endpoint says.
+
+    One instance is shared by both pipeline stages. The request rate is the lowest of ``rpm``
+    (the user's budget), the endpoint's announced limit times ``HEADROOM``, and after a 429 the
+    AIMD rate: cut to ``DECREASE`` times the rate achieved over the last ``WINDOW_S``, then grown
+    back linearly until the other limits bind again. The token rate is the lower of ``tpm`` and
+    the announced token limit times ``HEADROOM``. ``None`` everywhere means unlimited. The
+    endpoint's ``remaining_*`` counts only ever lower a bucket, so budget that other clients of
+    the key spent is not spent twice.
+
+    Each bucket holds ``burst_seconds`` worth of its rate (at least 1) and starts full: keep it
+    below the server's own burst, so that pacing at its limit leaves it slack for jitter.
+    Waiters are served first come, first served: one of them at a time sleeps for budget.
     """
 
     def __init__(
@@ -98,7 +143,7 @@ class Limiter:
         rpm: float | None = None,
         tpm: float | None = None,
         clock: Clock | None = None,
-        burst_seconds: float = 1.0,
+        burst_seconds: float = 0.25,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -111,36 +156,50 @@ class Limiter:
         self._clock: Clock = clock if clock is not None else AnyioClock()
         self._slots = anyio.Semaphore(concurrency)
         self._budget_lock = anyio.Lock()
-        self._requests = self._bucket(rpm, burst_seconds)
-        self._tokens = self._bucket(tpm, burst_seconds)
+        self._burst_seconds = burst_seconds
+        self._rpm, self._tpm = rpm, tpm
+        self._announced_rpm: float | None = None
+        self._announced_tpm: float | None = None
+        self._cut_rate: float | None = None  # requests/s set by the last 429; None: no cut in force
+        self._cut_at = float("-inf")
+        now = self._clock.now()
+        self._window_start = now
+        self._window_count = 0
+        self._previous_rate = 0.0
+        self._requests = self._resize(None, self._request_rate(now), now)
+        self._tokens = self._resize(None, self._token_rate(), now)
         self._paused_until = float("-inf")
         self._in_flight = 0
-
-    def _bucket(self, per_minute: float | None, burst_seconds: float) -> TokenBucket | None:
-        if per_minute is None:
-            return None
-        rate = per_minute / 60.0
-        return TokenBucket(rate, max(rate * burst_seconds, 1.0), self._clock.now())
+        self._tokens_in_flight = 0
 
     @property
     def in_flight(self) -> int:
         """Calls acquired and not yet released."""
         return self._in_flight
 
-    async def acquire(self, tokens: int) -> None:
+    @property
+    def rates(self) -> tuple[float | None, float | None]:
+        """The request and token rates in force now, per minute; ``None``: unlimited."""
+        per_second = (bucket.rate if bucket is not None else None for bucket in (self._requests, self._tokens))
+        requests, tokens = (None if rate is None else rate * 60.0 for rate in per_second)
+        return requests, tokens
+
+    async def acquire(self, tokens: int) -> float:
         """Wait for a concurrency slot, then for one request and ``tokens`` tokens of budget.
 
-        Cancelled while waiting, it leaves nothing behind: the slot is freed and no budget is
-        taken. Every successful call must be paired with :meth:`release`.
+        Returns the clock time the call was let through, for :meth:`on_success` or
+        :meth:`on_rate_limited`. Cancelled while waiting, it leaves nothing behind: the slot is
+        freed and no budget is taken. Every successful call must be paired with :meth:`release`.
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
         await self._slots.acquire()
         try:
             async with self._budget_lock:
-                while (delay := self._delay(tokens)) > _EPSILON:
-                    await self._clock.sleep(delay)
                 now = self._clock.now()
+                while (delay := self._delay(tokens, now)) > _EPSILON:
+                    await self._clock.sleep(delay)
+                    now = self._clock.now()
                 if self._requests is not None:
                     self._requests.take(1, now)
                 if self._tokens is not None:
@@ -149,30 +208,34 @@ class Limiter:
             self._slots.release()
             raise
         self._in_flight += 1
+        self._tokens_in_flight += tokens
+        return now
 
-    def _delay(self, tokens: int) -> float:
-        now = self._clock.now()
-        delays = [self._paused_until - now]
+    def _delay(self, tokens: int, now: float) -> float:
+        delay = self._paused_until - now
         if self._requests is not None:
-            delays.append(self._requests.wait_time(1, now))
+            delay = max(delay, self._requests.wait_time(1, now))
         if self._tokens is not None:
-            delays.append(self._tokens.wait_time(tokens, now))
-        return max(delays)
+            delay = max(delay, self._tokens.wait_time(tokens, now))
+        return delay
 
     def release(self) -> None:
         """Free the concurrency slot taken by :meth:`acquire`; budget already spent stays spent."""
         if self._in_flight == 0:
             raise RuntimeError("release() without a matching acquire()")
         self._in_flight -= 1
+        if self._in_flight == 0:
+            self._tokens_in_flight = 0
         self._slots.release()
 
     def settle(self, estimated: int, actual: int) -> None:
-        """Correct the token budget once a call's real usage is known.
+        """Correct the token budget once a call's real usage is known (0 when it failed).
 
         Tokens charged but not used are given back; usage beyond the estimate is drained.
         """
         if estimated < 0 or actual < 0:
             raise ValueError(f"estimated and actual must be >= 0, got {estimated} and {actual}")
+        self._tokens_in_flight = max(0, self._tokens_in_flight - estimated)
         if self._tokens is None:
             return
         now = self._clock.now()
@@ -180,6 +243,46 @@ class Limiter:
             self._tokens.give_back(estimated - actual, now)
         elif actual > estimated:
             self._tokens.drain(actual - estimated, now)
+
+    def on_success(self, sent_at: float, limits: RateLimits | None = None) -> None:
+        """Count an answered call and learn from its ``limits``; after settle, before release.
+
+        ``sent_at`` is what :meth:`acquire` returned for the call.
+        """
+        now = self._clock.now()
+        span = now - self._window_start
+        if span >= WINDOW_S:
+            self._previous_rate = self._window_count / span
+            self._window_start, self._window_count = now, 0
+        self._window_count += 1
+        if limits is not None:
+            self._observe(limits, sent_at, now)
+        if self._cut_rate is not None:
+            self._recover(now)
+
+    def on_rate_limited(self, sent_at: float, limits: RateLimits | None = None) -> None:
+        """Cut the request rate after a 429 and learn from its ``limits``; before release.
+
+        Only a call sent after the previous cut cuts again: the calls sent before it went out at
+        the old rate, and one cut answers them all. A 429 that announces a new request limit
+        needs no cut: that limit is the answer. Before any call has succeeded there is no rate
+        to cut from; ``pause`` and the retry backoff pace the calls until there is.
+        """
+        now = self._clock.now()
+        if limits is not None and self._observe(limits, sent_at, now):
+            return
+        if sent_at <= self._cut_at:
+            return
+        span = now - self._window_start
+        achieved = (self._window_count + self._previous_rate * max(0.0, WINDOW_S - span)) / max(WINDOW_S, span)
+        rate = self._request_rate(now)
+        if achieved > 0.0:
+            rate = achieved if rate is None else min(rate, achieved)
+        if rate is None:
+            return
+        self._cut_rate = max(MIN_RATE, DECREASE * rate)
+        self._cut_at = now
+        self._requests = self._resize(self._requests, self._request_rate(now), now)
 
     def pause(self, seconds: float) -> None:
         """Start no acquisition before ``seconds`` from now (a 429's ``Retry-After``).
@@ -189,3 +292,78 @@ class Limiter:
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         self._paused_until = max(self._paused_until, self._clock.now() + seconds)
+
+    # -- rates -------------------------------------------------------------------------------
+
+    def _ceiling(self) -> float | None:
+        """Requests per second that the budget and the announced limit allow; None: no limit."""
+        rates = [rate / 60.0 for rate in (self._rpm, _headroom(self._announced_rpm)) if rate is not None]
+        return min(rates) if rates else None
+
+    def _request_rate(self, now: float) -> float | None:
+        ceiling = self._ceiling()
+        if self._cut_rate is None:
+            return ceiling
+        grown = self._cut_rate * (1.0 + RECOVERY_PER_S * (now - self._cut_at))
+        return grown if ceiling is None else min(grown, ceiling)
+
+    def _token_rate(self) -> float | None:
+        rates = [rate / 60.0 for rate in (self._tpm, _headroom(self._announced_tpm)) if rate is not None]
+        return min(rates) if rates else None
+
+    def _recover(self, now: float) -> None:
+        """Grow the cut rate; once it reaches the other limits the cut is over."""
+        assert self._cut_rate is not None
+        ceiling = self._ceiling()
+        rate = self._request_rate(now)
+        if ceiling is not None and rate == ceiling:
+            self._cut_rate = None
+        self._requests = self._resize(self._requests, rate, now)
+
+    def _resize(self, bucket: TokenBucket | None, rate: float | None, now: float) -> TokenBucket | None:
+        if rate is None:
+            return None
+        capacity = max(rate * self._burst_seconds, 1.0)
+        if bucket is None:
+            return TokenBucket(rate, capacity, now)
+        bucket.set_rate(rate, capacity, now)
+        return bucket
+
+    def _observe(self, limits: RateLimits, sent_at: float, now: float) -> bool:
+        """Adopt announced limits that changed; lower the buckets to the server's remaining.
+
+        Returns whether the request limit changed.
+        """
+        new_limit = _usable(limits.limit_requests) and limits.limit_requests != self._announced_rpm
+        if new_limit:
+            self._announced_rpm = limits.limit_requests
+            self._requests = self._resize(self._requests, self._request_rate(now), now)
+        if _usable(limits.limit_tokens) and limits.limit_tokens != self._announced_tpm:
+            self._announced_tpm = limits.limit_tokens
+            self._tokens = self._resize(self._tokens, self._token_rate(), now)
+        if limits.remaining_requests is not None and self._requests is not None:
+            others = max(0, self._in_flight - 1)
+            _lower(self._requests, limits.remaining_requests, self._announced_rpm, others, now - sent_at, now)
+        if limits.remaining_tokens is not None and self._tokens is not None:
+            others = self._tokens_in_flight
+            _lower(self._tokens, limits.remaining_tokens, self._announced_tpm, others, now - sent_at, now)
+        return new_limit
+
+
+def _usable(limit: float | None) -> bool:
+    return limit is not None and 0.0 < limit < math.inf
+
+
+def _headroom(announced_per_minute: float | None) -> float | None:
+    return None if announced_per_minute is None else announced_per_minute * HEADROOM
+
+
+def _lower(bucket: TokenBucket, remaining: float, per_minute: float | None, others: float, age: float, now: float) -> None:
+    """Lower ``bucket`` to what the server has left now, at most.
+
+    That is ``remaining`` when it admitted the call (no earlier than ``age`` seconds ago), plus
+    its refill since, less what the calls still in flight will take. A call admitted before this
+    one and still in flight is subtracted twice: the error is on the safe side.
+    """
+    refill = (bucket.rate if per_minute is None else per_minute / 60.0) * age
+    bucket.lower_to(remaining + refill - others, now)

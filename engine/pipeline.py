@@ -17,10 +17,10 @@ import anyio
 from anyio.abc import ObjectSendStream, TaskStatus
 
 from .batch import BatchProgress
-from .journal import JournalSend, record_to_outcome
+from .journal import Journal, record_to_outcome
 from .prompts import PromptBuilder, VerdictParser, judge_index, prediction_is_valid
 from .realtime import Deliver
-from .types import ChatRequest, ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, StageName, Usage
+from .types import ChatRequest, ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Usage
 
 
 
@@ -203,7 +203,7 @@ class Pipeline:
         join: JoinState,
         predict: Stage,
         judge: Stage,
-        journal: JournalSend,
+        journal: Journal,
         emit: ObjectSendStream[JoinedRow],
         stats: LiveStats,
         rows_in_flight: int,
@@ -218,8 +218,8 @@ class Pipeline:
         self._slots = anyio.Semaphore(rows_in_flight)
 
     async def run(self, owed: Iterator[OwedRow]) -> None:
-        """Process every owed row; returns when all are joined (closes ``emit`` and the journal)."""
-        async with self._journal, self._emit, anyio.create_task_group() as group:
+        """Process every owed row; returns when all are joined (and closes ``emit``)."""
+        async with self._emit, anyio.create_task_group() as group:
             await group.start(self._judge.run, self._on_verdict)
             async with anyio.create_task_group() as predicting:
                 await predicting.start(self._predict.run, self._on_prediction)
@@ -249,7 +249,7 @@ class Pipeline:
             await self._predict.submit(row, self._builder.predict(row))
 
     async def _on_prediction(self, row: Row, outcome: Outcome) -> None:
-        await self._record("predict", row.row_id, outcome)
+        self._journal.append("predict", row.row_id, outcome)  # before any await: see journal.py
         await self._predicted(row, outcome, {})
 
     async def _predicted(self, row: Row, outcome: Outcome, judged: dict[int, Outcome]) -> None:
@@ -270,7 +270,7 @@ class Pipeline:
             await self._complete(joined)
 
     async def _on_verdict(self, row: Row, outcome: Outcome) -> None:
-        await self._record("judge", row.row_id, outcome)
+        self._journal.append("judge", row.row_id, outcome)
         joined = self._join.verdict(row.row_id, outcome)
         if joined is not None:
             await self._complete(joined)
@@ -278,8 +278,3 @@ class Pipeline:
     async def _complete(self, joined: JoinedRow) -> None:
         await self._emit.send(joined)
         self._slots.release()
-
-    async def _record(self, stage: StageName, row_id: str, outcome: Outcome) -> None:
-        """Journal a paid-for result; shielded, so a cancellation now cannot lose it."""
-        with anyio.CancelScope(shield=True):
-            await self._journal.send((stage, row_id, outcome))

@@ -40,8 +40,9 @@ def accuracy_plot(
     figure, axes = _figure(5.2, 3.0)
     names = [name for name, _, _ in bars]
     values = [value for _, value, _ in bars]
-    low = [value - ci[0] if ci else 0.0 for _, value, ci in bars]
-    high = [ci[1] - value if ci else 0.0 for _, value, ci in bars]
+    # Clamped: at 0% or 100% the interval's end equals the value up to rounding.
+    low = [max(0.0, value - ci[0]) if ci else 0.0 for _, value, ci in bars]
+    high = [max(0.0, ci[1] - value) if ci else 0.0 for _, value, ci in bars]
     axes.bar(names, values, yerr=[low, high], capsize=6, color=["#4c72b0", "#55a868"][: len(bars)], width=0.5)
     for position, value in enumerate(values):
         axes.annotate(f"{100 * value:.1f}%", (position, value), xytext=(12, 3), textcoords="offset points")
@@ -56,9 +57,9 @@ def accuracy_plot(
 
 def confusion_plot(path: Path, confusion: dict[str, int]) -> Path:
     """The judge-vs-truth 2x2 table as a heat map with counts (keys tp, fp, fn, tn)."""
-    figure, axes = _figure(4.0, 3.2)
+    figure, axes = _figure(4.8, 2.8)
     cells = [[confusion["tp"], confusion["fp"]], [confusion["fn"], confusion["tn"]]]
-    axes.imshow(cells, cmap="Blues", vmin=0)
+    axes.imshow(cells, cmap="Blues", vmin=0, aspect="auto")
     top = max(max(row) for row in cells) or 1
     for i, row in enumerate(cells):
         for j, count in enumerate(row):

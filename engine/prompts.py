@@ -136,12 +136,14 @@ class PromptBuilder:
         choices = self._choices.get(prefix or stage)
         if choices:
             body["response_format"] = choice_format(choices)
+            # Room for the whole JSON answer: a token is at least a character.
+            body["max_tokens"] = max(stage_config.max_tokens, 16 + max(map(len, choices)))
         return ChatRequest(
             custom_id=f"{prefix or stage}:{row.row_id}",
             row_id=row.row_id,
             stage=stage,
             body=body,
-            estimated_tokens=estimate_tokens(messages, stage_config.max_tokens),
+            estimated_tokens=estimate_tokens(messages, body["max_tokens"]),
         )
 
     def predict(self, row: Row) -> ChatRequest:

@@ -2,9 +2,9 @@
 
 The runner owns everything between "this request must be answered" and "here is its outcome":
 waiting for a concurrency slot and RPM/TPM budget, the call, correcting the token estimate with
-the real ``usage``, pausing everyone after a 429, and backing off. It returns a ``ChatResult`` or
-a ``Failure`` with its reason; only a ``FatalError`` (a rejected key, an unknown model) escapes,
-because it dooms every other row too.
+the real ``usage``, passing on what the endpoint said about its rate limits, pausing everyone
+after a 429, and backing off. It returns a ``ChatResult`` or a ``Failure`` with its reason; only
+a ``FatalError`` (a rejected key, an unknown model) escapes, because it dooms every other row too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .errors import FatalError, ProviderError
-from .limits import Clock, Limiter
+from .limits import Clock, Limiter, RateLimits
 from .retry import RetryPolicy
 from .types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
 
@@ -34,6 +34,8 @@ class Completion(Protocol):
     def usage(self) -> Usage: ...
     @property
     def latency_s(self) -> float: ...
+    @property
+    def rate_limits(self) -> RateLimits | None: ...
 
 
 class ChatClient(Protocol):
@@ -67,7 +69,7 @@ class RealtimeRunner:
         attempt = 0
         while True:
             attempt += 1
-            await self._limiter.acquire(request.estimated_tokens)
+            sent_at = await self._limiter.acquire(request.estimated_tokens)
             self.stats.requests += 1
             self.stats.in_flight += 1
             try:
@@ -75,10 +77,11 @@ class RealtimeRunner:
             except ProviderError as exc:
                 error = exc
                 self._limiter.settle(request.estimated_tokens, 0)
-                delay = self._after_error(error, attempt)
+                delay = self._after_error(error, attempt, sent_at)
             else:
                 usage = completion.usage
                 self._limiter.settle(request.estimated_tokens, usage.total_tokens)
+                self._limiter.on_success(sent_at, completion.rate_limits)
                 self.stats.prompt_tokens += usage.prompt_tokens
                 self.stats.completion_tokens += usage.completion_tokens
                 return ChatResult(
@@ -107,11 +110,12 @@ class RealtimeRunner:
             self.stats.retries += 1
             await self._clock.sleep(delay)
 
-    def _after_error(self, error: ProviderError, attempt: int) -> float | None:
+    def _after_error(self, error: ProviderError, attempt: int, sent_at: float) -> float | None:
         if isinstance(error, FatalError):
             raise error
         if error.kind == "rate_limit":
             self.stats.rate_limited += 1
+            self._limiter.on_rate_limited(sent_at, error.rate_limits)
             if error.retry_after is not None:
                 self._limiter.pause(error.retry_after)
         return self._policy.delay(error, attempt)

@@ -181,6 +181,12 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
     models = metrics["models"]
     served = ", ".join(f"{stage}: {', '.join(info['served']) or info['requested']}" for stage, info in models.items())
     console.print(f"models  {served}")
-    if any(info["backend"] == "sim" for info in models.values()):
+    backends = {info["backend"] for info in models.values()}
+    if "sim" in backends:
         console.print("[yellow]answers came from the simulator (sim backend): a check of the pipeline, not of a model[/]")
+    if "local" in backends:
+        console.print(
+            "[yellow]answers came from a 135M-parameter model running on this CPU: a check that the whole "
+            "pipeline works, not a judge to trust. Point --base-url at a hosted model for real numbers.[/]"
+        )
     console.print(f"results {run_dir / RESULTS_FILE}")

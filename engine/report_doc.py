@@ -95,35 +95,48 @@ def write_report(run_dir: Path) -> Path:
     run = _Run.load(run_dir)
     plots_dir = run_dir / PLOTS_DIR
     title = f"Evaluation report: {run.info['config']['name']}"
-    sections = [
+    drafted = [
         _overview(run),
         _accuracy(run, plots_dir),
         _judge_vs_truth(run, plots_dir),
+        _panel(run),
         _labels(run, plots_dir),
         _latency(run, plots_dir),
         _timing(run, plots_dir),
         _tokens(run),
         _examples(run),
+        _failures(run),
     ]
+    sections = [section for section in drafted if section is not None]
     markdown = run_dir / REPORT_MD
     markdown.write_text(_markdown(title, sections, run_dir), encoding="utf-8")
     (run_dir / REPORT_HTML).write_text(_html(title, sections), encoding="utf-8")
     return markdown
 
 
+def _stage_of(caller: str) -> str:
+    """``predict``, ``judge`` or ``judge.<name>`` (a judge of a panel) -> its stage."""
+    return caller.split(".")[0]
+
+
 def _overview(run: _Run) -> _Section:
     m = run.metrics
     section = _Section("Run", [f"run {run.info['run_id']}, created {run.info['created_at']}, endpoint {run.info['endpoint']}"])
-    served = [name for info in m["models"].values() for name in info["served"]]
-    if any(name.startswith("sim:") for name in served):
+    models: dict[str, Any] = m["models"]
+    if any(name.startswith("sim:") for info in models.values() for name in info["served"]):
         section.blocks.append(_Note(
             "Simulated: the embedded server's simulator answered (served model names start with 'sim:'). "
             "Its answers are drawn at random from the options in the prompt: this checks the pipeline, not a model."
         ))
-    section.blocks.append(_Table(("", *STAGES), [
-        ("model requested", *(m["models"][stage]["requested"] for stage in STAGES)),
-        ("model served", *(", ".join(m["models"][stage]["served"]) or "none" for stage in STAGES)),
-        ("mode", *(m["mode"][stage] for stage in STAGES)),
+    if any(info["backend"] == "local" for info in models.values()):
+        section.blocks.append(_Note(
+            "A small model running on this machine's CPU answered (the embedded server's local backend): "
+            "a check that the whole pipeline works, not a model or a judge to trust."
+        ))
+    section.blocks.append(_Table(("", *models), [
+        ("model requested", *(info["requested"] for info in models.values())),
+        ("model served", *(", ".join(info["served"]) or "none" for info in models.values())),
+        ("mode", *(m["mode"][_stage_of(caller)] for caller in models)),
     ]))
     wall = m["wall_seconds"]
     section.blocks.append(_Table(("rows", "judged", "failed", "skipped", "wall time", "requests/s", "rows/s"), [(
@@ -165,7 +178,7 @@ def _judge_vs_truth(run: _Run, plots_dir: Path) -> _Section:
     m = run.metrics
     section = _Section("Judge vs ground truth")
     if not run.has_truth:
-        section.blocks.append("No ground truth to compare the judge with.")
+        section.blocks.append("Nothing to compare the judge with (see above).")
         return section
     c = m["confusion"]
     section.blocks.append(_Table(("", "right by truth", "wrong by truth"), [
@@ -232,12 +245,10 @@ def _latency(run: _Run, plots_dir: Path) -> _Section:
     latencies = {stage: frame[f"{stage}_latency_s"].drop_nulls() for stage in STAGES}
     latencies = {stage: values for stage, values in latencies.items() if len(values)}
     if not latencies:
-        section.blocks.append("No realtime calls: rows answered in batches have no per-request latency.")
+        section.blocks.append("No successful realtime calls (rows answered in batches have no per-request latency).")
         return section
-    rows = []
-    for stage, values in latencies.items():
-        q = [float(values.quantile(p, "linear") or 0.0) for p in (0.5, 0.9, 0.99)]
-        rows.append((stage, f"{len(values):,}", *(_duration(v) for v in q), _duration(float(values.max()))))  # type: ignore[arg-type]
+    rows = [(stage, f"{len(values):,}", *(_duration(values.quantile(q, "linear") or 0.0) for q in (0.5, 0.9, 0.99, 1.0)))
+            for stage, values in latencies.items()]
     section.blocks.append(_Table(("stage", "calls", "p50", "p90", "p99", "max"), rows))
     path = plots.latency_plot(plots_dir / "latency.png", {stage: values.to_list() for stage, values in latencies.items()})
     section.blocks.append(_Image(path, "latency histogram per stage"))
@@ -256,12 +267,12 @@ def throughput(run_dir: Path) -> pl.DataFrame | None:
     ]).collect()
     if calls.is_empty():
         return None
-    start = float(calls["started_at"].min())  # type: ignore[arg-type]
-    span = float(calls["finished_at"].max()) - start  # type: ignore[arg-type]
+    start, end = calls.select(pl.col("started_at").min(), pl.col("finished_at").max()).row(0)
+    span = end - start
     width = next((step for step in _BIN_STEPS if span / step <= 30), span / 30)
     counts = calls.group_by("stage", ((pl.col("finished_at") - start) // width).cast(pl.Int64).alias("bin")).len()
     grid = pl.DataFrame({"stage": [stage for stage in STAGES if stage in counts["stage"]]}).join(
-        pl.DataFrame({"bin": range(int(counts["bin"].max()) + 1)}), how="cross"  # type: ignore[arg-type]
+        pl.DataFrame({"bin": range(counts.select(pl.col("bin").max()).item() + 1)}), how="cross"
     )
     return grid.join(counts, on=["stage", "bin"], how="left").select(
         "stage",
@@ -309,11 +320,35 @@ def _timing(run: _Run, plots_dir: Path) -> _Section:
 
 def _tokens(run: _Run) -> _Section:
     tokens, cost = run.metrics["tokens"], run.metrics["cost_usd"]
-    rows: list[tuple[str, ...]] = [(stage, f"{tokens[stage]['prompt']:,}", f"{tokens[stage]['completion']:,}",
-             "no price" if cost is None or cost[stage] is None else f"${cost[stage]:.4f}") for stage in STAGES]
-    rows.append(("total", f"{sum(t['prompt'] for t in tokens.values()):,}", f"{sum(t['completion'] for t in tokens.values()):,}",
-                 "no price table" if cost is None else f"${cost['total']:.4f}"))
-    return _Section("Tokens and cost", [_Table(("stage", "prompt tokens", "completion tokens", "cost (USD)"), rows)])
+    rows: list[tuple[str, ...]] = [(stage, f"{used['prompt']:,}", f"{used['completion']:,}") for stage, used in tokens.items()]
+    rows.append(("total", f"{sum(t['prompt'] for t in tokens.values()):,}", f"{sum(t['completion'] for t in tokens.values()):,}"))
+    section = _Section("Tokens and cost", [_Table(("stage", "prompt tokens", "completion tokens"), rows)])
+    if cost is None:
+        section.blocks.append("Cost: no price table for these models (add [prices.\"<model>\"] to the task).")
+        return section
+    models = run.metrics["models"]
+    section.blocks.append(_Table(("caller", "model", "cost (USD)"), [
+        *((caller, models[caller]["requested"], "no price" if cost.get(caller) is None else f"${cost[caller]:.4f}")
+          for caller in models),
+        ("total", "", f"${cost['total']:.4f}"),
+    ]))
+    return section
+
+
+def _panel(run: _Run) -> _Section | None:
+    panel = run.metrics.get("panel")
+    if panel is None:
+        return None
+    models = run.metrics["models"]
+    kappa = "n/a" if panel["fleiss_kappa"] is None else f"{panel['fleiss_kappa']:.3f}"
+    return _Section("Panel of judges", [
+        "The verdict above is the panel's strict majority; here is each judge on its own.",
+        _Table(("judge", "model", "judge accuracy", "unrecognised verdicts"), [
+            (name, models.get(f"judge.{name}", {}).get("requested", ""), _percent(numbers["judge_accuracy"]),
+             _percent(numbers["invalid_verdict_rate"])) for name, numbers in panel["judges"].items()
+        ]),
+        _Table(("Fleiss' kappa", "unanimous rows", "ties"), [(kappa, _percent(panel["unanimous_rate"]), str(panel["ties"]))]),
+    ])
 
 
 def _examples(run: _Run) -> _Section:
@@ -325,7 +360,7 @@ def _examples(run: _Run) -> _Section:
         take_wrong = min(said_wrong.height, max(EXAMPLES // 2, EXAMPLES - said_right.height))
         examples = pl.concat([said_right.head(EXAMPLES - take_wrong), said_wrong.head(take_wrong)])
     else:
-        section = _Section("Answers the judge rejected (no ground truth)")
+        section = _Section("Answers the judge rejected")
         examples = run.results.filter(~verdict).head(EXAMPLES).collect()
     if examples.is_empty():
         section.blocks.append("None.")
@@ -337,6 +372,20 @@ def _examples(run: _Run) -> _Section:
     width = len(header) if run.has_truth else 4
     section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
     return section
+
+
+def _failures(run: _Run) -> _Section | None:
+    if not run.metrics["n_failed"]:
+        return None
+    errors = (
+        run.results.filter(pl.col("status").is_in(["predict_failed", "judge_failed"]))
+        .group_by("status", "error").len().sort(["len", "status"], descending=[True, False]).head(EXAMPLES).collect()
+    )
+    return _Section("Failed rows", [
+        f"{run.metrics['n_failed']:,} rows failed; the most frequent errors (every failed row is in results.parquet):",
+        _Table(("status", "error", "rows"), [(row["status"], _clip(row["error"] or "-"), f"{row['len']:,}")
+                                             for row in errors.iter_rows(named=True)]),
+    ])
 
 
 def _clip(text: str) -> str:

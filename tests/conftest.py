@@ -75,6 +75,7 @@ def imdb_config(base_url: str | None, *, limit: int | None = 40, **overrides: An
             "endpoint.base_url": base_url,
             "endpoint.api_key_env": TEST_KEY_ENV,
             "dataset.limit": limit,
+            "local.backend": "sim",
             **overrides,
         },
     )

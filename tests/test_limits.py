@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.limits import Limiter, TokenBucket
+from engine.limits import Limiter, RateLimits, TokenBucket
 
 
 class FakeClock:
@@ -28,7 +28,7 @@ class FakeClock:
         await anyio.lowlevel.checkpoint()
 
 
-async def finishes(call: Callable[[], Awaitable[None]], rounds: int = 100) -> bool:
+async def finishes(call: Callable[[], Awaitable[object]], rounds: int = 100) -> bool:
     """Run ``call`` beside this task for a few scheduler rounds: did it finish?
 
     A call still waiting after that (for a slot, or on a blocked clock) is cancelled.
@@ -120,7 +120,7 @@ def test_limiter_validates_arguments(kwargs: dict[str, float], name: str) -> Non
 
 async def test_rpm_paces_requests_after_the_burst() -> None:
     clock = FakeClock()
-    limiter = Limiter(concurrency=100, rpm=600, clock=clock)
+    limiter = Limiter(concurrency=100, rpm=600, clock=clock, burst_seconds=1)
     started: list[float] = []
 
     async def call() -> None:
@@ -139,6 +139,16 @@ async def test_rpm_paces_requests_after_the_burst() -> None:
     assert started[10:] == pytest.approx([0.1 * k for k in range(1, 91)])
 
 
+async def test_the_default_burst_is_a_quarter_second() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=100, rpm=6000, clock=clock)  # 100/s, capacity 25
+    for _ in range(45):
+        await limiter.acquire(1)
+        limiter.release()
+    # 25 at once, then one every 0.01 s: a server with a 1 s burst keeps 0.75 s of slack
+    assert clock.now() == pytest.approx(0.2)
+
+
 async def test_burst_seconds_sets_the_bucket_size() -> None:
     clock = FakeClock()
     limiter = Limiter(concurrency=1, rpm=60, clock=clock, burst_seconds=5)
@@ -152,7 +162,7 @@ async def test_burst_seconds_sets_the_bucket_size() -> None:
 async def test_tpm_settle_gives_unused_tokens_back() -> None:
     async def elapsed(settle: bool) -> float:
         clock = FakeClock()
-        limiter = Limiter(concurrency=1, tpm=6000, clock=clock)  # 100 tokens/s, capacity 100
+        limiter = Limiter(concurrency=1, tpm=6000, clock=clock, burst_seconds=1)  # 100 tokens/s, capacity 100
         for _ in range(5):
             await limiter.acquire(100)
             limiter.release()
@@ -168,7 +178,7 @@ async def test_tpm_settle_gives_unused_tokens_back() -> None:
 
 async def test_tpm_settle_drains_usage_above_the_estimate() -> None:
     clock = FakeClock()
-    limiter = Limiter(concurrency=1, tpm=6000, clock=clock)  # 100 tokens/s, capacity 100
+    limiter = Limiter(concurrency=1, tpm=6000, clock=clock, burst_seconds=1)  # 100 tokens/s, capacity 100
     await limiter.acquire(50)
     limiter.release()
     limiter.settle(estimated=50, actual=250)  # 100 - 250 = -150
@@ -296,7 +306,7 @@ async def test_unlimited_limiter_on_the_real_clock_never_waits() -> None:
 
 async def test_waiters_are_served_in_arrival_order() -> None:
     clock = FakeClock()
-    limiter = Limiter(concurrency=10, tpm=6000, clock=clock)  # 100 tokens/s, capacity 100
+    limiter = Limiter(concurrency=10, tpm=6000, clock=clock, burst_seconds=1)  # 100 tokens/s, capacity 100
     await limiter.acquire(100)  # empty at t=0
     served: list[tuple[str, float]] = []
 
@@ -310,3 +320,145 @@ async def test_waiters_are_served_in_arrival_order() -> None:
     # the small request does not overtake: big at 100 / 100 = 1 s, small 10 / 100 s after it
     assert [name for name, _ in served] == ["big", "small"]
     assert [at for _, at in served] == pytest.approx([1.0, 1.1])
+
+
+# --- Adapting to the endpoint -----------------------------------------------------------------
+
+
+async def answered(limiter: Limiter, clock: FakeClock, n: int, every: float, limits: RateLimits | None = None) -> float:
+    """``n`` calls, one every ``every`` seconds, each answered at once; returns the last send time."""
+    sent_at = clock.now()
+    for _ in range(n):
+        sent_at = await limiter.acquire(10)
+        limiter.settle(10, 10)
+        limiter.on_success(sent_at, limits)
+        limiter.release()
+        clock.time += every
+    return sent_at
+
+
+async def test_acquire_returns_the_time_the_call_was_let_through() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, rpm=60, clock=clock)  # 1/s, capacity 1
+    assert await limiter.acquire(1) == 0.0
+    limiter.release()
+    assert await limiter.acquire(1) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("rpm", "tpm", "announced", "expected"),
+    [
+        (None, None, RateLimits(limit_requests=6000, limit_tokens=100_000), (5880.0, 98_000.0)),
+        (600, None, RateLimits(limit_requests=6000), (600.0, None)),  # the user's lower budget wins
+        (6000, 200_000, RateLimits(limit_requests=600, limit_tokens=150_000), (588.0, 147_000.0)),
+        (None, None, RateLimits(limit_requests=0, limit_tokens=float("inf")), (None, None)),  # unusable
+    ],
+)
+async def test_announced_limits_set_the_rates_just_under_them(
+    rpm: float | None, tpm: float | None, announced: RateLimits, expected: tuple[float | None, float | None]
+) -> None:
+    limiter = Limiter(concurrency=1, rpm=rpm, tpm=tpm, clock=FakeClock())
+    await answered(limiter, FakeClock(), 1, 0.0, announced)
+    assert limiter.rates == pytest.approx(expected)
+
+
+async def test_an_announced_limit_paces_the_calls_that_follow() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, clock=clock)
+    await answered(limiter, clock, 1, 0.0, RateLimits(limit_requests=60 / 0.98))  # 1/s once applied
+    await answered(limiter, clock, 4, 0.0)
+    # the new bucket starts full (1 request), then one a second
+    assert clock.now() == pytest.approx(3.0)
+
+
+async def test_remaining_lowers_a_bucket_and_never_raises_it() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, tpm=6000, clock=clock, burst_seconds=1)  # 100 tokens/s, capacity 100
+    await answered(limiter, clock, 1, 0.0, RateLimits(remaining_tokens=20))  # we think 90, server 20
+    await limiter.acquire(50)
+    assert clock.now() == pytest.approx(0.3)  # (50 - 20) / 100
+    limiter.settle(50, 50)
+    limiter.on_success(0.3, RateLimits(remaining_tokens=10_000))  # a larger count changes nothing
+    limiter.release()
+    await limiter.acquire(50)
+    assert clock.now() == pytest.approx(0.8)
+
+
+async def test_remaining_counts_the_refill_since_the_call_was_sent() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, tpm=6000, clock=clock, burst_seconds=1)  # 100 tokens/s
+    sent_at = await limiter.acquire(100)  # level 0 at t=0
+    clock.time = 0.5  # a slow answer: the server had 0 left at t=0, and has refilled 50 since
+    limiter.settle(100, 100)
+    limiter.on_success(sent_at, RateLimits(remaining_tokens=0))
+    limiter.release()
+    await limiter.acquire(50)
+    assert clock.now() == pytest.approx(0.5)  # no wait: the refill is not taken away
+
+
+async def test_remaining_leaves_room_for_the_calls_still_in_flight() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=5, rpm=6000, clock=clock, burst_seconds=1)  # 100/s, capacity 100
+    first = await limiter.acquire(1)
+    for _ in range(3):
+        await limiter.acquire(1)  # three more in flight, level 96
+    limiter.on_success(first, RateLimits(remaining_requests=10))  # 10 - 3 still to arrive there
+    limiter.release()
+    for _ in range(7):
+        await limiter.acquire(1)
+        limiter.release()
+    assert clock.now() == 0.0
+    await limiter.acquire(1)
+    assert clock.now() == pytest.approx(0.01)
+
+
+async def test_a_429_cuts_the_rate_to_a_share_of_the_rate_achieved() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, clock=clock)
+    last = await answered(limiter, clock, 150, 0.01)  # 100/s for 1.5 s, no limit known
+    sent_at = await limiter.acquire(10)
+    limiter.on_rate_limited(sent_at)
+    limiter.release()
+    requests, tokens = limiter.rates
+    assert requests is not None and tokens is None
+    assert requests == pytest.approx(0.9 * 100 * 60, rel=0.02)
+    # a 429 of a call sent before the cut does not cut again; one sent after it does
+    limiter.on_rate_limited(last)
+    assert limiter.rates[0] == requests
+    clock.time += 0.01
+    later = await limiter.acquire(10)
+    limiter.on_rate_limited(later)
+    limiter.release()
+    assert (limiter.rates[0] or 0.0) < requests
+
+
+async def test_a_cut_rate_grows_back_to_the_budget_and_no_further() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, rpm=6000, clock=clock)  # 100/s
+    await answered(limiter, clock, 150, 0.01)
+    sent_at = await limiter.acquire(10)
+    limiter.on_rate_limited(sent_at)  # cut to 90/s at t=1.5
+    limiter.release()
+    cut_at = clock.now()
+    await answered(limiter, clock, 1, 0.0)
+    clock.time = cut_at + 2.0
+    await answered(limiter, clock, 1, 0.0)
+    assert limiter.rates[0] == pytest.approx(0.9 * 6000 * (1 + 0.02 * 2.0), rel=0.02)  # linear growth
+    clock.time = cut_at + 10.0  # (100 / 90 - 1) / 0.02 = 5.6 s later it is back at the budget
+    await answered(limiter, clock, 1, 0.0)
+    assert limiter.rates[0] == pytest.approx(6000)
+    clock.time += 100.0
+    await answered(limiter, clock, 1, 0.0)
+    assert limiter.rates[0] == pytest.approx(6000)
+
+
+async def test_a_429_before_any_answer_has_nothing_to_cut() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=1, clock=clock)
+    sent_at = await limiter.acquire(1)
+    limiter.on_rate_limited(sent_at)  # pause() and the retry backoff pace the calls instead
+    assert limiter.rates == (None, None)
+    # a 429 that announces the limits sets them, even before anything succeeded
+    limiter.on_rate_limited(sent_at, RateLimits(limit_requests=600, remaining_requests=0))
+    assert limiter.rates[0] == pytest.approx(588.0)
+    limiter.release()

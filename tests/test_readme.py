@@ -25,5 +25,5 @@ def test_library_example_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 21 and lines[-1].split()[-1].startswith("runs/imdb-")
+    assert len(lines) == 6 and lines[-1].split()[-1].startswith("runs/imdb-")
     assert (tmp_path / "runs").is_dir()

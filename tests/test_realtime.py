@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from engine.errors import AuthError, ProviderError
-from engine.limits import Limiter
+from engine.limits import Limiter, RateLimits
 from engine.realtime import RealtimeRunner
 from engine.retry import RetryPolicy
 from engine.types import ChatRequest, ChatResult, Failure, Usage
@@ -35,6 +35,7 @@ class Reply:
     model: str = "m"
     usage: Usage = Usage(10, 2)
     latency_s: float = 0.01
+    rate_limits: RateLimits | None = None
 
 
 class ScriptedClient:
@@ -107,3 +108,17 @@ async def test_a_rejected_key_escapes_to_stop_the_run() -> None:
     with pytest.raises(AuthError):
         await run.call(REQUEST)
     assert run.stats.in_flight == 0
+
+
+async def test_the_runner_passes_on_what_the_endpoint_says_about_its_limits() -> None:
+    clock = FakeClock()
+    limiter = Limiter(concurrency=2, clock=clock)
+    refused = ProviderError(
+        "slow down", kind="rate_limit", reason="http_429", retry_after=0.0, rate_limits=RateLimits(limit_requests=300)
+    )
+    client = ScriptedClient(Reply("x", rate_limits=RateLimits(limit_requests=600, limit_tokens=60_000)), refused, Reply("y"))
+    run = RealtimeRunner(client, limiter, RetryPolicy(rng=random.Random(0)), clock)
+    await run.call(REQUEST)
+    assert limiter.rates == pytest.approx((588.0, 58_800.0))
+    await run.call(REQUEST)
+    assert limiter.rates[0] == pytest.approx(294.0) and run.stats.rate_limited == 1

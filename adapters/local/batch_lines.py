@@ -20,7 +20,15 @@ from typing import Any, BinaryIO
 import anyio
 
 from . import wire
-from .backends.base import Backend, BackendError, BatchPolicy, DropConnection, MalformedReply
+from .backends.base import (
+    Backend,
+    BackendError,
+    BatchPolicy,
+    DropConnection,
+    Hang,
+    MalformedReply,
+    TruncatedReply,
+)
 
 __all__ = [
     "Checked",
@@ -71,11 +79,13 @@ class Line:
     body: dict[str, Any]
 
 
-def check_input(path: Path, endpoint: str, *, max_requests: int, max_bytes: int) -> Checked:
+def check_input(
+    path: Path, endpoint: str, *, max_requests: int, max_bytes: int, max_line_bytes: int
+) -> Checked:
     """Check every line of ``path`` against OpenAI's rules; report the first problem of each line.
 
     Beyond ``MAX_REPORTED_ERRORS`` problems the rest are not reported; the check stops at the line
-    after ``max_requests``.
+    after ``max_requests``. It holds one line at a time, and no more than ``max_line_bytes`` of one.
     """
     if path.stat().st_size > max_bytes:
         message = f"The input file is larger than {max_bytes} bytes."
@@ -85,13 +95,13 @@ def check_input(path: Path, endpoint: str, *, max_requests: int, max_bytes: int)
     model: str | None = None
     total = 0
     with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, 1):
+        for number, raw in enumerate(_bounded_lines(lines, max_line_bytes), 1):
             if number > max_requests:
                 message = f"The input file has more than {max_requests} requests."
                 errors.append(LineError("too_many_requests_in_file", message, number))
                 break
             total = number
-            problem, found = _check_line(raw, endpoint, seen)
+            problem, found = _check_line(raw, endpoint, seen, max_line_bytes)
             if problem is not None and len(errors) < MAX_REPORTED_ERRORS:
                 errors.append(LineError(problem[0], problem[2], number, problem[1]))
             model = model or found
@@ -100,12 +110,22 @@ def check_input(path: Path, endpoint: str, *, max_requests: int, max_bytes: int)
     return Checked(total, model, tuple(errors))
 
 
+def _bounded_lines(source: BinaryIO, limit: int) -> Iterator[bytes]:
+    """The lines of ``source``; of a line longer than ``limit`` bytes, only its first ``limit + 1``."""
+    while raw := source.readline(limit + 1):
+        yield raw
+        while not raw.endswith(b"\n") and (raw := source.readline(_CHUNK)):
+            pass
+
+
 def _check_line(
-    raw: bytes, endpoint: str, seen: set[str]
+    raw: bytes, endpoint: str, seen: set[str], max_line_bytes: int
 ) -> tuple[tuple[str, str | None, str] | None, str | None]:
     """``((code, param, message) or None, model or None)`` for a line; adds its id to ``seen``."""
+    if len(raw) > max_line_bytes:
+        return ("line_too_large", None, f"This line is longer than {max_line_bytes} bytes."), None
     try:
-        request = json.loads(raw)
+        request = wire.parse_json(raw)
     except ValueError:
         return ("invalid_json_line", None, "This line is not parseable as valid JSON."), None
     if not isinstance(request, dict):
@@ -173,6 +193,10 @@ async def run_line(backend: Backend, policy: BatchPolicy, line: Line) -> dict[st
             return failure_line(line.custom_id, "connection_reset", message)
         except MalformedReply:
             return failure_line(line.custom_id, "malformed_response", "The backend's response was not JSON.")
+        except TruncatedReply:
+            return failure_line(line.custom_id, "truncated_response", "The backend's response was cut off.")
+        except Hang:
+            return failure_line(line.custom_id, "timeout", "The backend did not answer.")
         except Exception:
             _log.exception("backend %s failed on a batch line", backend.name)
             body = wire.error_body(f"The {backend.name} backend failed.", type="server_error")

@@ -57,17 +57,20 @@ class BatchSettings:
     """How the server executes batches.
 
     ``concurrency`` lines of a batch run at once; an input file may hold ``max_requests`` lines
-    and ``max_file_bytes`` bytes (the upload limit too). On shutdown in-flight lines get
+    of at most ``max_line_bytes`` bytes each (newline included), and ``max_file_bytes`` bytes (the upload limit
+    too). On shutdown in-flight lines get
     ``shutdown_grace_s`` to finish; those cut off run again on the next start.
     """
 
     concurrency: int = 32
     max_requests: int = 50_000
     max_file_bytes: int = 200 * 1024 * 1024
+    max_line_bytes: int = 8 * 1024 * 1024
     shutdown_grace_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if min(self.concurrency, self.max_requests, self.max_file_bytes) < 1 or self.shutdown_grace_s < 0:
+        limits = (self.concurrency, self.max_requests, self.max_file_bytes, self.max_line_bytes)
+        if min(limits) < 1 or self.shutdown_grace_s < 0:
             raise ValueError("batch concurrency and limits must be positive, shutdown_grace_s non-negative")
 
 
@@ -269,7 +272,13 @@ class BatchManager:
             return
         s = self._settings
         checked = await anyio.to_thread.run_sync(
-            lambda: check_input(path, batch.endpoint, max_requests=s.max_requests, max_bytes=s.max_file_bytes)
+            lambda: check_input(
+                path,
+                batch.endpoint,
+                max_requests=s.max_requests,
+                max_bytes=s.max_file_bytes,
+                max_line_bytes=s.max_line_bytes,
+            )
         )
         batch = self._batches[batch_id]
         if batch.status != "validating":  # cancelled meanwhile

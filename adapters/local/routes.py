@@ -1,6 +1,7 @@
 """The Files and Batches endpoints, and the lifecycle of their storage and background work.
 
-    POST /v1/files           multipart ``file`` and ``purpose`` (only ``batch``), streamed to disk
+    POST /v1/files           multipart ``file`` and ``purpose`` (only ``batch``), streamed to disk;
+                             other parts are skipped, but count against a small byte budget
     GET  /v1/files           GET|DELETE /v1/files/{id}           GET /v1/files/{id}/content
     POST /v1/batches         GET /v1/batches (newest first)      GET /v1/batches/{id}
     POST /v1/batches/{id}/cancel
@@ -12,7 +13,6 @@ opened by the app's ``cleanup_ctx``: they start with the app and stop with it, r
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -98,18 +98,21 @@ async def _upload(request: web.Request) -> web.Response:
         return wire.error_response(400, "The request must be multipart/form-data.")
     partial: Path | None = None
     filename = purpose = None
+    slack = _MULTIPART_SLACK
     try:
         try:
             reader = await request.multipart()
             while (part := await reader.next()) is not None:
                 if not isinstance(part, BodyPartReader):
-                    continue
+                    return wire.error_response(400, "Nested multipart bodies are not supported.")
                 if part.name == "file" and partial is None:
                     filename = PurePath(part.filename or "upload.jsonl").name
                     partial = await service.files.receive(_chunks(part), limit)
-                elif part.name == "purpose":
-                    purpose = (await part.read_chunk(256)).decode(errors="replace")
-                await part.release()
+                    continue
+                data = await _field(part, slack)
+                slack -= len(data)
+                if part.name == "purpose":
+                    purpose = data.decode(errors="replace")
         except UploadTooLarge:
             return _too_large(limit)
         except ValueError as exc:  # aiohttp's word for a malformed multipart body
@@ -131,6 +134,16 @@ async def _upload(request: web.Request) -> web.Response:
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(_CHUNK):
         yield chunk
+
+
+async def _field(part: BodyPartReader, limit: int) -> bytes:
+    """A part other than the file, whole; :class:`UploadTooLarge` past ``limit`` bytes."""
+    data = bytearray()
+    async for chunk in _chunks(part):
+        data += chunk
+        if len(data) > limit:
+            raise UploadTooLarge(f"the form fields are larger than {_MULTIPART_SLACK} bytes")
+    return bytes(data)
 
 
 def _file_or_404(request: web.Request) -> StoredFile | web.Response:
@@ -171,8 +184,8 @@ async def _delete_file(request: web.Request) -> web.Response:
 async def _create_batch(request: web.Request) -> web.Response:
     service = request.app[_SERVICE]
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        body = wire.parse_json(await request.read())
+    except ValueError:  # UnicodeDecodeError is one
         return wire.error_response(400, "We could not parse the JSON body of your request.")
     if not isinstance(body, dict):
         return wire.error_response(400, "The request body must be a JSON object.")

@@ -2,34 +2,59 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, and the Files and Batches APIs
 (:mod:`.routes`, executed by :mod:`.batches`), in OpenAI's shapes. Every error, routing errors
-included, is an OpenAI error object ``{"error": {message, type, param, code}}``.
+included, is an OpenAI error object ``{"error": {message, type, param, code}}``. A client that
+goes away mid-request is let go quietly; the API key is never logged or echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from . import routes
-from .backends.base import Backend, BackendError, DropConnection, MalformedReply
+from .backends.base import Backend, BackendError, DropConnection, Hang, MalformedReply, TruncatedReply
 from .batches import BatchSettings
-from .wire import chat_completion, chat_problem, error_response
+from .wire import chat_completion, chat_problem, error_response, parse_json
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "serve_forever"]
+__all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "api_key_from_env", "create_app", "serve_forever"]
 
+API_KEY_ENV = "ENGINE_SERVER_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _SHUTDOWN_TIMEOUT_S = 5.0
+_HANG_POLL_S = 0.1
 _BACKEND = web.AppKey("backend", Backend)
+_STOPPING = web.AppKey("stopping", asyncio.Event)
 _log = logging.getLogger(__name__)
+
+
+def api_key_from_env(name: str = API_KEY_ENV, *, required: bool = False) -> str | None:
+    """The server's API key from the environment variable ``name``; None when it is unset or blank.
+
+    Surrounding whitespace is dropped (a header cannot carry it). Raises ValueError, naming the
+    variable and never its value, when ``required`` and there is no key, or when the key is not
+    printable ASCII (no client could send it).
+    """
+    key = os.environ.get(name, "").strip()
+    if not key:
+        if required:
+            raise ValueError(f"${name} is not set: it must hold the server's API key")
+        return None
+    if not (key.isascii() and key.isprintable()):
+        raise ValueError(f"${name} must be printable ASCII")
+    return key
 
 
 def create_app(
@@ -51,6 +76,8 @@ def create_app(
         middlewares.append(_bearer_auth(api_key))
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[_BACKEND] = backend
+    app[_STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_release_held_requests)
     app.router.add_get("/v1/models", _list_models)
     app.router.add_post("/v1/chat/completions", _chat_completions)
     root = None if data_dir is None else Path(data_dir)
@@ -72,9 +99,10 @@ async def serve_forever(
     """Serve until cancelled; ``port=0`` picks a free port. The options are :func:`create_app`'s.
 
     ``on_ready`` gets the base URL (``http://HOST:PORT/v1``) once the socket listens. On
-    cancellation in-flight requests get a few seconds to finish before connections close, then
-    running batches stop (in-flight lines get ``batch_settings.shutdown_grace_s``) to resume on
-    the next start with the same ``data_dir``.
+    cancellation requests held by a :class:`Hang` are dropped at once, other in-flight requests
+    get a few seconds to finish before connections close, then running batches stop (in-flight
+    lines get ``batch_settings.shutdown_grace_s``) to resume on the next start with the same
+    ``data_dir``.
     """
     app = create_app(
         backend,
@@ -83,7 +111,9 @@ async def serve_forever(
         data_dir=data_dir,
         batch_settings=batch_settings,
     )
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, logger=_ProtocolLog(_log, {})
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -97,15 +127,78 @@ async def serve_forever(
         await runner.cleanup()
 
 
+class _ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's connection log, with a client's malformed HTTP as one DEBUG line.
+
+    aiohttp answers malformed HTTP with a 4xx and logs it as an ERROR with a traceback; it is the
+    client's fault, and a port scanner must not fill the log. Everything else passes unchanged.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            level, msg, args, kwargs = logging.DEBUG, "malformed HTTP from %s: %r", (*args, exc), {}
+        super().log(level, msg, *args, **kwargs)
+
+
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render aiohttp's own HTTP errors (404, 405, 413) as OpenAI error objects."""
+    """Render aiohttp's own HTTP errors (404, 405, 413) as OpenAI error objects.
+
+    So too a malformed body aiohttp finds while a handler reads it (bad multipart part headers),
+    as a 400; a connection error from a client that went away ends the request quietly.
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.text or exc.reason, code=exc.reason.lower().replace(" ", "_"))
+    except HttpProcessingError as exc:
+        return error_response(400, f"The request is malformed: {exc.message}")
+    except ConnectionError:
+        if not _client_gone(request):
+            raise
+        raise _drop(request) from None
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+def _drop(request: web.Request, *, flush: bool = False) -> asyncio.CancelledError:
+    """Close the connection (after sending what was written, with ``flush``); return what to raise.
+
+    A CancelledError is aiohttp's own path for a client that went away: it ends the request quietly.
+    """
+    if request.transport is not None:
+        if flush:
+            request.transport.close()
+        else:
+            request.transport.abort()
+    return asyncio.CancelledError()
+
+
+async def _release_held_requests(app: web.Application) -> None:
+    """``on_shutdown``: let the requests held by a :class:`Hang` go before the grace period."""
+    app[_STOPPING].set()
+
+
+async def _hold(request: web.Request) -> None:
+    """Answer nothing until the client goes away or the server stops."""
+    stopping = request.app[_STOPPING]
+    while not stopping.is_set() and not _client_gone(request):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), _HANG_POLL_S)
+
+
+async def _truncated(request: web.Request, body: bytes) -> asyncio.CancelledError:
+    """Send a 200 declaring ``body``'s length with only its first half, then close."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    return _drop(request, flush=True)
 
 
 def _bearer_auth(api_key: str) -> Middleware:
@@ -113,7 +206,8 @@ def _bearer_auth(api_key: str) -> Middleware:
 
     @web.middleware
     async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        supplied = request.headers.get("Authorization", "").encode()
+        # aiohttp decodes header bytes that are not UTF-8 to lone surrogates: keep them as bytes.
+        supplied = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(supplied, expected):
             # Never echo what was supplied: it may be a real key sent to the wrong server.
             return error_response(401, "Incorrect or missing API key.", code="invalid_api_key")
@@ -135,8 +229,8 @@ async def _list_models(request: web.Request) -> web.Response:
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     backend = request.app[_BACKEND]
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        body = parse_json(await request.read())
+    except ValueError:  # UnicodeDecodeError is one
         return error_response(400, "We could not parse the JSON body of your request.")
     if (problem := chat_problem(body, backend.models)) is not None:
         return problem.response()
@@ -147,10 +241,12 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param, headers=exc.headers
         )
     except DropConnection:
-        if request.transport is not None:
-            request.transport.abort()
-        # aiohttp's own path for a client that went away: close quietly, log nothing.
-        raise asyncio.CancelledError() from None
+        raise _drop(request) from None
+    except Hang:
+        await _hold(request)
+        raise _drop(request) from None
+    except TruncatedReply as exc:
+        raise await _truncated(request, exc.body) from None
     except MalformedReply as exc:
         return web.Response(body=exc.body, content_type="application/json")
     except Exception:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .base import Backend, BackendError, BatchPolicy, Completion, DropConnection, MalformedReply, batch_policy
+from .base import (
+    Backend,
+    BackendError,
+    BatchPolicy,
+    Completion,
+    DropConnection,
+    Hang,
+    MalformedReply,
+    TruncatedReply,
+    batch_policy,
+)
 from .sim import SimBackend, SimSettings
 
 __all__ = [
@@ -11,8 +21,10 @@ __all__ = [
     "BatchPolicy",
     "Completion",
     "DropConnection",
+    "Hang",
     "MalformedReply",
     "SimBackend",
     "SimSettings",
+    "TruncatedReply",
     "batch_policy",
 ]

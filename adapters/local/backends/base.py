@@ -6,7 +6,9 @@ renders the exception:
     Exception
     ├── BackendError       an OpenAI-shaped HTTP error (429, 5xx, ...), with extra headers
     ├── DropConnection     close the connection without sending a response
-    └── MalformedReply     answer 200 with a body that is not JSON
+    ├── MalformedReply     answer 200 with a body that is not JSON
+    ├── TruncatedReply     answer 200 declaring a body's length, send part of it, then close
+    └── Hang               never answer: hold the request until the client leaves or the server stops
 
 Any other exception becomes a 500 ``server_error`` that names no internals.
 
@@ -26,13 +28,18 @@ Headers = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One assistant answer. ``headers`` are added to the HTTP response (rate-limit state)."""
+    """One assistant answer. ``headers`` are added to the HTTP response (rate-limit state).
 
-    content: str
+    ``content`` ``None`` is sent as a null message content; ``no_choices`` sends ``choices: []``
+    instead of the answer (both are faults a client must survive).
+    """
+
+    content: str | None
     prompt_tokens: int
     completion_tokens: int
     model: str
     headers: Headers = ()
+    no_choices: bool = False
 
 
 class Backend(Protocol):
@@ -123,3 +130,15 @@ class MalformedReply(Exception):
     def __init__(self, body: bytes) -> None:
         super().__init__("malformed reply")
         self.body = body
+
+
+class TruncatedReply(Exception):
+    """Answer 200 with ``Content-Length: len(body)``, send the first half of ``body``, then close."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__("truncated reply")
+        self.body = body
+
+
+class Hang(Exception):
+    """Never answer: the request stays open until the client gives up or the server stops."""

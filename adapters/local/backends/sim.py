@@ -15,8 +15,9 @@ every process; it never reads ground truth. In order of precedence it answers:
 Its ``batch_policy`` (from the ``batch_*`` settings) makes the server's batches slow, expire, fail
 lines or stall in ``validating``; by default batches behave.
 
-Rate limits are token buckets like a provider's; faults (5xx, resets, malformed bodies) and latency
-jitter are drawn from a ``random.Random(seed)`` owned by the backend, so a run is reproducible.
+Rate limits are token buckets like a provider's; faults (5xx, resets, malformed or truncated
+bodies, empty ``choices``, null content, requests never answered) and latency jitter are drawn
+from a ``random.Random(seed)`` owned by the backend, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .base import BackendError, BatchPolicy, Completion, DropConnection, Headers, MalformedReply
+from .base import (
+    BackendError,
+    BatchPolicy,
+    Completion,
+    DropConnection,
+    Hang,
+    Headers,
+    MalformedReply,
+    TruncatedReply,
+)
 
 _WORD = r"[A-Za-z][A-Za-z'/&-]*"
 _ITEM = rf"{_WORD}(?: {_WORD}){{0,2}}"
@@ -44,15 +54,38 @@ _INCORRECT = re.compile(r"\bincorrect\b", re.IGNORECASE)
 _CONJUNCTIONS = frozenset({"and", "or"})
 _FALLBACK = "simulated answer"
 _MALFORMED = b'{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"index": 0, "mess'
+_TRUNCATED = json.dumps(
+    {
+        "id": "chatcmpl-sim",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "sim",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "simulated truncated reply", "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
 _SERVER_ERRORS = (500, 502, 503)
+# The faults in the order their shares of [0, 1) are laid out; each has a ``<name>_rate`` setting.
+_FAULTS = ("error", "reset", "malformed", "truncate", "empty_choices", "null_content", "hang")
 
 
 @dataclass(frozen=True, slots=True)
 class SimSettings:
     """How the simulator behaves.
 
-    Rates are probabilities per request; ``error_rate + reset_rate + malformed_rate`` must not
-    exceed 1. ``rpm``/``tpm`` ``None`` means unlimited; a bucket holds ``burst_seconds`` worth of
+    Rates are probabilities per request. The fault rates must not add up to more than 1:
+    ``error_rate`` (500/502/503), ``reset_rate`` (connection closed, no response),
+    ``malformed_rate`` (a 200 body that is not JSON), ``truncate_rate`` (a 200 body cut off
+    short of its ``Content-Length``), ``empty_choices_rate`` (``choices: []``),
+    ``null_content_rate`` (the message's ``content`` is null) and ``hang_rate`` (no answer
+    until the client gives up). ``rpm``/``tpm`` ``None`` means unlimited; a bucket holds ``burst_seconds`` worth of
     its rate (and always at least one request's cost). ``models`` ``None`` accepts any model.
     The ``batch_*`` settings are the fields of the backend's :class:`BatchPolicy`.
     """
@@ -65,6 +98,10 @@ class SimSettings:
     error_rate: float = 0.0
     reset_rate: float = 0.0
     malformed_rate: float = 0.0
+    truncate_rate: float = 0.0
+    empty_choices_rate: float = 0.0
+    null_content_rate: float = 0.0
+    hang_rate: float = 0.0
     models: tuple[str, ...] | None = None
     seed: int = 0
     judge_correct_rate: float = 0.75
@@ -74,18 +111,12 @@ class SimSettings:
     batch_stall_validating: bool = False
 
     def __post_init__(self) -> None:
-        rates = {
-            "error_rate": self.error_rate,
-            "reset_rate": self.reset_rate,
-            "malformed_rate": self.malformed_rate,
-            "judge_correct_rate": self.judge_correct_rate,
-            "batch_fail_rate": self.batch_fail_rate,
-        }
-        for name, rate in rates.items():
-            if not 0.0 <= rate <= 1.0:
+        names = [f"{fault}_rate" for fault in _FAULTS]
+        for name in (*names, "judge_correct_rate", "batch_fail_rate"):
+            if not 0.0 <= (rate := getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {rate}")
-        if self.error_rate + self.reset_rate + self.malformed_rate > 1.0:
-            raise ValueError("error_rate + reset_rate + malformed_rate must not exceed 1")
+        if sum(rate for _, rate in self.fault_rates) > 1.0:
+            raise ValueError(f"{' + '.join(names)} must not exceed 1")
         for name, limit in (("rpm", self.rpm), ("tpm", self.tpm)):
             if limit is not None and limit <= 0:
                 raise ValueError(f"{name} must be positive or None, got {limit}")
@@ -94,6 +125,11 @@ class SimSettings:
         expire = self.batch_expire_after_s
         if self.batch_min_seconds < 0 or (expire is not None and expire <= 0):
             raise ValueError("batch_min_seconds must be non-negative, batch_expire_after_s positive or None")
+
+    @property
+    def fault_rates(self) -> tuple[tuple[str, float], ...]:
+        """``(fault, rate)`` for every fault, in the order their shares of a draw are laid out."""
+        return tuple((fault, getattr(self, f"{fault}_rate")) for fault in _FAULTS)
 
     @property
     def batch_policy(self) -> BatchPolicy:
@@ -142,7 +178,7 @@ class SimBackend:
         burst = settings.burst_seconds
         self._requests = None if settings.rpm is None else _Bucket(settings.rpm, burst, now)
         self._tokens = None if settings.tpm is None else _Bucket(settings.tpm, burst, now)
-        self._fault_rate = settings.error_rate + settings.reset_rate + settings.malformed_rate
+        self._faults = tuple((fault, rate) for fault, rate in settings.fault_rates if rate)
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         """Answer ``body``, or raise the fault or 429 the settings call for."""
@@ -156,18 +192,38 @@ class SimBackend:
         delay_ms = s.latency_ms
         if s.latency_jitter_ms:
             delay_ms = max(0.0, delay_ms + self._rng.uniform(-s.latency_jitter_ms, s.latency_jitter_ms))
-        fault = self._rng.random() if self._fault_rate else 1.0
-        status = self._rng.choice(_SERVER_ERRORS) if fault < s.error_rate else 0
+        fault = self._fault()
+        status = self._rng.choice(_SERVER_ERRORS) if fault == "error" else 0
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000.0)
         if status:
             raise BackendError(status, f"simulated {status} error", type="server_error", headers=headers)
-        if fault < s.error_rate + s.reset_rate:
+        if fault == "reset":
             raise DropConnection()
-        if fault < self._fault_rate:
+        if fault == "malformed":
             raise MalformedReply(_MALFORMED)
+        if fault == "truncate":
+            raise TruncatedReply(_TRUNCATED)
+        if fault == "hang":
+            raise Hang()
+        if fault == "null_content":
+            return Completion(None, prompt_tokens, 0, "sim:" + model, headers)
         answer = self._answer(model, messages, texts, body.get("response_format"))
-        return Completion(answer, prompt_tokens, math.ceil(len(answer) / 4), "sim:" + model, headers)
+        tokens = math.ceil(len(answer) / 4)
+        no_choices = fault == "empty_choices"
+        return Completion(answer, prompt_tokens, tokens, "sim:" + model, headers, no_choices=no_choices)
+
+    def _fault(self) -> str | None:
+        """The fault this request gets, if any (one draw, only when some fault rate is set)."""
+        if not self._faults:
+            return None
+        draw = self._rng.random()
+        edge = 0.0
+        for fault, rate in self._faults:
+            edge += rate
+            if draw < edge:
+                return fault
+        return None
 
     def _admit(self, model: str, cost: int) -> Headers:
         """Charge one request and ``cost`` tokens, or raise a 429 that charges nothing."""

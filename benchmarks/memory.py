@@ -1,0 +1,108 @@
+"""Peak memory of a realtime run against its row count: it must stay flat, whatever the size.
+
+Each size is a whole evaluation (both stages, journal, join, parquet parts, metrics) of a
+synthetic csv (short texts, three labels) against a sim server in another process, run in a
+fresh child process that reports its own peak RSS (``ru_maxrss``) when it is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine import Evaluation
+from engine.config import TaskConfig, parse_config
+
+from .server import sim_server_process
+
+RESULTS = Path(__file__).parent / "results"
+LABELS = ("alpha", "beta", "gamma")
+_WORDS = ("river", "stone", "light", "quiet", "market", "winter", "signal", "garden", "paper", "orbit")
+
+
+def synthetic_csv(path: Path, rows: int) -> Path:
+    """Write ``rows`` rows of ``id,text,label``: a few words of text, one of ``LABELS``."""
+    with path.open("w") as out:
+        out.write("id,text,label\n")
+        for i in range(rows):
+            words = " ".join(_WORDS[(i * k + k) % len(_WORDS)] for k in range(1, 8))
+            out.write(f"{i},{words} {i},{LABELS[i % len(LABELS)]}\n")
+    return path
+
+
+def synthetic_task(data: Path, base_url: str, **settings: Any) -> TaskConfig:
+    """A classify-then-judge task over :func:`synthetic_csv`'s file; ``settings`` are top-level tables."""
+    labels = ", ".join(LABELS)
+    task: dict[str, Any] = {
+        "name": "synthetic",
+        "labels": list(LABELS),
+        "dataset": {"path": str(data), "id_column": "id", "label_column": "label"},
+        "predict": {
+            "model": "small",
+            "system_prompt": f"Answer with one of: {labels}.",
+            "user_template": "{text}",
+            "max_tokens": 8,
+        },
+        "judge": {
+            "model": "large",
+            "system_prompt": "Say correct or incorrect.",
+            "user_template": 'Text: {text}\nOptions: {labels}\nAnswer: "{prediction}"',
+            "max_tokens": 4,
+        },
+        "endpoint": {"base_url": base_url, "concurrency": 64},
+    }
+    for table, values in settings.items():
+        task.setdefault(table, {}).update(values)
+    return parse_config(task, source="synthetic", base_dir=data.parent)
+
+
+async def _evaluate(data: Path, base_url: str, run_dir: Path) -> dict[str, Any]:
+    async with Evaluation(synthetic_task(data, base_url), run_dir=run_dir) as evaluation:
+        pass
+    assert evaluation.metrics is not None
+    return evaluation.metrics
+
+
+def _child(data: str, base_url: str, run_dir: str) -> None:
+    """The measured process: one run, then its metrics and peak RSS as one JSON line."""
+    metrics = anyio.run(_evaluate, Path(data), base_url, Path(run_dir))
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"peak_rss_mb": peak_kib / 1024, "n_judged": metrics["n_judged"],
+                      "wall_seconds": metrics["wall_seconds"]}))
+
+
+def measure(rows: int, base_url: str, workdir: Path) -> dict[str, Any]:
+    data = synthetic_csv(workdir / f"rows-{rows}.csv", rows)
+    command = [sys.executable, "-m", "benchmarks.memory", str(data), base_url, str(workdir / f"run-{rows}")]
+    child = subprocess.run(command, capture_output=True, text=True, check=True)
+    return {"rows": rows, **json.loads(child.stdout.strip().splitlines()[-1])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks memory", description=__doc__)
+    parser.add_argument("--rows-small", type=int, default=10_000)
+    parser.add_argument("--rows-large", type=int, default=100_000, help="e.g. 1000000 (about an hour on 2 cores)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp, sim_server_process() as url:
+        rows = [measure(n, url, Path(tmp)) for n in (args.rows_small, args.rows_large)]
+    growth = rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
+    print(f"{'rows':>9} {'peak RSS MB':>12} {'judged':>9} {'wall s':>8}")
+    for row in rows:
+        print(f"{row['rows']:9d} {row['peak_rss_mb']:12.1f} {row['n_judged']:9d} {row['wall_seconds']:8.1f}")
+    print(f"growth {growth:.1f} MB for {rows[1]['rows'] - rows[0]['rows']} more rows (target < 150 MB)")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "memory.json"
+    out.write_text(json.dumps({"settings": vars(args), "rows": rows, "growth_mb": growth}, indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:4])
