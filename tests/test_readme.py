@@ -13,7 +13,7 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 
 def test_first_lines_install_and_run_then_test() -> None:
     commands = [line.strip() for line in README.splitlines()[2:4]]
-    assert commands == ["pip install . && python -m engine run", "pip install '.[test]' && python -m pytest"]
+    assert commands == ["pip install '.[local]' && python -m engine run", "pip install '.[test,local]' && python -m pytest"]
 
 
 def test_library_example_runs(tmp_path: Path) -> None:
