@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from adapters.local.backends.base import Backend
 from .config import LocalServerConfig, TaskConfig, load_config, merge_tables, with_overrides
 from .errors import ConfigError, EngineError, FatalError
 from .evaluation import local_backend
+from .progress import Style
 from .shipped import example_config
 
 
@@ -40,7 +42,8 @@ def _run_parser(commands: Any) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
         help="override any config value, e.g. --set batch.poll_initial_s=1 (TOML value; repeatable)",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--quiet", action="store_true", help="plain progress lines, even on a terminal")
+    run.add_argument("--json-progress", action="store_true", help="progress as JSON lines (every 5 s)")
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -94,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", type=Path)
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return parser
+
+
+def _progress_style(args: argparse.Namespace) -> Style:
+    if args.json_progress:
+        return "json"
+    return "plain" if args.quiet or not sys.stderr.isatty() else "live"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -159,8 +168,7 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"run directory: {evaluation.run_dir}", file=sys.stderr)
     try:
         async with evaluation, anyio.create_task_group() as group:
-            if not args.quiet:
-                group.start_soon(show_progress, evaluation)
+            group.start_soon(partial(show_progress, evaluation, style=_progress_style(args)))
             async for _ in evaluation:
                 pass
             group.cancel_scope.cancel()

@@ -256,6 +256,7 @@ class Evaluation:
         ).collect().row(0, named=True)
         for name, value in counts.items():
             setattr(self.stats, name, int(value))
+        self.stats.done_at_start = self.stats.done
 
     async def _collect(
         self, joined: MemoryObjectReceiveStream[JoinedRow], results: ResultsWriter, rows_in: MemoryObjectSendStream[JoinedRow]

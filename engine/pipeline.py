@@ -35,6 +35,8 @@ class LiveStats:
     skipped: int = 0
     verdicts: int = 0
     correct: int = 0
+    tokens: int = 0
+    done_at_start: int = 0
     started: float = 0.0
     batches: dict[str, BatchProgress] = field(default_factory=dict)
 
@@ -48,6 +50,7 @@ class LiveStats:
 
     def count(self, row: JoinedRow) -> None:
         """Count a completed row (predictions are counted as they arrive, by the pipeline)."""
+        self.tokens += row.predict_tokens.total_tokens + row.judge_tokens.total_tokens
         if row.status == "skipped":
             self.skipped += 1
             return

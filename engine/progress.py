@@ -1,71 +1,141 @@
-"""Live progress: a rich panel on a terminal, plain log lines elsewhere."""
+"""Live progress: a rich table on a terminal, plain lines or JSON lines elsewhere.
+
+Everything shown comes from one ``snapshot`` of the evaluation's counters: rows done of the total,
+per stage the requests, their rate, retries, 429s and calls in flight, tokens per second, the
+running judge accuracy with its Wilson interval, an ETA from this session's pace, and batches by
+status (batch mode).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from typing import TextIO
+from typing import Any, Literal, TextIO
 
 import anyio
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.table import Table
 from rich.text import Text
 
-from .batch import TERMINAL, BatchProgress
+from .batch import TERMINAL
 from .evaluation import Evaluation
+from .metrics import wilson_interval
+
+Style = Literal["live", "plain", "json"]
 
 
-def progress_line(evaluation: Evaluation) -> str:
+def snapshot(evaluation: Evaluation) -> dict[str, Any]:
     stats = evaluation.stats
     elapsed = max(time.perf_counter() - stats.started, 1e-9)
-    requests = sum(runner.stats.requests for runner in (evaluation.predict_runner, evaluation.judge_runner) if runner)
-    retries = sum(runner.stats.retries for runner in (evaluation.predict_runner, evaluation.judge_runner) if runner)
-    accuracy = stats.judge_accuracy
-    parts = [
-        f"predicted {stats.predicted}/{stats.total}",
-        f"judged {stats.judged}",
-        f"failed {stats.failed}",
-        f"skipped {stats.skipped}",
-        f"{requests / elapsed:.1f} req/s",
-        f"retries {retries}",
-        f"judge accuracy {'n/a' if accuracy is None else f'{100 * accuracy:.1f}%'}",
-    ]
-    if stats.batches:
-        parts.append(_batches(stats.batches))
-    return " | ".join(parts)
+    stages: dict[str, dict[str, Any]] = {}
+    for name, runner in (("predict", evaluation.predict_runner), ("judge", evaluation.judge_runner)):
+        if runner is None:
+            continue
+        calls = runner.stats
+        stages[name] = {
+            "requests": calls.requests,
+            "requests_per_second": round(calls.requests / elapsed, 1),
+            "retries": calls.retries,
+            "rate_limited": calls.rate_limited,
+            "in_flight": calls.in_flight,
+        }
+    pace = (stats.done - stats.done_at_start) / elapsed
+    remaining = stats.total - stats.done
+    batches: dict[str, dict[str, int]] = {}
+    for batch in stats.batches.values():
+        entry = batches.setdefault(batch.status, {"batches": 0, "lines_done": 0, "lines": 0})
+        entry["batches"] += 1
+        entry["lines_done"] += batch.completed + batch.failed
+        entry["lines"] += batch.total
+    interval = wilson_interval(stats.correct, stats.verdicts) if stats.verdicts else None
+    return {
+        "elapsed_s": round(elapsed, 1),
+        "rows": {"total": stats.total, "done": stats.done, "predicted": stats.predicted, "judged": stats.judged,
+                 "failed": stats.failed, "skipped": stats.skipped},
+        "stages": stages,
+        "tokens_per_second": round(stats.tokens / elapsed, 1),
+        "judge_accuracy": stats.judge_accuracy,
+        "judge_accuracy_ci95": list(interval) if interval else None,
+        "eta_s": round(remaining / pace, 1) if pace > 0 and remaining else None,
+        "batches": batches,
+    }
 
 
-def _batches(batches: dict[str, BatchProgress]) -> str:
-    """``batches 1 completed, 2 in_progress (1200/5000)``."""
-    by_status: dict[str, list[BatchProgress]] = {}
-    for batch in batches.values():
-        by_status.setdefault(batch.status, []).append(batch)
-    described = []
-    for status, members in sorted(by_status.items()):
-        text = f"{len(members)} {status}"
+def _accuracy(data: dict[str, Any]) -> str:
+    if data["judge_accuracy"] is None:
+        return "judge accuracy n/a"
+    low, high = data["judge_accuracy_ci95"]
+    return f"judge accuracy {100 * data['judge_accuracy']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _batches(data: dict[str, Any]) -> str:
+    parts = []
+    for status, entry in sorted(data["batches"].items()):
+        text = f"{entry['batches']} {status}"
         if status not in TERMINAL:
-            done = sum(member.completed + member.failed for member in members)
-            text += f" ({done}/{sum(member.total for member in members)})"
-        described.append(text)
-    return "batches " + ", ".join(described)
+            text += f" ({entry['lines_done']}/{entry['lines']})"
+        parts.append(text)
+    return "batches " + ", ".join(parts) if parts else ""
 
 
-async def show_progress(evaluation: Evaluation, *, stream: TextIO | None = None, interval: float = 0.5) -> None:
-    """Render until cancelled: a live line on a terminal, a line every 5 s otherwise."""
+def _eta(data: dict[str, Any]) -> str:
+    return "ETA n/a" if data["eta_s"] is None else f"ETA {data['eta_s']:.0f} s"
+
+
+def plain_line(data: dict[str, Any]) -> str:
+    rows = data["rows"]
+    stages = " | ".join(
+        f"{name} {stage['requests_per_second']:.1f} req/s, retries {stage['retries']}, 429s {stage['rate_limited']}"
+        for name, stage in data["stages"].items()
+    )
+    parts = [
+        f"rows {rows['done']}/{rows['total']} (predicted {rows['predicted']}, judged {rows['judged']}, "
+        f"failed {rows['failed']}, skipped {rows['skipped']})",
+        stages,
+        f"{data['tokens_per_second']:.0f} tok/s",
+        _accuracy(data),
+        _eta(data),
+        _batches(data),
+    ]
+    return " | ".join(part for part in parts if part)
+
+
+def live_view(data: dict[str, Any]) -> Group:
+    rows = data["rows"]
+    table = Table(show_header=True, header_style="bold", box=None)
+    for column in ("stage", "done", "req/s", "retries", "429s", "in flight"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    done = {"predict": rows["predicted"] + rows["failed"], "judge": rows["judged"]}
+    for name, stage in data["stages"].items():
+        table.add_row(name, f"{done.get(name, 0)}/{rows['total']}", f"{stage['requests_per_second']:.1f}",
+                      str(stage["retries"]), str(stage["rate_limited"]), str(stage["in_flight"]))
+    summary = (f"rows {rows['done']}/{rows['total']} · failed {rows['failed']} · skipped {rows['skipped']} · "
+               f"{data['tokens_per_second']:.0f} tok/s · {_accuracy(data)} · {_eta(data)}")
+    lines: list[Any] = [table, Text(summary)]
+    if data["batches"]:
+        lines.append(Text(_batches(data)))
+    return Group(*lines)
+
+
+async def show_progress(evaluation: Evaluation, *, style: Style, stream: TextIO | None = None) -> None:
+    """Render until cancelled: ``live`` redraws twice a second; ``plain`` and ``json`` write a line
+    every 5 s and a last one when cancelled."""
     stream = stream or sys.stderr
-    if stream.isatty():
-        console = Console(file=stream)
-        with Live(Text(progress_line(evaluation)), console=console, auto_refresh=False, transient=False) as live:
+    if style == "live":
+        with Live(live_view(snapshot(evaluation)), console=Console(file=stream), auto_refresh=False) as live:
             try:
                 while True:
-                    live.update(Text(progress_line(evaluation)), refresh=True)
-                    await anyio.sleep(interval)
+                    live.update(live_view(snapshot(evaluation)), refresh=True)
+                    await anyio.sleep(0.5)
             finally:
-                live.update(Text(progress_line(evaluation)), refresh=True)
-    else:
-        try:
-            while True:
-                await anyio.sleep(5.0)
-                print(progress_line(evaluation), file=stream, flush=True)
-        finally:
-            print(progress_line(evaluation), file=stream, flush=True)
+                live.update(live_view(snapshot(evaluation)), refresh=True)
+        return
+    render = plain_line if style == "plain" else json.dumps
+    try:
+        while True:
+            await anyio.sleep(5.0)
+            print(render(snapshot(evaluation)), file=stream, flush=True)
+    finally:
+        print(render(snapshot(evaluation)), file=stream, flush=True)

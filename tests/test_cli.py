@@ -32,7 +32,7 @@ def test_run_with_no_config_evaluates_the_shipped_example(tmp_path: Path) -> Non
     done = engine("run", "--limit", "25", "--set", "local.backend=sim", "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     assert "judge accuracy" in done.stdout and "simulator" in done.stdout
-    assert "predicted 25/25" in done.stderr  # the plain progress line when stderr is not a terminal
+    assert "rows 25/25 (predicted 25, judged 25" in done.stderr  # plain lines when stderr is not a terminal
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_rows"] == 25 and metrics["n_judged"] == 25
 
@@ -131,3 +131,12 @@ def test_the_default_run_evaluates_the_real_local_model(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_judged"] == 3 and metrics["models"]["predict"]["backend"] == "local"
     assert metrics["invalid_prediction_rate"] == 0.0  # the answers are constrained to the labels
+
+
+def test_json_progress_lines(tmp_path: Path) -> None:
+    done = engine("run", "--limit", "10", "--set", "local.backend=sim", "--json-progress", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    last = json.loads([line for line in done.stderr.splitlines() if line.startswith("{")][-1])
+    assert last["rows"] == {"total": 10, "done": 10, "predicted": 10, "judged": 10, "failed": 0, "skipped": 0}
+    assert set(last["stages"]) == {"predict", "judge"} and last["stages"]["judge"]["requests"] == 10
+    assert last["judge_accuracy_ci95"] is not None and last["tokens_per_second"] > 0
