@@ -56,6 +56,16 @@ class CallStats:
     completion_tokens: int = 0
 
 
+def charged_tokens(request: ChatRequest, usage: Usage) -> int:
+    """What a provider counts against the TPM limit: the prompt plus the reply budget.
+
+    OpenAI-style limits charge ``max_tokens`` when the call is admitted and do not refund what
+    the reply left unused; refunding it would let the client run ahead of the server's budget.
+    """
+    budget = request.body.get("max_tokens") or request.body.get("max_completion_tokens") or 0
+    return usage.prompt_tokens + max(usage.completion_tokens, int(budget))
+
+
 class RealtimeRunner:
     def __init__(self, client: ChatClient, limiter: Limiter, policy: RetryPolicy, clock: Clock) -> None:
         self._client = client
@@ -80,7 +90,7 @@ class RealtimeRunner:
                 delay = self._after_error(error, attempt, sent_at)
             else:
                 usage = completion.usage
-                self._limiter.settle(request.estimated_tokens, usage.total_tokens)
+                self._limiter.settle(request.estimated_tokens, charged_tokens(request, usage))
                 self._limiter.on_success(sent_at, completion.rate_limits)
                 self.stats.prompt_tokens += usage.prompt_tokens
                 self.stats.completion_tokens += usage.completion_tokens
