@@ -52,8 +52,6 @@ class CallStats:
     retries: int = 0
     rate_limited: int = 0
     in_flight: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 def charged_tokens(request: ChatRequest, usage: Usage) -> int:
@@ -92,8 +90,6 @@ class RealtimeRunner:
                 usage = completion.usage
                 self._limiter.settle(request.estimated_tokens, charged_tokens(request, usage))
                 self._limiter.on_success(sent_at, completion.rate_limits)
-                self.stats.prompt_tokens += usage.prompt_tokens
-                self.stats.completion_tokens += usage.completion_tokens
                 return ChatResult(
                     custom_id=request.custom_id,
                     content=completion.content,

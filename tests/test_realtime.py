@@ -72,7 +72,6 @@ async def test_transient_errors_are_retried_then_succeed() -> None:
     outcome = await run.call(REQUEST)
     assert isinstance(outcome, ChatResult) and outcome.content == "Drama" and outcome.attempts == 3
     assert len(clock.sleeps) == 2 and run.stats.retries == 2 and run.stats.requests == 3
-    assert run.stats.prompt_tokens == 10 and run.stats.completion_tokens == 2
 
 
 async def test_429_waits_what_the_server_asked_and_pauses_everyone() -> None:
