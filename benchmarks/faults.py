@@ -35,10 +35,15 @@ FAST_BATCHES = {"batch.poll_initial_s": 0.02, "batch.poll_max_s": 0.1, "batch.po
 
 
 class CountingBackend:
-    """The sim backend, counting every request it sees and every 429 it answers."""
+    """The sim backend, counting every request it sees and every 429 it answers.
 
-    def __init__(self, settings: SimSettings) -> None:
+    With ``announce`` off it strips the ``x-ratelimit-*`` headers, like an endpoint that enforces
+    limits it never states: the client can only learn them from its 429s.
+    """
+
+    def __init__(self, settings: SimSettings, *, announce: bool = True) -> None:
         self._inner = SimBackend(settings)
+        self._announce = announce
         self.requests = 0
         self.rate_limited = 0
 
@@ -48,11 +53,14 @@ class CountingBackend:
     async def complete(self, body: dict[str, Any]) -> Completion:
         self.requests += 1
         try:
-            return await self._inner.complete(body)
+            completion = await self._inner.complete(body)
         except BackendError as error:
             if error.status == 429:
                 self.rate_limited += 1
+            if not self._announce:
+                error.headers = tuple(h for h in error.headers if not h[0].startswith("x-ratelimit-"))
             raise
+        return completion if self._announce else replace(completion, headers=())
 
 
 @dataclass(slots=True)
@@ -90,6 +98,7 @@ class Scenario:
     settings: dict[str, Any] = field(default_factory=dict)
     batch_settings: BatchSettings = BatchSettings()
     action: Action | None = None
+    announce_limits: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +144,10 @@ async def restart_server(server: Server, url: str) -> None:
 def scenarios() -> list[Scenario]:
     realtime = [
         Scenario("none", "realtime"),
-        Scenario("429 storm, Retry-After (rpm limit the client was not told)", "realtime", SimSettings(rpm=3000)),
-        Scenario("tpm limit the client was not told", "realtime", SimSettings(tpm=1_500_000)),
+        Scenario("rpm limit the client was not told, announced in headers", "realtime", SimSettings(rpm=3000)),
+        Scenario("tpm limit the client was not told, announced in headers", "realtime", SimSettings(tpm=1_500_000)),
+        Scenario("429 storm with Retry-After: an rpm limit never announced", "realtime", SimSettings(rpm=3000),
+                 announce_limits=False),
         Scenario("500/502/503 at 10%", "realtime", SimSettings(error_rate=0.10)),
         Scenario("connection resets at 5%", "realtime", SimSettings(reset_rate=0.05)),
         Scenario("bodies that are not JSON at 5%", "realtime", SimSettings(malformed_rate=0.05)),
@@ -150,7 +161,7 @@ def scenarios() -> list[Scenario]:
         Scenario("failed lines at 20%", "batch", SimSettings(batch_fail_rate=0.2)),
         Scenario("every line fails (completed, no output file)", "batch", SimSettings(batch_fail_rate=1.0),
                  {"batch.max_line_retries": 1}),
-        Scenario("expired with partial output", "batch", SimSettings(latency_ms=40, batch_expire_after_s=0.05)),
+        Scenario("expired with partial output", "batch", SimSettings(latency_ms=100, batch_expire_after_s=0.17)),
         Scenario("cancelled batch", "batch", SimSettings(latency_ms=20), action=cancel_first_batch),
         Scenario("stuck in validating", "batch", SimSettings(batch_stall_validating=True),
                  {"batch.validating_timeout_s": 0.2, "batch.max_line_retries": 1}),
@@ -163,7 +174,8 @@ def scenarios() -> list[Scenario]:
 
 
 async def run_scenario(scenario: Scenario, workdir: Path, rows: int = 100) -> Outcome:
-    server = Server(CountingBackend(replace(scenario.sim, seed=7)), workdir / "server", scenario.batch_settings)
+    backend = CountingBackend(replace(scenario.sim, seed=7), announce=scenario.announce_limits)
+    server = Server(backend, workdir / "server", scenario.batch_settings)
     url = server.start()
     try:
         settings = {
