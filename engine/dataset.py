@@ -158,6 +158,15 @@ def _prefixed(record: dict[str, Any], name: str) -> dict[str, Any] | None:
     return values if values.get("custom_id") is not None else None
 
 
+_HINTS = {
+    "utf-8": "save the file as UTF-8",
+    "more fields": "a row has more fields than the header: quote fields that contain the separator",
+}
+
+
 def _first_line(exc: BaseException) -> str:
+    """The first line of a reader's error, with what to do when the cause is a common one."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    hints = [hint for marker, hint in _HINTS.items() if marker in line.lower()]
+    return "; ".join([line, *hints])
