@@ -345,7 +345,10 @@ def local_backend(local: LocalServerConfig) -> Backend:
             model = LlamaBackend(LlamaSettings(n_threads=local.threads, seed=local.seed))
             model.load()
         except ModelUnavailable as exc:
-            raise ConfigError(f"local.backend = \"local\": {exc}") from None
+            raise ConfigError(
+                f"local.backend = \"local\": {exc} (or evaluate with the simulator: --set local.backend=sim, "
+                "or point --base-url at a hosted model)"
+            ) from None
         return model
     from adapters.local.backends.sim import SimBackend, SimSettings
 
