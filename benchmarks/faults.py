@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,21 +38,32 @@ FAST_BATCHES = {"batch.poll_initial_s": 0.02, "batch.poll_max_s": 0.1, "batch.po
 class CountingBackend:
     """The sim backend, counting every request it sees and every 429 it answers.
 
-    With ``announce`` off it strips the ``x-ratelimit-*`` headers, like an endpoint that enforces
-    limits it never states: the client can only learn them from its 429s.
+    ``reached`` is set once ``calls`` reaches ``signal_after`` (see :meth:`arm`), so a test or a
+    scenario can act at a chosen point of a run without sleeping. With ``announce`` off it strips
+    the ``x-ratelimit-*`` headers, like an endpoint that enforces limits it never states: the
+    client can only learn them from its 429s.
     """
 
-    def __init__(self, settings: SimSettings, *, announce: bool = True) -> None:
+    def __init__(self, settings: SimSettings, *, announce: bool = True, signal_after: int | None = None) -> None:
         self._inner = SimBackend(settings)
         self._announce = announce
-        self.requests = 0
+        self._signal_after = signal_after
+        self.calls = 0
         self.rate_limited = 0
+        self.reached = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def arm(self, calls: int) -> None:
+        """Signal ``reached`` again once the backend has seen ``calls`` requests in all."""
+        self.reached.clear()
+        self._signal_after = calls
+
     async def complete(self, body: dict[str, Any]) -> Completion:
-        self.requests += 1
+        self.calls += 1
+        if self._signal_after is not None and self.calls >= self._signal_after:
+            self.reached.set()
         try:
             completion = await self._inner.complete(body)
         except BackendError as error:
@@ -136,7 +148,7 @@ async def cancel_first_batch(server: Server, url: str) -> None:
 
 async def restart_server(server: Server, url: str) -> None:
     """Stop the server once the first batch lines ran and start it again on the same port and data."""
-    await _wait_for(lambda: server.backend.requests >= 5)
+    await _wait_for(lambda: server.backend.calls >= 5)
     await anyio.to_thread.run_sync(server.stop)
     await anyio.to_thread.run_sync(server.start)
 
@@ -222,7 +234,7 @@ def _account(scenario: Scenario, run_dir: Path, backend: CountingBackend, rows: 
         rows_judged=judged.height,
         rows_failed=failed.height,
         duplicates=results.height - results["row_id"].n_unique(),
-        requests_sent=backend.requests,
+        requests_sent=backend.calls,
         rate_limited=backend.rate_limited,
         batches=int(evaluation.metrics["batches_created"]),
         journal_agrees=journal_agrees,

@@ -18,7 +18,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .report import _interval, _percent
+from .report import interval_text, percent
 from .results import RESULTS_FILE
 from .rundir import METRICS_FILE, RUN_FILE
 
@@ -127,7 +127,7 @@ def _served(metrics: dict[str, Any], stage: str) -> str:
 
 def _metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def rate(key: str, name: str, ci: bool = False) -> tuple[str, str, str, str]:
-        cells = [_percent(m[key]) + (f" {_interval(m[f'{key}_ci95'])}" if ci and m[key] is not None else "") for m in (a, b)]
+        cells = [percent(m[key]) + (f" {interval_text(m[f'{key}_ci95'])}" if ci and m[key] is not None else "") for m in (a, b)]
         both = a[key] is not None and b[key] is not None
         return name, cells[0], cells[1], _points(b[key] - a[key]) if both else ""
 
@@ -169,8 +169,8 @@ def comparison_tables(comparison: dict[str, Any]) -> tuple[Table, Table]:
         paired.add_column(name, justify="right")
     fields: list[tuple[str, Any]] = [
         ("rows with both values", lambda t: f"{t['n']:,}"),
-        ("A", lambda t: _percent(t["a"])),
-        ("B", lambda t: _percent(t["b"])),
+        ("A", lambda t: percent(t["a"])),
+        ("B", lambda t: percent(t["b"])),
         ("B - A", lambda t: _points(t["difference"])),
         ("right in A only", lambda t: str(t["a_only"])),
         ("right in B only", lambda t: str(t["b_only"])),
@@ -188,8 +188,8 @@ def print_comparison(comparison: dict[str, Any], console: Console | None = None)
     for table in comparison_tables(comparison):
         console.print(table)
     console.print(
-        f"the runs agree on {_percent(comparison['prediction_agreement'])} of shared predictions "
-        f"and {_percent(comparison['verdict_agreement'])} of shared verdicts"
+        f"the runs agree on {percent(comparison['prediction_agreement'])} of shared predictions "
+        f"and {percent(comparison['verdict_agreement'])} of shared verdicts"
     )
     if not comparison["same_task"]:
         console.print(f"[yellow]different tasks ({comparison['a']['task']} vs {comparison['b']['task']}): "

@@ -7,6 +7,7 @@ completion tokens are counted at ``max_tokens``, and the judge prompt with a pre
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ class StageEstimate:
         self.requests += 1
         self.prompt_tokens += request.estimated_tokens - max_tokens
         self.completion_tokens += max_tokens
-        self.request_bytes += len(str(request.body)) + 100
+        self.request_bytes += len(json.dumps(request.body).encode()) + 100  # + the line's envelope
 
 
 def estimate(config: TaskConfig) -> dict[str, Any]:

@@ -86,18 +86,23 @@ class PromptBuilder:
             self._check_fields(template, where, columns, extra=JUDGE_EXTRA_FIELDS)
             self._judges.append(template)
         self.judge_prefixes = judge_prefixes(config)
-        self._choices: dict[str, tuple[str, ...]] = {}
+        # Per constrained caller, built once: its response_format and its reply budget, with room
+        # for the whole JSON answer (a token is at least a character).
+        self._constrained: dict[str, tuple[dict[str, Any], int]] = {}
         if config.predict.constrain:
             if not config.labels:
                 raise ConfigError("predict.constrain needs the task's `labels` to choose from")
-            self._choices["predict"] = config.labels
+            self._constrain("predict", config.labels, config.predict.max_tokens)
         for prefix, judge in zip(self.judge_prefixes, config.judges):
             if judge.constrain:
-                self._choices[prefix] = judge.verdicts.correct + judge.verdicts.incorrect
+                self._constrain(prefix, judge.verdicts.correct + judge.verdicts.incorrect, judge.max_tokens)
+
+    def _constrain(self, caller: str, choices: tuple[str, ...], max_tokens: int) -> None:
+        self._constrained[caller] = (choice_format(choices), max(max_tokens, 16 + max(map(len, choices))))
 
     def answer(self, caller: str, content: str) -> str:
         """The answer in a reply: the chosen value of a constrained (JSON) reply, else the text."""
-        return unwrap_choice(content) if caller in self._choices else content
+        return unwrap_choice(content) if caller in self._constrained else content
 
     @staticmethod
     def _check_fields(template: Template, where: str, columns: list[str], extra: tuple[str, ...]) -> None:
@@ -133,11 +138,9 @@ class PromptBuilder:
             "temperature": stage_config.temperature,
             "max_tokens": stage_config.max_tokens,
         }
-        choices = self._choices.get(prefix or stage)
-        if choices:
-            body["response_format"] = choice_format(choices)
-            # Room for the whole JSON answer: a token is at least a character.
-            body["max_tokens"] = max(stage_config.max_tokens, 16 + max(map(len, choices)))
+        constrained = self._constrained.get(prefix or stage)
+        if constrained is not None:
+            body["response_format"], body["max_tokens"] = constrained
         return ChatRequest(
             custom_id=f"{prefix or stage}:{row.row_id}",
             row_id=row.row_id,

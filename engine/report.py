@@ -22,20 +22,6 @@ from .prompts import judge_prefixes
 from .results import RESULTS_FILE
 
 
-def _tokens(results: pl.LazyFrame) -> dict[str, dict[str, int]]:
-    sums = results.select(
-        pl.col(name).sum()
-        for name in ("predict_prompt_tokens", "predict_completion_tokens", "judge_prompt_tokens", "judge_completion_tokens")
-    ).collect().row(0, named=True)
-    return {
-        stage: {
-            "prompt": int(sums[f"{stage}_prompt_tokens"] or 0),
-            "completion": int(sums[f"{stage}_completion_tokens"] or 0),
-        }
-        for stage in ("predict", "judge")
-    }
-
-
 def stage_overlap(run_dir: Path) -> dict[str, Any]:
     """How many judge calls started before the last prediction finished (the stages overlap)."""
     predict = scan_journal(journal_path(run_dir, "predict"))
@@ -69,8 +55,14 @@ def build_metrics(
     metrics = quality_metrics(results)
     if len(prefixes) > 1:
         metrics["panel"] = panel_metrics(results, [judge.name or "" for judge in config.judges])
-    metrics["tokens"] = _tokens(results)
     by_caller = tokens_by_caller(run_dir)
+    metrics["tokens"] = {
+        stage: {
+            kind: sum(used[kind] for caller, used in by_caller.items() if caller.split(".")[0] == stage)
+            for kind in ("prompt", "completion")
+        }
+        for stage in STAGES
+    }
     metrics["cost_usd"] = cost_usd(config, by_caller)
     metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge_mode}
     metrics["wall_seconds"] = round(wall_seconds, 3)
@@ -133,11 +125,11 @@ def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str,
     return {**costs, "total": round(sum(known), 6)}
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _interval(bounds: list[float] | tuple[float, float] | None) -> str:
+def interval_text(bounds: list[float] | tuple[float, float] | None) -> str:
     return "" if not bounds else f"[{100 * bounds[0]:.1f}, {100 * bounds[1]:.1f}]"
 
 
@@ -149,21 +141,21 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
     rows: list[tuple[str, str, str]] = [
         ("rows", str(metrics["n_rows"]), ""),
         ("judged / failed / skipped", f"{metrics['n_judged']} / {metrics['n_failed']} / {metrics['n_skipped']}", ""),
-        ("judge accuracy", _percent(metrics["judge_accuracy"]), _interval(metrics["judge_accuracy_ci95"])),
+        ("judge accuracy", percent(metrics["judge_accuracy"]), interval_text(metrics["judge_accuracy_ci95"])),
         (
             "ground-truth accuracy",
-            _percent(metrics["ground_truth_accuracy"]),
-            _interval(metrics["ground_truth_accuracy_ci95"]),
+            percent(metrics["ground_truth_accuracy"]),
+            interval_text(metrics["ground_truth_accuracy_ci95"]),
         ),
-        ("judge agrees with truth", _percent(metrics["judge_vs_truth_agreement"]), ""),
+        ("judge agrees with truth", percent(metrics["judge_vs_truth_agreement"]), ""),
         ("judge vs truth kappa", "n/a" if metrics["judge_vs_truth_kappa"] is None else f"{metrics['judge_vs_truth_kappa']:.3f}", ""),
         (
             f"baseline: always '{metrics['majority_baseline_label']}'",
-            _percent(metrics["majority_baseline_accuracy"]),
+            percent(metrics["majority_baseline_accuracy"]),
             "",
         ),
-        ("invalid predictions", _percent(metrics["invalid_prediction_rate"]), ""),
-        ("invalid verdicts", _percent(metrics["invalid_verdict_rate"]), ""),
+        ("invalid predictions", percent(metrics["invalid_prediction_rate"]), ""),
+        ("invalid verdicts", percent(metrics["invalid_verdict_rate"]), ""),
         ("cost", "n/a (no price for the models)" if metrics["cost_usd"] is None else f"${metrics['cost_usd']['total']:.4f}", ""),
         ("mode (predict / judge)", f"{metrics['mode']['predict']} / {metrics['mode']['judge']}", ""),
         ("batches created", str(metrics["batches_created"]), ""),

@@ -21,7 +21,7 @@ import polars as pl
 from . import plots
 from .batch import BatchLog
 from .journal import journal_path, scan_journal
-from .report import _interval, _percent
+from .report import interval_text, percent
 from .results import RESULTS_FILE
 from .rundir import METRICS_FILE, RUN_FILE
 from .types import STAGES
@@ -152,11 +152,11 @@ def _accuracy(run: _Run, plots_dir: Path) -> _Section:
     section = _Section("Accuracy")
     baseline = f"baseline: always '{m['majority_baseline_label']}'"
     section.blocks.append(_Table(("metric", "value", "95% CI"), [
-        ("judge accuracy (judge says correct)", _percent(m["judge_accuracy"]), _interval(m["judge_accuracy_ci95"])),
-        ("ground-truth accuracy", _percent(m["ground_truth_accuracy"]), _interval(m["ground_truth_accuracy_ci95"])),
-        (baseline if m["majority_baseline_label"] else "majority baseline", _percent(m["majority_baseline_accuracy"]), ""),
-        ("invalid predictions (not one of the labels)", _percent(m["invalid_prediction_rate"]), ""),
-        ("unrecognised verdicts", _percent(m["invalid_verdict_rate"]), ""),
+        ("judge accuracy (judge says correct)", percent(m["judge_accuracy"]), interval_text(m["judge_accuracy_ci95"])),
+        ("ground-truth accuracy", percent(m["ground_truth_accuracy"]), interval_text(m["ground_truth_accuracy_ci95"])),
+        (baseline if m["majority_baseline_label"] else "majority baseline", percent(m["majority_baseline_accuracy"]), ""),
+        ("invalid predictions (not one of the labels)", percent(m["invalid_prediction_rate"]), ""),
+        ("unrecognised verdicts", percent(m["invalid_verdict_rate"]), ""),
     ]))
     bars = [(name, m[key], tuple(m[f"{key}_ci95"]) if m[f"{key}_ci95"] else None)
             for name, key in (("judge", "judge_accuracy"), ("ground truth", "ground_truth_accuracy")) if m[key] is not None]
@@ -187,7 +187,7 @@ def _judge_vs_truth(run: _Run, plots_dir: Path) -> _Section:
     ]))
     kappa = "n/a" if m["judge_vs_truth_kappa"] is None else f"{m['judge_vs_truth_kappa']:.3f}"
     section.blocks.append(_Table(("agreement", "Cohen's kappa", "precision of 'correct'", "recall of 'correct'", "rows"), [(
-        _percent(m["judge_vs_truth_agreement"]), kappa, _percent(m["judge_precision"]), _percent(m["judge_recall"]),
+        percent(m["judge_vs_truth_agreement"]), kappa, percent(m["judge_precision"]), percent(m["judge_recall"]),
         f"{m['judge_vs_truth_n']:,}",
     )]))
     section.blocks.append(_Image(plots.confusion_plot(plots_dir / "confusion.png", c), "judge vs truth confusion matrix"))
@@ -227,8 +227,8 @@ def _labels(run: _Run, plots_dir: Path) -> _Section:
     section.blocks.append("For each answer the base model gave: how often it gave it, how often the judge calls it "
                           "right and, with ground truth, how often it is right and how many rows carry it as a label.")
     header = ("label", "predicted", "share", "judge says right", "right by truth", "rows with this label")
-    rows = [(row["label"], f"{row['predicted']:,}", _percent(row["share"]), _percent(row["judge_rate"]),
-             _percent(row["truth_rate"]), _percent(row["in_truth"])) for row in breakdown.iter_rows(named=True)]
+    rows = [(row["label"], f"{row['predicted']:,}", percent(row["share"]), percent(row["judge_rate"]),
+             percent(row["truth_rate"]), percent(row["in_truth"])) for row in breakdown.iter_rows(named=True)]
     width = len(header) if run.has_truth else 4
     section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
     section.blocks.append(_Image(plots.label_plot(plots_dir / "labels.png", breakdown), "per-label breakdown"))
@@ -344,10 +344,10 @@ def _panel(run: _Run) -> _Section | None:
     return _Section("Panel of judges", [
         "The verdict above is the panel's strict majority; here is each judge on its own.",
         _Table(("judge", "model", "judge accuracy", "unrecognised verdicts"), [
-            (name, models.get(f"judge.{name}", {}).get("requested", ""), _percent(numbers["judge_accuracy"]),
-             _percent(numbers["invalid_verdict_rate"])) for name, numbers in panel["judges"].items()
+            (name, models.get(f"judge.{name}", {}).get("requested", ""), percent(numbers["judge_accuracy"]),
+             percent(numbers["invalid_verdict_rate"])) for name, numbers in panel["judges"].items()
         ]),
-        _Table(("Fleiss' kappa", "unanimous rows", "ties"), [(kappa, _percent(panel["unanimous_rate"]), str(panel["ties"]))]),
+        _Table(("Fleiss' kappa", "unanimous rows", "ties"), [(kappa, percent(panel["unanimous_rate"]), str(panel["ties"]))]),
     ])
 
 

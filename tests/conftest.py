@@ -1,45 +1,19 @@
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.local.backends.base import Completion
-from adapters.local.backends.sim import SimBackend, SimSettings
+from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
+from benchmarks.faults import CountingBackend
 from engine.config import TaskConfig, load_config, with_overrides
 from engine.shipped import example_config
 
 TEST_KEY_ENV = "ENGINE_TEST_API_KEY"
 TEST_KEY = "sk-test-4c0ffee-never-log-me"
-
-
-class CountingBackend:
-    """A sim backend that counts the requests it sees and can signal after the n-th one."""
-
-    def __init__(self, settings: SimSettings, *, signal_after: int | None = None) -> None:
-        self._inner = SimBackend(settings)
-        self.calls = 0
-        self.by_model: dict[str, int] = {}
-        self.reached = threading.Event()
-        self._signal_after = signal_after
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def arm(self, calls: int) -> None:
-        """Signal ``reached`` again once the backend has seen ``calls`` requests in all."""
-        self.reached.clear()
-        self._signal_after = calls
-
-    async def complete(self, body: dict[str, Any]) -> Completion:
-        self.calls += 1
-        if self._signal_after is not None and self.calls >= self._signal_after:
-            self.reached.set()
-        return await self._inner.complete(body)
 
 
 @pytest.fixture

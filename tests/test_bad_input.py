@@ -11,8 +11,8 @@ import pytest
 
 from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
+from benchmarks.faults import CountingBackend
 
-from .conftest import CountingBackend
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = 'Overview,Genre\n"A heist goes wrong.",Crime\n"Two friends.",Comedy\n'

@@ -18,10 +18,11 @@ import polars as pl
 
 from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
+from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.config import TaskConfig
 
-from .conftest import CountingBackend, imdb_config
+from .conftest import imdb_config
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_POLLING = {"batch.poll_initial_s": 0.02, "batch.poll_max_s": 0.05, "batch.poll_factor": 1.0}

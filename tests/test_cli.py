@@ -14,8 +14,8 @@ import pytest
 
 from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
+from benchmarks.faults import CountingBackend
 
-from .conftest import CountingBackend
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,12 @@ import polars as pl
 import pytest
 
 from adapters.local.backends.sim import SimSettings
+from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.errors import AuthError
 from engine.journal import journal_path, scan_journal
 
-from .conftest import TEST_KEY, TEST_KEY_ENV, CountingBackend, imdb_config, run_files, start_server
+from .conftest import TEST_KEY, TEST_KEY_ENV, imdb_config, run_files, start_server
 
 METRIC_KEYS = {
     "n_rows", "n_predicted", "n_judged", "n_failed", "judge_accuracy", "judge_accuracy_ci95",

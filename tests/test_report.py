@@ -16,7 +16,7 @@ import pytest
 
 from engine import Evaluation, TaskConfig, load_config, with_overrides
 from engine.config import parse_config
-from engine.report import _percent
+from engine.report import percent
 from engine.report_doc import INVALID_LABEL, label_breakdown, write_report
 from engine.shipped import example_config
 
@@ -96,7 +96,7 @@ def check_plots(run_dir: Path, markdown: str, page: str, expected: set[str]) -> 
 def check_numbers(metrics: dict[str, Any], markdown: str, page: str) -> None:
     tokens = metrics["tokens"]
     for document in (markdown, html.unescape(page)):
-        assert _percent(metrics["judge_accuracy"]) in document
+        assert percent(metrics["judge_accuracy"]) in document
         assert f"| {metrics['n_rows']} |" in document or f"<td>{metrics['n_rows']}</td>" in document
         for stage in ("predict", "judge"):
             assert f"{tokens[stage]['prompt']:,}" in document
@@ -110,8 +110,8 @@ def test_realtime_report(runs: dict[str, Path], tmp_path: Path) -> None:
     check_numbers(metrics, markdown, page)
     confusion = metrics["confusion"]
     for document in (markdown, html.unescape(page)):
-        assert _percent(metrics["ground_truth_accuracy"]) in document
-        assert _percent(metrics["judge_vs_truth_agreement"]) in document
+        assert percent(metrics["ground_truth_accuracy"]) in document
+        assert percent(metrics["judge_vs_truth_agreement"]) in document
         assert f"always '{metrics['majority_baseline_label']}'" in document
         assert f"{metrics['judge_vs_truth_kappa']:.3f}" in document
     assert f"| judge: correct | {confusion['tp']} | {confusion['fp']} |" in markdown
@@ -170,7 +170,7 @@ def test_panel_report_has_each_judge_and_the_cost(runs: dict[str, Path], tmp_pat
     panel, cost = metrics["panel"], metrics["cost_usd"]
     assert "| predict | judge.j0 | judge.j1 | judge.j2 |" in markdown
     for name, numbers in panel["judges"].items():
-        assert f"| {name} | judge-{name[1]} | {_percent(numbers['judge_accuracy'])} |" in markdown
+        assert f"| {name} | judge-{name[1]} | {percent(numbers['judge_accuracy'])} |" in markdown
     assert f"{panel['fleiss_kappa']:.3f}" in markdown
     assert f"| judge.j1 | judge-1 | ${cost['judge.j1']:.4f} |" in markdown
     assert f"| total |  | ${cost['total']:.4f} |" in markdown
