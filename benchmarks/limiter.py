@@ -28,13 +28,15 @@ from adapters.local.backends.base import BackendError, Completion
 from adapters.local.backends.sim import SimBackend, SimSettings
 from adapters.local.embedded import EmbeddedServer
 from adapters.openai_compat import OpenAICompatClient
+from engine import load_config
 from engine.limits import AnyioClock, Limiter
 from engine.prompts import estimate_tokens
 from engine.realtime import RealtimeRunner
 from engine.retry import RetryPolicy
+from engine.shipped import example_config
 from engine.types import ChatRequest
 
-from .overhead import _bodies
+from .overhead import predict_bodies
 
 RESULTS = Path(__file__).parent / "results"
 WINDOW_S = 10.0
@@ -93,7 +95,7 @@ def _serve(settings_json: str) -> None:
 
 async def _drive(url: str, scenario: Scenario, seconds: float, concurrency: int) -> dict[str, int]:
     """Calls through one runner from ``concurrency`` workers until ``seconds`` have passed."""
-    bodies = _bodies(1000)
+    bodies = predict_bodies(load_config(example_config("imdb")))
     clock = AnyioClock()
     limiter = Limiter(concurrency=concurrency, rpm=scenario.client_rpm, tpm=scenario.client_tpm, clock=clock)
     deadline = clock.now() + seconds

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows-small", type=int, default=10_000)
     parser.add_argument("--rows-large", type=int, default=100_000, help="e.g. 1000000 (about an hour on 2 cores)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, sim_server_process() as url:
+    with tempfile.TemporaryDirectory() as tmp, sim_server_process() as server:
+        url = server.url
         rows = [measure(n, url, Path(tmp)) for n in (args.rows_small, args.rows_large)]
     growth = rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
     print(f"{'rows':>9} {'peak RSS MB':>12} {'judged':>9} {'wall s':>8}")

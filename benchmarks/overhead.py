@@ -2,13 +2,16 @@
 
 Every client sends the same chat completions (IMDB prompts) to one sim server in another process
 at the same concurrency. CPU is this process's user+system time (``time.process_time``), so the
-server's work is not counted. The engine's figure includes everything a run does: data set scan,
-limiter, retries bookkeeping, journal, join, parquet parts and metrics.
+server's work is not counted; the server's own CPU is read from ``/proc`` and shown as the rate
+it could serve on one core. The engine's figure includes everything a run does: data set scan,
+limiter, retry bookkeeping, journal, join, parquet parts, metrics and the report with its plots
+(a fixed ~0.4 s of CPU per run). ``--profile`` writes a cProfile of the engine's run.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -19,24 +22,33 @@ from typing import Any
 import aiohttp
 import anyio
 import openai
+import polars as pl
 
 from engine import Evaluation, load_config, with_overrides
+from engine.config import TaskConfig
 from engine.dataset import Dataset
 from engine.prompts import PromptBuilder
 from engine.shipped import example_config
 
-from .server import sim_server_process
+from .server import ServerProcess, sim_server_process
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def _bodies(n: int) -> list[dict[str, Any]]:
-    """The first n predict bodies of the IMDB example (repeated past 1000 rows)."""
+def imdb_config(rows: int, workdir: Path) -> TaskConfig:
+    """The IMDB example over its first ``rows`` rows, the file repeated as often as it takes."""
     config = load_config(example_config("imdb"))
+    movies = pl.read_csv(config.dataset.path, infer_schema=False)
+    tiled = pl.concat([movies] * -(-rows // movies.height)).head(rows)
+    path = workdir / "imdb.csv"
+    tiled.write_csv(path)
+    return with_overrides(config, {"dataset.path": str(path), "dataset.limit": rows})
+
+
+def predict_bodies(config: TaskConfig) -> list[dict[str, Any]]:
     dataset = Dataset(config.dataset, label_set=config.labels)
     builder = PromptBuilder(config, dataset.columns)
-    bodies = [builder.predict(row).body for row, _ in dataset.rows(("Overview",))]
-    return [bodies[i % len(bodies)] for i in range(n)]
+    return [builder.predict(row).body for row, _ in dataset.rows(("Overview",))]
 
 
 async def _fan_out(n: int, concurrency: int, call: Callable[[int], Awaitable[None]]) -> None:
@@ -73,12 +85,9 @@ async def sdk_client(url: str, bodies: list[dict[str, Any]], concurrency: int, *
         await _fan_out(len(bodies), concurrency, call)
 
 
-async def engine_run(url: str, rows: int, concurrency: int) -> int:
-    """A whole evaluation of ``rows`` rows (two calls each); returns the requests sent."""
-    config = with_overrides(
-        load_config(example_config("imdb")),
-        {"endpoint.base_url": url, "endpoint.concurrency": concurrency, "dataset.limit": rows},
-    )
+async def engine_run(config: TaskConfig, url: str, concurrency: int) -> int:
+    """A whole evaluation (two calls a row); returns the requests sent."""
+    config = with_overrides(config, {"endpoint.base_url": url, "endpoint.concurrency": concurrency})
     with TemporaryDirectory() as tmp:
         async with Evaluation(config, run_dir=Path(tmp) / "run") as evaluation:
             pass
@@ -86,46 +95,71 @@ async def engine_run(url: str, rows: int, concurrency: int) -> int:
     return int(evaluation.metrics["requests"])
 
 
-def measure(label: str, requests: int, run: Callable[[], Any]) -> dict[str, Any]:
-    cpu, wall = time.process_time(), time.perf_counter()
+def measure(label: str, requests: int, server: ServerProcess, run: Callable[[], Any]) -> dict[str, Any]:
+    cpu, wall, server_cpu = time.process_time(), time.perf_counter(), server.cpu_seconds()
     sent = run()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    server_cpu = server.cpu_seconds() - server_cpu
     requests = sent if isinstance(sent, int) else requests
     return {
         "client": label,
         "requests": requests,
         "cpu_ms_per_request": 1000 * cpu / requests,
         "requests_per_second": requests / wall,
+        "server_requests_per_core_second": requests / server_cpu if server_cpu else None,
     }
+
+
+def profiled(run: Callable[[], int], path: Path) -> Callable[[], int]:
+    def run_profiled() -> int:
+        with cProfile.Profile() as profile:
+            sent = run()
+        profile.dump_stats(path)
+        return sent
+
+    return run_profiled
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__)
-    parser.add_argument("--rows", type=int, default=1000, help="engine rows (two requests each)")
+    parser.add_argument("--rows", type=int, default=2000, help="engine rows (two requests each)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--profile", action="store_true", help="cProfile the engine run (slows it)")
     args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
     requests = 2 * args.rows
-    bodies = _bodies(requests)
-    with sim_server_process("--latency-ms", str(args.latency_ms)) as url:
+    with TemporaryDirectory() as tmp, sim_server_process("--latency-ms", str(args.latency_ms)) as server:
+        config = imdb_config(args.rows, Path(tmp))
+        bodies = predict_bodies(config) * 2
+        url = server.url
         anyio.run(bare_aiohttp, url, bodies[:200], args.concurrency)  # warm up server and client
+
+        def engine() -> int:
+            return anyio.run(engine_run, config, url, args.concurrency)
+
         rows = [
-            measure("bare aiohttp + json.loads (floor)", requests,
+            measure("bare aiohttp + json.loads (floor)", requests, server,
                     lambda: anyio.run(bare_aiohttp, url, bodies, args.concurrency)),
-            measure("engine realtime path (both stages, journal, join, parquet)", requests,
-                    lambda: anyio.run(engine_run, url, args.rows, args.concurrency)),
-            measure("openai SDK, aiohttp transport", requests,
+            measure("engine realtime path (both stages, journal, join, parquet, report)", requests, server,
+                    profiled(engine, RESULTS / "overhead.prof") if args.profile else engine),
+            measure("openai SDK, aiohttp transport", requests, server,
                     lambda: anyio.run(lambda: sdk_client(url, bodies, args.concurrency, aiohttp_transport=True))),
-            measure("openai SDK, default client", requests,
+            measure("openai SDK, default client", requests, server,
                     lambda: anyio.run(lambda: sdk_client(url, bodies, args.concurrency, aiohttp_transport=False))),
         ]
     floor = rows[0]["cpu_ms_per_request"]
-    print(f"{'client':60} {'ms CPU/req':>10} {'x floor':>8} {'req/s':>8}")
+    ideal = 1000 * args.concurrency / args.latency_ms if args.latency_ms else None
+    print(f"{args.rows} rows, {requests} requests a client, concurrency {args.concurrency}, "
+          f"server latency {args.latency_ms:g} ms" + (f" (ideal {ideal:.0f} req/s)" if ideal else ""))
+    print(f"{'client':68} {'ms CPU/req':>10} {'x floor':>8} {'req/s':>7} {'of ideal':>8} {'server req/s/core':>17}")
     for row in rows:
         row["ratio_to_floor"] = row["cpu_ms_per_request"] / floor
-        print(f"{row['client']:60} {row['cpu_ms_per_request']:10.3f} {row['ratio_to_floor']:8.2f} "
-              f"{row['requests_per_second']:8.0f}")
-    RESULTS.mkdir(exist_ok=True)
+        row["share_of_ideal"] = row["requests_per_second"] / ideal if ideal else None
+        share = f"{100 * row['share_of_ideal']:7.1f}%" if ideal else f"{'-':>8}"
+        server_rate = row["server_requests_per_core_second"]
+        print(f"{row['client']:68} {row['cpu_ms_per_request']:10.3f} {row['ratio_to_floor']:8.2f} "
+              f"{row['requests_per_second']:7.0f} {share} {server_rate or 0:17.0f}")
     out = RESULTS / "overhead.json"
-    out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
-    print(f"written {out}")
+    out.write_text(json.dumps({"settings": vars(args), "ideal_requests_per_second": ideal, "rows": rows}, indent=2) + "\n")
+    print(f"written {out}" + (f" and {RESULTS / 'overhead.prof'}" if args.profile else ""))

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     server = ("--latency-ms", str(args.latency_ms), "--batch-min-seconds", str(args.batch_min_seconds))
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, sim_server_process(*server) as url:
+    with tempfile.TemporaryDirectory() as tmp, sim_server_process(*server) as server_process:
+        url = server_process.url
         for n in args.rows:
             data = synthetic_csv(Path(tmp) / f"rows-{n}.csv", n)
             rows.extend(run_one(data, url, mode, args.price, Path(tmp)) for mode in MODES)

@@ -140,22 +140,22 @@ class Dataset:
         selected = [ROW_ID, ROW_INDEX, *columns] + ([LABELS] if self.has_labels else [])
         frame = frame.select(selected)
         attach = attach or {}
+        attached: dict[str, list[tuple[str, str]]] = {}  # name -> [(column of the joined frame, field)]
         for name, extra in attach.items():
-            renamed = extra.rename({column: f"{name}.{column}" for column in extra.collect_schema().names()})
+            renamed = extra.rename({field: f"{name}.{field}" for field in extra.collect_schema().names()})
             frame = frame.join(renamed, left_on=ROW_ID, right_on=f"{name}.row_id", how="left", maintain_order="left")
+            attached[name] = [(f"{name}.{field}", field) for field in extra.collect_schema().names() if field != "row_id"]
         for chunk in frame.collect_batches(chunk_size=chunk_size):
             for record in chunk.iter_rows(named=True):
-                labels = record.pop(LABELS, None) if self.has_labels else None
-                row = Row(record.pop(ROW_ID), record.pop(ROW_INDEX), {name: record[name] for name in columns},
+                labels = record[LABELS] if self.has_labels else None
+                row = Row(record[ROW_ID], record[ROW_INDEX], {name: record[name] for name in columns},
                           tuple(labels) if labels is not None else None)
-                extras = {name: _prefixed(record, name) for name in attach}
+                extras = {
+                    name: {field: record[column] for column, field in pairs}
+                    if record[f"{name}.custom_id"] is not None else None
+                    for name, pairs in attached.items()
+                }
                 yield row, extras
-
-
-def _prefixed(record: dict[str, Any], name: str) -> dict[str, Any] | None:
-    prefix = f"{name}."
-    values = {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
-    return values if values.get("custom_id") is not None else None
 
 
 _HINTS = {

@@ -328,12 +328,20 @@ async def preflight(client: openai_compat.OpenAICompatClient, config: TaskConfig
 
 
 def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:
-    """The journal as frames to attach to owed rows: predictions, and each judge's verdicts."""
-    judge = scan_journal(journal_path(run_dir, "judge"))
-    frames = {"predict": scan_journal(journal_path(run_dir, "predict"))}
-    for prefix in judge_prefixes:
-        frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
+    """The journal as frames to attach to owed rows: predictions, and each judge's verdicts
+    (none for a stage whose journal is still empty, as in a fresh run)."""
+    frames: dict[str, pl.LazyFrame] = {}
+    if _has_records(journal_path(run_dir, "predict")):
+        frames["predict"] = scan_journal(journal_path(run_dir, "predict"))
+    if _has_records(journal_path(run_dir, "judge")):
+        judge = scan_journal(journal_path(run_dir, "judge"))
+        for prefix in judge_prefixes:
+            frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
     return frames
+
+
+def _has_records(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
 
 
 def local_backend(local: LocalServerConfig) -> Backend:
