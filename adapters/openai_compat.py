@@ -237,9 +237,9 @@ class OpenAICompatClient:
 
 def _env_proxy(url: str) -> str | None:
     parts = urllib.parse.urlsplit(url)
-    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+    if urllib.request.proxy_bypass(parts.hostname or ""):
         return None
-    return urllib.request.getproxies_environment().get(parts.scheme)
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _error_message(status: int, raw: bytes) -> str:
