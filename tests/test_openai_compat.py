@@ -3,6 +3,8 @@ SDK's ``post`` on trio. Same answers, same errors, over loopback HTTP to the emb
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anyio
 import pytest
 
@@ -33,7 +35,7 @@ def call(url: str, key: str, chat: ChatRequest, backend: str) -> Completion | Pr
 
 
 @pytest.fixture(scope="module")
-def url() -> str:
+def url() -> Iterator[str]:
     settings = SimSettings(seed=1, models=("small",), rpm=6000, burst_seconds=0.01)
     with EmbeddedServer(SimBackend(settings), api_key=KEY) as base_url:
         yield base_url
