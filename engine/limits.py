@@ -20,12 +20,19 @@ import anyio
 _EPSILON = 1e-9
 # Announced limits are used at this share, for what the two clocks and bucket shapes disagree on.
 HEADROOM = 0.98
-# A 429 cuts the request rate to this share of the rate achieved over the last WINDOW_S seconds...
+# A 429 cuts the request rate to this share of the rate achieved over the last WINDOW_S seconds
+# (never below MIN_RATE a second)...
 DECREASE = 0.9
 WINDOW_S = 1.0
-# ... which then grows back by this share of the cut rate every second, never below MIN_RATE (/s).
-RECOVERY_PER_S = 0.02
 MIN_RATE = 1.0 / 60.0
+# ... which grows back quickly (this share of the cut rate a second) to PLATEAU times the rate it
+# was cut from, just under the limit it ran into, then probes past it as TCP CUBIC does: slowly
+# at first, faster the longer no 429 comes (PROBE_GAIN more after PROBE_SCALE_S seconds, growing
+# as the cube of the time), so a limit underestimated or raised is found again in seconds.
+RECOVERY_PER_S = 0.1
+PLATEAU = 0.97
+PROBE_GAIN = 0.1
+PROBE_SCALE_S = 10.0
 
 
 class Clock(Protocol):
@@ -126,7 +133,8 @@ class Limiter:
     One instance is shared by both pipeline stages. The request rate is the lowest of ``rpm``
     (the user's budget), the endpoint's announced limit times ``HEADROOM``, and after a 429 the
     AIMD rate: cut to ``DECREASE`` times the rate achieved over the last ``WINDOW_S``, then grown
-    back linearly until the other limits bind again. The token rate is the lower of ``tpm`` and
+    back, quickly to just under the rate that ran into the limit and then probing past it, until
+    the other limits bind again. The token rate is the lower of ``tpm`` and
     the announced token limit times ``HEADROOM``. ``None`` everywhere means unlimited. The
     endpoint's ``remaining_*`` counts only ever lower a bucket, so budget that other clients of
     the key spent is not spent twice.
@@ -161,6 +169,7 @@ class Limiter:
         self._announced_rpm: float | None = None
         self._announced_tpm: float | None = None
         self._cut_rate: float | None = None  # requests/s set by the last 429; None: no cut in force
+        self._cut_from = 0.0  # the rate that ran into the limit
         self._cut_at = float("-inf")
         now = self._clock.now()
         self._window_start = now
@@ -281,8 +290,11 @@ class Limiter:
         if rate is None:
             return
         self._cut_rate = max(MIN_RATE, DECREASE * rate)
+        self._cut_from = rate
         self._cut_at = now
         self._requests = self._resize(self._requests, self._request_rate(now), now)
+        if self._requests is not None:
+            self._requests.lower_to(0.0, now)  # the server has no burst left to give: pace from now on
 
     def pause(self, seconds: float) -> None:
         """Start no acquisition before ``seconds`` from now (a 429's ``Retry-After``).
@@ -304,7 +316,7 @@ class Limiter:
         ceiling = self._ceiling()
         if self._cut_rate is None:
             return ceiling
-        grown = self._cut_rate * (1.0 + RECOVERY_PER_S * (now - self._cut_at))
+        grown = regrown(self._cut_rate, self._cut_from, now - self._cut_at)
         return grown if ceiling is None else min(grown, ceiling)
 
     def _token_rate(self) -> float | None:
@@ -348,6 +360,15 @@ class Limiter:
             others = self._tokens_in_flight
             _lower(self._tokens, limits.remaining_tokens, self._announced_tpm, others, now - sent_at, now)
         return new_limit
+
+
+def regrown(cut: float, cut_from: float, elapsed: float) -> float:
+    """The request rate ``elapsed`` seconds after a 429 cut ``cut_from`` down to ``cut``."""
+    plateau = max(cut, PLATEAU * cut_from)
+    to_plateau = (plateau / cut - 1.0) / RECOVERY_PER_S
+    if elapsed <= to_plateau:
+        return cut * (1.0 + RECOVERY_PER_S * elapsed)
+    return plateau * (1.0 + PROBE_GAIN * ((elapsed - to_plateau) / PROBE_SCALE_S) ** 3)
 
 
 def _usable(limit: float | None) -> bool:

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.limits import Limiter, RateLimits, TokenBucket
+from engine.limits import Limiter, RateLimits, TokenBucket, regrown
 
 
 class FakeClock:
@@ -212,23 +212,27 @@ async def test_concurrency_bound_is_never_exceeded() -> None:
 
 
 def test_concurrency_bound_on_trio() -> None:
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         limiter = Limiter(concurrency=2, clock=FakeClock())
+        go = anyio.Event()
         most = 0
 
         async def call() -> None:
             nonlocal most
             await limiter.acquire(1)
             most = max(most, limiter.in_flight)
-            await anyio.lowlevel.checkpoint()
+            await go.wait()
             limiter.release()
 
         async with anyio.create_task_group() as tg:
             for _ in range(10):
                 tg.start_soon(call)
-        return most
+            await anyio.wait_all_tasks_blocked()  # trio shuffles its run queue: wait, don't count on an order
+            blocked = limiter.in_flight
+            go.set()
+        return blocked, most
 
-    assert anyio.run(scenario, backend="trio") == 2
+    assert anyio.run(scenario, backend="trio") == (2, 2)
 
 
 async def test_pause_delays_the_next_acquire_by_exactly_the_pause() -> None:
@@ -441,10 +445,14 @@ async def test_a_cut_rate_grows_back_to_the_budget_and_no_further() -> None:
     limiter.release()
     cut_at = clock.now()
     await answered(limiter, clock, 1, 0.0)
+    clock.time = cut_at + 0.5
+    await answered(limiter, clock, 1, 0.0)
+    assert limiter.rates[0] == pytest.approx(0.9 * 6000 * (1 + 0.1 * 0.5), rel=0.02)  # quickly back...
+    to_plateau = (0.97 / 0.9 - 1) / 0.1
     clock.time = cut_at + 2.0
     await answered(limiter, clock, 1, 0.0)
-    assert limiter.rates[0] == pytest.approx(0.9 * 6000 * (1 + 0.02 * 2.0), rel=0.02)  # linear growth
-    clock.time = cut_at + 10.0  # (100 / 90 - 1) / 0.02 = 5.6 s later it is back at the budget
+    assert limiter.rates[0] == pytest.approx(0.97 * 6000 * (1 + 0.1 * ((2.0 - to_plateau) / 10) ** 3), rel=0.02)  # ...slowly past
+    clock.time = cut_at + 10.0  # 0.97 * (1 + 0.1 * (6.8 / 10) ** 3) = 1: back at the budget after 7.6 s
     await answered(limiter, clock, 1, 0.0)
     assert limiter.rates[0] == pytest.approx(6000)
     clock.time += 100.0
@@ -462,3 +470,11 @@ async def test_a_429_before_any_answer_has_nothing_to_cut() -> None:
     limiter.on_rate_limited(sent_at, RateLimits(limit_requests=600, remaining_requests=0))
     assert limiter.rates[0] == pytest.approx(588.0)
     limiter.release()
+
+
+def test_after_a_cut_the_rate_returns_quickly_below_the_limit_then_probes_past_it() -> None:
+    assert regrown(90.0, 100.0, 0.0) == 90.0
+    assert regrown(90.0, 100.0, (0.97 / 0.9 - 1) / 0.1) == pytest.approx(97.0)  # under a second
+    assert regrown(90.0, 100.0, 5.7778) == pytest.approx(97.0 * (1 + 0.1 * 0.5**3), rel=1e-4)  # +1.25% in 5 s
+    assert regrown(90.0, 100.0, 20.7778) == pytest.approx(97.0 * (1 + 0.1 * 2**3), rel=1e-4)  # +80% in 20 s
+    assert regrown(1.0, 1.0, 10.0) == pytest.approx(1.1)  # a cut floored at MIN_RATE still grows
