@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         share = f"{100 * row['share_of_ideal']:7.1f}%" if ideal else f"{'-':>8}"
         print(f"{row['client']:68} {row['cpu_ms_per_request']:10.3f} {row['ratio_to_floor']:8.2f} "
               f"{row['requests_per_second']:7.0f} {share} {row['server_requests_per_core_second'] or 0:17.0f}")
-    engine = rows[1]
-    pipeline = engine["pipeline_requests_per_second"]
+    engine_row = rows[1]
+    pipeline = engine_row["pipeline_requests_per_second"]
     share = f" = {100 * pipeline / ideal:.1f}% of ideal" if ideal else ""
     print(f"engine from its first row to results.parquet (no start-up, no report): {pipeline:.0f} req/s{share}")
     out = RESULTS / "overhead.json"
