@@ -12,8 +12,10 @@ mid-write) is cut off when the journal is reopened.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,27 @@ def repair_torn_tail(path: Path) -> int:
             keep = 0
         handle.truncate(keep)
         return size - keep
+
+
+def journal_frames(path: Path, columns: tuple[str, ...], *, block_bytes: int = 4 << 20) -> Iterator[pl.DataFrame]:
+    """Every record of a journal file, ``columns`` only, a few MB of lines at a time.
+
+    For the end-of-run aggregates (tokens, timings), which sum over every call, so their memory
+    stays flat whatever the size of the journal: polars' ``scan_ndjson`` holds the whole file.
+    """
+    if not path.exists():
+        return
+    schema = {name: JOURNAL_SCHEMA[name] for name in columns}
+    with path.open("rb") as journal:
+        rest = b""
+        while block := journal.read(block_bytes):
+            data = rest + block
+            end = data.rfind(b"\n") + 1
+            rest = data[end:]
+            if end:
+                yield pl.read_ndjson(io.BytesIO(data[:end]), schema=schema)
+        if rest.strip():
+            yield pl.read_ndjson(io.BytesIO(rest), schema=schema)
 
 
 def scan_journal(path: Path) -> pl.LazyFrame:

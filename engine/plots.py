@@ -88,15 +88,12 @@ def label_plot(path: Path, breakdown: pl.DataFrame) -> Path:
     return _save(figure, path)
 
 
-def latency_plot(path: Path, latencies: dict[str, list[float]]) -> Path:
-    """Histogram of per-request latency (seconds) per stage, on shared bins."""
+def latency_plot(path: Path, edges: list[float], counts: dict[str, list[int]]) -> Path:
+    """Histogram of per-request latency (seconds) per stage: shared bin ``edges``, and each
+    stage's count per bin."""
     figure, axes = _figure()
-    everything = [value for values in latencies.values() for value in values]
-    low, high = min(everything), max(everything)
-    bins = [low + (high - low) * i / 40 for i in range(41)] if high > low else 10
-    for stage, values in latencies.items():
-        axes.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{stage} (n={len(values)})",
-                  color=STAGE_COLOURS.get(stage))
+    for stage, per_bin in counts.items():
+        axes.stairs(per_bin, edges, linewidth=1.5, label=f"{stage} (n={sum(per_bin)})", color=STAGE_COLOURS.get(stage))
     axes.set_xlabel("latency (s)")
     axes.set_ylabel("requests")
     axes.legend(fontsize=8)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .batch import BatchLog
 from .config import TaskConfig
-from .journal import journal_path, scan_journal
+from .journal import journal_frames, journal_path
 from .types import STAGES
 from .metrics import panel_metrics, quality_metrics
 from .prompts import judge_prefixes
@@ -24,15 +24,12 @@ from .results import RESULTS_FILE
 
 def stage_overlap(run_dir: Path) -> dict[str, Any]:
     """How many judge calls started before the last prediction finished (the stages overlap)."""
-    predict = scan_journal(journal_path(run_dir, "predict"))
-    judge = scan_journal(journal_path(run_dir, "judge"))
-    last_prediction = predict.select(pl.col("finished_at").max()).collect().item()
-    counts = judge.select(
-        calls=pl.len(),
-        early=(pl.col("started_at") < (last_prediction if last_prediction is not None else float("-inf"))).sum(),
-    ).collect().row(0, named=True)
-    calls = int(counts["calls"])
-    early = int(counts["early"] or 0)
+    finished = [frame["finished_at"].max() for frame in journal_frames(journal_path(run_dir, "predict"), ("finished_at",))]
+    last_prediction = max((value for value in finished if value is not None), default=float("-inf"))
+    calls = early = 0
+    for frame in journal_frames(journal_path(run_dir, "judge"), ("started_at",)):
+        calls += frame.height
+        early += int((frame["started_at"] < last_prediction).sum())
     return {
         "judge_calls": calls,
         "judge_started_before_last_prediction": early,
@@ -82,24 +79,24 @@ def build_metrics(
 def tokens_by_caller(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Tokens and served model names per ``custom_id`` prefix (``predict``, ``judge``,
     ``judge.<name>``), from the journal's successful calls."""
-    callers: dict[str, dict[str, Any]] = {}
+    totals: dict[str, dict[str, Any]] = {}
+    columns = ("custom_id", "ok", "prompt_tokens", "completion_tokens", "model")
     for stage in STAGES:
-        frame = (
-            scan_journal(journal_path(run_dir, stage))
-            .filter(pl.col("ok"))
-            .group_by(pl.col("custom_id").str.split(":").list.first().alias("caller"))
-            .agg(
-                pl.col("prompt_tokens").sum().alias("prompt"),
-                pl.col("completion_tokens").sum().alias("completion"),
-                pl.col("model").drop_nulls().unique().sort().head(5).alias("served"),
+        for frame in journal_frames(journal_path(run_dir, stage), columns):
+            sums = (
+                frame.filter(pl.col("ok"))
+                .group_by(pl.col("custom_id").str.split(":").list.first().alias("caller"))
+                .agg(pl.col("prompt_tokens").sum(), pl.col("completion_tokens").sum(), pl.col("model").drop_nulls().unique())
             )
-            .collect()
-        )
-        for row in frame.iter_rows(named=True):
-            callers[row["caller"]] = {
-                "prompt": int(row["prompt"] or 0), "completion": int(row["completion"] or 0), "served": row["served"]
-            }
-    return callers
+            for caller, prompt, completion, models in sums.iter_rows():
+                total = totals.setdefault(caller, {"prompt": 0, "completion": 0, "served": set()})
+                total["prompt"] += int(prompt or 0)
+                total["completion"] += int(completion or 0)
+                total["served"].update(models)
+    return {
+        caller: {"prompt": total["prompt"], "completion": total["completion"], "served": sorted(total["served"])[:5]}
+        for caller, total in totals.items()
+    }
 
 
 def batches_created(run_dir: Path) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ import polars as pl
 
 from . import plots
 from .batch import BatchLog
-from .journal import journal_path, scan_journal
+from .journal import journal_frames, journal_path
 from .report import interval_text, percent
 from .results import RESULTS_FILE
 from .rundir import METRICS_FILE, RUN_FILE
-from .types import STAGES
+from .types import STAGES, StageName
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -241,36 +242,68 @@ def _duration(seconds: float) -> str:
 
 def _latency(run: _Run, plots_dir: Path) -> _Section:
     section = _Section("Latency (realtime calls)")
-    frame = run.results.select(f"{stage}_latency_s" for stage in STAGES).collect()
-    latencies = {stage: frame[f"{stage}_latency_s"].drop_nulls() for stage in STAGES}
-    latencies = {stage: values for stage, values in latencies.items() if len(values)}
-    if not latencies:
+    quantiles = (0.5, 0.9, 0.99, 1.0)
+    summaries = {
+        stage: run.results.select(
+            pl.col(f"{stage}_latency_s").count().alias("calls"),
+            pl.col(f"{stage}_latency_s").min().alias("min"),
+            *(pl.col(f"{stage}_latency_s").quantile(q, "linear").alias(str(q)) for q in quantiles),
+        ).collect().row(0, named=True)
+        for stage in STAGES
+    }
+    summaries = {stage: summary for stage, summary in summaries.items() if summary["calls"]}
+    if not summaries:
         section.blocks.append("No successful realtime calls (rows answered in batches have no per-request latency).")
         return section
-    rows = [(stage, f"{len(values):,}", *(_duration(values.quantile(q, "linear") or 0.0) for q in (0.5, 0.9, 0.99, 1.0)))
-            for stage, values in latencies.items()]
+    rows = [(stage, f"{summary['calls']:,}", *(_duration(summary[str(q)]) for q in quantiles)) for stage, summary in summaries.items()]
     section.blocks.append(_Table(("stage", "calls", "p50", "p90", "p99", "max"), rows))
-    path = plots.latency_plot(plots_dir / "latency.png", {stage: values.to_list() for stage, values in latencies.items()})
+    low = min(summary["min"] for summary in summaries.values())
+    high = max(summary["1.0"] for summary in summaries.values())
+    edges, counts = _histogram(run.results, {stage: f"{stage}_latency_s" for stage in summaries}, low, high, bins=40)
+    path = plots.latency_plot(plots_dir / "latency.png", edges, counts)
     section.blocks.append(_Image(path, "latency histogram per stage"))
     return section
+
+
+def _histogram(
+    frame: pl.LazyFrame, columns: dict[str, str], low: float, high: float, bins: int
+) -> tuple[list[float], dict[str, list[int]]]:
+    """Shared bin edges from ``low`` to ``high``, and the counts per bin of each named column
+    (counted by polars: a million latencies never become Python floats)."""
+    width = (high - low) / bins or 1.0
+    counts = {}
+    for name, column in columns.items():
+        index = ((pl.col(column) - low) / width).floor().cast(pl.Int64).clip(0, bins - 1).alias("bin")
+        tally = frame.select(index).drop_nulls().group_by("bin").len().collect()
+        found = dict(zip(tally["bin"].to_list(), tally["len"].to_list()))
+        counts[name] = [int(found.get(i, 0)) for i in range(bins)]
+    return [low + width * i for i in range(bins + 1)], counts
 
 
 def throughput(run_dir: Path) -> pl.DataFrame | None:
     """Realtime completions per second per stage in time bins (columns stage, start, end,
     per_second; seconds since the first call); ``None`` without realtime calls. Empty bins are
     zeros; the bin width is a round number that keeps to 30 bins or fewer."""
-    calls = pl.concat([
-        scan_journal(journal_path(run_dir, stage))
-        .filter(pl.col("ok") & pl.col("latency_s").is_not_null())
-        .select(pl.lit(stage).alias("stage"), "started_at", "finished_at")
-        for stage in STAGES
-    ]).collect()
-    if calls.is_empty():
+    def realtime_calls(stage: StageName) -> Iterator[pl.DataFrame]:
+        columns = ("ok", "latency_s", "started_at", "finished_at")
+        for frame in journal_frames(journal_path(run_dir, stage), columns):
+            yield frame.filter(pl.col("ok") & pl.col("latency_s").is_not_null())
+
+    # Two passes over the journal, a block at a time: the time span, then the counts per bin.
+    spans = [
+        frame.select(pl.col("started_at").min(), pl.col("finished_at").max())
+        for stage in STAGES for frame in realtime_calls(stage) if frame.height
+    ]
+    if not spans:
         return None
-    start, end = calls.select(pl.col("started_at").min(), pl.col("finished_at").max()).row(0)
+    start, end = pl.concat(spans).select(pl.col("started_at").min(), pl.col("finished_at").max()).row(0)
     span = end - start
     width = next((step for step in _BIN_STEPS if span / step <= 30), span / 30)
-    counts = calls.group_by("stage", ((pl.col("finished_at") - start) // width).cast(pl.Int64).alias("bin")).len()
+    counts = pl.concat([
+        frame.group_by(((pl.col("finished_at") - start) // width).cast(pl.Int64).alias("bin")).len()
+        .select(pl.lit(stage).alias("stage"), "bin", "len")
+        for stage in STAGES for frame in realtime_calls(stage)
+    ]).group_by("stage", "bin").agg(pl.col("len").sum())
     grid = pl.DataFrame({"stage": [stage for stage in STAGES if stage in counts["stage"]]}).join(
         pl.DataFrame({"bin": range(counts.select(pl.col("bin").max()).item() + 1)}), how="cross"
     )
