@@ -12,6 +12,7 @@ the evaluation owns; leaving waits for the last row, writes ``results.parquet`` 
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 import warnings
@@ -28,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from adapters import openai_compat
 from adapters.local.backends.base import Backend
 
-from . import report
+from . import report, streams
 from .config import LocalServerConfig, TaskConfig
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
@@ -226,7 +227,8 @@ class Evaluation:
         if self._rows_out is not None:
             async with self._rows_out:
                 async for _ in self._rows_out:
-                    pass
+                    for _ in streams.buffered(self._rows_out):
+                        pass
 
     async def _endpoint(self) -> str:
         if self.config.endpoint.base_url:
@@ -262,10 +264,11 @@ class Evaluation:
         self, joined: MemoryObjectReceiveStream[JoinedRow], results: ResultsWriter, rows_in: MemoryObjectSendStream[JoinedRow]
     ) -> None:
         async with joined, rows_in:
-            async for row in joined:
-                self.stats.count(row)
-                await results.add(row)
-                await rows_in.send(row)
+            async for first in joined:
+                for row in itertools.chain((first,), streams.buffered(joined)):
+                    self.stats.count(row)
+                    await results.add(row)
+                    await streams.send(rows_in, row)
             await results.flush()
             await anyio.to_thread.run_sync(results.finalize)
             self.metrics = await anyio.to_thread.run_sync(self._final_metrics)

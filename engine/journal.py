@@ -24,6 +24,8 @@ import polars as pl
 from .errors import JournalError
 from .types import STAGES, ChatResult, Failure, Outcome, StageName, Usage
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # one, not one per line as json.dumps(ensure_ascii=False) builds
+
 JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "custom_id": pl.String(),
     "row_id": pl.String(),
@@ -171,7 +173,7 @@ class Journal:
             raise self._error(exc) from exc
 
     def append(self, stage: StageName, row_id: str, outcome: Outcome) -> None:
-        data = (json.dumps(outcome_to_record(row_id, outcome), ensure_ascii=False) + "\n").encode()
+        data = (_ENCODER.encode(outcome_to_record(row_id, outcome)) + "\n").encode()
         try:
             written = os.write(self._descriptors[stage], data)
             while written < len(data):  # a short write: the rest, or the error that caused it

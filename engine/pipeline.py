@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ObjectSendStream, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
+from . import streams
 from .batch import BatchProgress
 from .journal import Journal, record_to_outcome
 from .prompts import PromptBuilder, VerdictParser, judge_index, prediction_is_valid
@@ -92,8 +94,7 @@ class JoinState:
         """Record a prediction; a failed one completes the row at once."""
         if isinstance(outcome, Failure):
             return _joined(row, None, [], self._labels, error=f"{outcome.reason}: {outcome.message}")
-        answered = replace(outcome, content=self._answer("predict", outcome.content))
-        self._pending[row.row_id] = (row, answered, [None] * len(self._parsers))
+        self._pending[row.row_id] = (row, self._answered("predict", outcome), [None] * len(self._parsers))
         return None
 
     def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow | None:
@@ -101,12 +102,17 @@ class JoinState:
         row, prediction, verdicts = self._pending[row_id]
         index = judge_index(outcome.custom_id, self._prefixes)
         if isinstance(outcome, ChatResult):
-            outcome = replace(outcome, content=self._answer(self._prefixes[index], outcome.content))
+            outcome = self._answered(self._prefixes[index], outcome)
         verdicts[index] = outcome
         if any(verdict is None for verdict in verdicts):
             return None
         del self._pending[row_id]
         return _joined(row, prediction, verdicts, self._labels, parsers=self._parsers)  # type: ignore[arg-type]
+
+
+    def _answered(self, caller: str, result: ChatResult) -> ChatResult:
+        answer = self._answer(caller, result.content)
+        return result if answer == result.content else replace(result, content=answer)
 
 
 def majority(verdicts: list[bool | None]) -> bool | None:
@@ -207,7 +213,7 @@ class Pipeline:
         predict: Stage,
         judge: Stage,
         journal: Journal,
-        emit: ObjectSendStream[JoinedRow],
+        emit: MemoryObjectSendStream[JoinedRow],
         stats: LiveStats,
         rows_in_flight: int,
     ) -> None:
@@ -279,5 +285,5 @@ class Pipeline:
             await self._complete(joined)
 
     async def _complete(self, joined: JoinedRow) -> None:
-        await self._emit.send(joined)
+        await streams.send(self._emit, joined)
         self._slots.release()
