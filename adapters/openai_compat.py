@@ -146,9 +146,14 @@ class OpenAICompatClient:
     # -- Files and Batches: the control plane of batch mode ---------------------------------
 
     async def upload_batch_file(self, path: Path) -> str:
-        """Upload a JSONL request file (``purpose="batch"``); returns the file id."""
+        """Upload a JSONL request file (``purpose="batch"``); returns the file id.
+
+        The SDK is given an open file, which it streams; given a path it would read the whole
+        file (up to ``batch.max_bytes_per_file``) into memory first.
+        """
         async with self._errors():
-            uploaded = await self.sdk.files.create(file=path, purpose="batch")
+            with path.open("rb") as requests:
+                uploaded = await self.sdk.files.create(file=(path.name, requests, "application/jsonl"), purpose="batch")
         return uploaded.id
 
     async def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> Batch:
