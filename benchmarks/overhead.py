@@ -5,7 +5,7 @@ at the same concurrency. CPU is this process's user+system time (``time.process_
 server's work is not counted; the server's own CPU is read from ``/proc`` and shown as the rate
 it could serve on one core. The engine's figure includes everything a run does: data set scan,
 limiter, retry bookkeeping, journal, join, parquet parts, metrics and the report with its plots
-(a fixed ~0.4 s of CPU per run). ``--profile`` writes a cProfile of the engine's run.
+(about 0.5 s of CPU per run, whatever its size). ``--profile`` writes a cProfile of the engine's run.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ what makes ``custom_id`` a join key and resume possible.
 
 from __future__ import annotations
 
+import itertools
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from .types import Row
 ROW_ID = "__row_id"
 ROW_INDEX = "__row_index"
 LABELS = "__labels"
+ROW_GROUP = 2048
 
 
 def _scan(path: Path, file_format: str) -> pl.LazyFrame:
@@ -32,7 +37,12 @@ def _scan(path: Path, file_format: str) -> pl.LazyFrame:
 
 
 class Dataset:
-    """A validated, sampled view of the data file. Rows stream out in chunks."""
+    """A validated, sampled view of the data file. Rows stream out in chunks.
+
+    The selected rows are written once, by a streaming sink, to a parquet file in a temporary
+    directory (``TMPDIR``): the data file is parsed once, and the validation and the row feed
+    then read row groups, in bounded memory whatever the size of the file.
+    """
 
     def __init__(self, config: DatasetConfig, *, label_set: tuple[str, ...] = ()) -> None:
         self.config = config
@@ -52,7 +62,17 @@ class Dataset:
                 )
         self.has_labels = config.label_column is not None
         self._label_set = label_set
-        self.frame = self._select(scan)
+        staging = tempfile.mkdtemp(prefix="engine-dataset-")
+        weakref.finalize(self, shutil.rmtree, staging, ignore_errors=True)  # removed with the Dataset
+        staged = Path(staging) / "rows.parquet"
+        try:
+            self._select(scan).sink_parquet(staged, row_group_size=ROW_GROUP)
+        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+            problem = _first_line(exc)
+            if "os error" in problem:  # the disk, not the data: most likely the staged copy
+                problem = f"{problem} (reading the file or writing its staged copy in {staging})"
+            raise ConfigError(f"{self.path}: cannot read the data file: {problem}") from None
+        self.frame = pl.scan_parquet(staged)
         self.n_rows = self._validate()
 
     def _select(self, scan: pl.LazyFrame) -> pl.LazyFrame:
@@ -81,28 +101,25 @@ class Dataset:
         return frame
 
     def _validate(self) -> int:
-        """One streaming pass: row count, unique ids, labels inside the label set."""
+        """Row count, unique ids, labels inside the label set (the file itself was parsed whole
+        by the staging sink, so ragged lines and bad bytes have already been reported)."""
         checks = [
             pl.len().alias("n"),
-            pl.col(ROW_ID).is_duplicated().any().alias("dup"),
+            # Distinct 64-bit hashes: a set of 8-byte values instead of every id string.
+            pl.col(ROW_ID).hash().n_unique().alias("distinct"),
             pl.col(ROW_ID).is_null().any().alias("null_id"),
-            # Touch every column so that the whole file is parsed (ragged lines, bad bytes).
-            pl.max_horizontal(pl.all().exclude(ROW_ID, ROW_INDEX).null_count()).alias("nulls"),
         ]
-        try:
-            summary = self.frame.select(checks).collect().row(0, named=True)
-        except pl.exceptions.PolarsError as exc:
-            raise ConfigError(f"{self.path}: cannot read the data file: {_first_line(exc)}") from None
+        summary = self.frame.select(checks).collect(engine="streaming").row(0, named=True)
         if summary["null_id"]:
             raise ConfigError(f"{self.path}: dataset.id_column {self.config.id_column!r} has empty values")
-        if summary["dup"]:
-            duplicate = (
-                self.frame.filter(~pl.col(ROW_ID).is_first_distinct()).select(ROW_INDEX, ROW_ID).head(1).collect().row(0)
-            )
-            raise ConfigError(
-                f"{self.path}: row {duplicate[0]}: id {duplicate[1]!r} in dataset.id_column "
-                f"{self.config.id_column!r} is not unique; choose a unique column or leave id_column unset"
-            )
+        if summary["distinct"] < summary["n"]:  # a repeated id, or (once in 2^64) two ids with one hash
+            duplicates = self.frame.filter(~pl.col(ROW_ID).is_first_distinct()).select(ROW_INDEX, ROW_ID).head(1).collect()
+            if duplicates.height:
+                index, row_id = duplicates.row(0)
+                raise ConfigError(
+                    f"{self.path}: row {index}: id {row_id!r} in dataset.id_column "
+                    f"{self.config.id_column!r} is not unique; choose a unique column or leave id_column unset"
+                )
         if self.has_labels and self._label_set:
             unknown = (
                 self.frame.select(ROW_INDEX, LABELS)
@@ -145,7 +162,7 @@ class Dataset:
             renamed = extra.rename({field: f"{name}.{field}" for field in extra.collect_schema().names()})
             frame = frame.join(renamed, left_on=ROW_ID, right_on=f"{name}.row_id", how="left", maintain_order="left")
             attached[name] = [(f"{name}.{field}", field) for field in extra.collect_schema().names() if field != "row_id"]
-        for chunk in frame.collect_batches(chunk_size=chunk_size):
+        for chunk in _chunks(frame, chunk_size):
             for record in chunk.iter_rows(named=True):
                 labels = record[LABELS] if self.has_labels else None
                 row = Row(record[ROW_ID], record[ROW_INDEX], {name: record[name] for name in columns},
@@ -156,6 +173,17 @@ class Dataset:
                     for name, pairs in attached.items()
                 }
                 yield row, extras
+
+
+def _chunks(frame: pl.LazyFrame, size: int) -> Iterator[pl.DataFrame]:
+    """``frame`` ``size`` rows at a time, each computed when asked for (over the staged parquet a
+    slice reads only its row groups); ``collect_batches`` would run the whole query ahead of a
+    consumer as slow as an evaluation and hold every row."""
+    for offset in itertools.count(0, size):
+        chunk = frame.slice(offset, size).collect()
+        if chunk.is_empty():
+            return
+        yield chunk
 
 
 _HINTS = {

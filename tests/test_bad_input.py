@@ -108,11 +108,12 @@ def test_an_unwritable_run_directory(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_stops_cleanly_and_the_journal_resumes(tmp_path: Path) -> None:
-    """RLIMIT_FSIZE makes every write past 20 kB fail as a full disk would (EFBIG)."""
+    """RLIMIT_FSIZE makes every write past 60 kB fail as a full disk would (EFBIG): the data set's
+    staged copy (45 kB for 200 IMDB rows) fits, the predict journal (about 80 kB) does not."""
     import resource
 
     def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
 
     with EmbeddedServer(CountingBackend(SimSettings(seed=3))) as url:
         args = ["run", "--limit", "200", "--base-url", url, "--quiet"]
@@ -132,3 +133,16 @@ def test_a_full_disk_stops_cleanly_and_the_journal_resumes(tmp_path: Path) -> No
         return pl.read_parquet(tmp_path / name / "results.parquet").drop("predict_latency_s", "judge_latency_s")
 
     assert results("cut").equals(results("whole"))
+
+
+def test_no_room_for_the_staged_data_set_says_so(tmp_path: Path) -> None:
+    import resource
+
+    def tiny_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+    run = subprocess.run([sys.executable, "-m", "engine", "run", "--limit", "200", "--dry-run"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, env=env, preexec_fn=tiny_disk)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "File too large" in run.stderr and "staged copy" in run.stderr, run.stderr
