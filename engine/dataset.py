@@ -9,6 +9,7 @@ what makes ``custom_id`` a join key and resume possible.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 import weakref
@@ -26,6 +27,7 @@ ROW_ID = "__row_id"
 ROW_INDEX = "__row_index"
 LABELS = "__labels"
 ROW_GROUP = 2048
+STAGING_PREFIX = "engine-dataset-"
 
 
 def _scan(path: Path, file_format: str) -> pl.LazyFrame:
@@ -62,7 +64,8 @@ class Dataset:
                 )
         self.has_labels = config.label_column is not None
         self._label_set = label_set
-        staging = tempfile.mkdtemp(prefix="engine-dataset-")
+        _remove_orphans()
+        staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
         weakref.finalize(self, shutil.rmtree, staging, ignore_errors=True)  # removed with the Dataset
         staged = Path(staging) / "rows.parquet"
         try:
@@ -173,6 +176,24 @@ class Dataset:
                     for name, pairs in attached.items()
                 }
                 yield row, extras
+
+
+def _remove_orphans() -> None:
+    """Remove the staged copies of processes that were killed before they could."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = directory.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _chunks(frame: pl.LazyFrame, size: int) -> Iterator[pl.DataFrame]:

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import gc
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -7,7 +12,7 @@ import polars as pl
 import pytest
 
 from engine.config import DatasetConfig
-from engine.dataset import Dataset
+from engine.dataset import STAGING_PREFIX, Dataset
 from engine.errors import ConfigError
 
 CSV = "id,text,gold\na,first,\"X, Y\"\nb,second,Y\nc,third,X\nd,fourth,Z\n"
@@ -92,3 +97,20 @@ def test_non_utf8_and_ragged_csv_are_config_errors(tmp_path: Path) -> None:
     (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3,4,5\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="ragged.csv: cannot read"):
         Dataset(DatasetConfig(path=tmp_path / "ragged.csv"))
+
+
+def test_staged_copies_of_dead_processes_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"{STAGING_PREFIX}{dead.stdout.strip()}-abc"
+    orphan.mkdir()
+    (orphan / "rows.parquet").write_bytes(b"left by a SIGKILL")
+    data = tmp_path / "data.csv"
+    data.write_text("text\nhello\n")
+    dataset = Dataset(DatasetConfig(path=data))
+    assert not orphan.exists()
+    mine = list(tmp_path.glob(f"{STAGING_PREFIX}{os.getpid()}-*"))
+    assert len(mine) == 1
+    del dataset
+    gc.collect()
+    assert not mine[0].exists()
