@@ -67,7 +67,8 @@ class Dataset:
         _remove_orphans()
         staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
         weakref.finalize(self, shutil.rmtree, staging, ignore_errors=True)  # removed with the Dataset
-        staged = Path(staging) / "rows.parquet"
+        self._staging = Path(staging)
+        staged = self._staging / "rows.parquet"
         try:
             self._select(scan).sink_parquet(staged, row_group_size=ROW_GROUP)
         except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
@@ -76,6 +77,7 @@ class Dataset:
                 problem = f"{problem} (reading the file or writing its staged copy in {staging})"
             raise ConfigError(f"{self.path}: cannot read the data file: {problem}") from None
         self.frame = pl.scan_parquet(staged)
+        self._owed_files = itertools.count()
         self.n_rows = self._validate()
 
     def _select(self, scan: pl.LazyFrame) -> pl.LazyFrame:
@@ -165,6 +167,10 @@ class Dataset:
             renamed = extra.rename({field: f"{name}.{field}" for field in extra.collect_schema().names()})
             frame = frame.join(renamed, left_on=ROW_ID, right_on=f"{name}.row_id", how="left", maintain_order="left")
             attached[name] = [(f"{name}.{field}", field) for field in extra.collect_schema().names() if field != "row_id"]
+        if exclude is not None or attach:  # joined once, not once for every chunk sliced off it
+            owed = self._staging / f"owed-{next(self._owed_files)}.parquet"
+            frame.sink_parquet(owed, row_group_size=ROW_GROUP)
+            frame = pl.scan_parquet(owed)
         for chunk in _chunks(frame, chunk_size):
             for record in chunk.iter_rows(named=True):
                 labels = record[LABELS] if self.has_labels else None
