@@ -18,10 +18,14 @@ T = TypeVar("T")
 
 
 async def send(stream: MemoryObjectSendStream[T], item: T) -> None:
-    """Send ``item``, waiting only while the stream's buffer is full."""
+    """Send ``item``, waiting only while the stream's buffer is full.
+
+    A receiver gone (closed by a cancelled run) goes through ``send`` as well: its checkpoint
+    gives a cancelled sender its cancellation rather than ``BrokenResourceError``.
+    """
     try:
         stream.send_nowait(item)
-    except anyio.WouldBlock:
+    except (anyio.WouldBlock, anyio.BrokenResourceError):
         await stream.send(item)
 
 
