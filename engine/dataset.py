@@ -164,9 +164,10 @@ class Dataset:
         attach = attach or {}
         attached: dict[str, list[tuple[str, str]]] = {}  # name -> [(column of the joined frame, field)]
         for name, extra in attach.items():
-            renamed = extra.rename({field: f"{name}.{field}" for field in extra.collect_schema().names()})
+            fields = extra.collect_schema().names()
+            renamed = extra.rename({field: f"{name}.{field}" for field in fields})
             frame = frame.join(renamed, left_on=ROW_ID, right_on=f"{name}.row_id", how="left", maintain_order="left")
-            attached[name] = [(f"{name}.{field}", field) for field in extra.collect_schema().names() if field != "row_id"]
+            attached[name] = [(f"{name}.{field}", field) for field in fields if field != "row_id"]
         if exclude is not None or attach:  # joined once, not once for every chunk sliced off it
             owed = self._staging / f"owed-{next(self._owed_files)}.parquet"
             frame.sink_parquet(owed, row_group_size=ROW_GROUP)

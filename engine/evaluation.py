@@ -33,7 +33,7 @@ from . import report, streams
 from .config import LocalServerConfig, TaskConfig
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
-from .journal import Journal, journal_path, scan_journal
+from .journal import Journal, has_records, journal_path, scan_journal
 from .limits import AnyioClock, Clock, Limiter
 from .pipeline import JoinState, LiveStats, Pipeline
 from .prompts import PromptBuilder, VerdictParser
@@ -244,10 +244,10 @@ class Evaluation:
     # -- the collector: joined rows -> parquet parts, live stats, the caller's stream --------
 
     def _account_for_earlier_rows(self, results: ResultsWriter) -> None:
-        done = results.done_row_ids().select(pl.len()).collect().item()
-        if not done:
+        parts = results.parts()
+        if not parts:
             return
-        earlier = pl.scan_parquet(sorted(results.parts_dir.glob("part-*.parquet")))
+        earlier = pl.scan_parquet(parts)
         counts = earlier.select(
             judged=(pl.col("status") == "judged").sum(),
             skipped=(pl.col("status") == "skipped").sum(),
@@ -334,17 +334,13 @@ def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str
     """The journal as frames to attach to owed rows: predictions, and each judge's verdicts
     (none for a stage whose journal is still empty, as in a fresh run)."""
     frames: dict[str, pl.LazyFrame] = {}
-    if _has_records(journal_path(run_dir, "predict")):
+    if has_records(journal_path(run_dir, "predict")):
         frames["predict"] = scan_journal(journal_path(run_dir, "predict"))
-    if _has_records(journal_path(run_dir, "judge")):
+    if has_records(journal_path(run_dir, "judge")):
         judge = scan_journal(journal_path(run_dir, "judge"))
         for prefix in judge_prefixes:
             frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
     return frames
-
-
-def _has_records(path: Path) -> bool:
-    return path.exists() and path.stat().st_size > 0
 
 
 def local_backend(local: LocalServerConfig) -> Backend:

@@ -148,9 +148,13 @@ def journal_frames(path: Path, columns: tuple[str, ...], *, block_bytes: int = 4
             yield pl.read_ndjson(io.BytesIO(rest), schema=schema)
 
 
+def has_records(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
 def scan_journal(path: Path) -> pl.LazyFrame:
     """The journal as a frame; the last record per ``custom_id`` wins."""
-    if not path.exists() or path.stat().st_size == 0:
+    if not has_records(path):
         return pl.LazyFrame(schema=JOURNAL_SCHEMA)
     frame = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA)
     return frame.unique(subset="custom_id", keep="last", maintain_order=True)

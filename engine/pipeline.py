@@ -109,7 +109,6 @@ class JoinState:
         del self._pending[row_id]
         return _joined(row, prediction, verdicts, self._labels, parsers=self._parsers)  # type: ignore[arg-type]
 
-
     def _answered(self, caller: str, result: ChatResult) -> ChatResult:
         answer = self._answer(caller, result.content)
         return result if answer == result.content else replace(result, content=answer)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -104,14 +104,16 @@ class ResultsWriter:
         self.schema = results_schema(input_columns)
         self._part_rows = part_rows
         self._buffer: list[JoinedRow] = []
-        self._next_part = len(list(self.parts_dir.glob("part-*.parquet")))
+        self._next_part = len(self.parts())
 
-    def done_row_ids(self) -> pl.LazyFrame:
-        """Row ids already in parts (from this run or the runs it resumes)."""
-        parts = sorted(self.parts_dir.glob("part-*.parquet"))
-        if not parts:
-            return pl.LazyFrame(schema={"row_id": pl.String()})
-        return pl.scan_parquet(parts).select("row_id")
+    def parts(self) -> list[Path]:
+        """The parts written so far, by this run and the runs it resumes, in order."""
+        return sorted(self.parts_dir.glob("part-*.parquet"))
+
+    def done_row_ids(self) -> pl.LazyFrame | None:
+        """Row ids already in parts; None before the first part."""
+        parts = self.parts()
+        return pl.scan_parquet(parts).select("row_id") if parts else None
 
     async def add(self, row: JoinedRow) -> None:
         self._buffer.append(row)
@@ -142,7 +144,7 @@ class ResultsWriter:
         100k rows, 52 MB for 400k, against 59 and 152 MB for one sort).
         """
         target = self.run_dir / RESULTS_FILE
-        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        parts = self.parts()
         temporary = target.with_suffix(".tmp")
         if not parts:
             pl.DataFrame(schema=self.schema).write_parquet(temporary)
