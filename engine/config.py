@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -91,8 +91,11 @@ class EndpointConfig(_Strict):
     concurrency: int = Field(64, ge=1, le=10_000)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, description="the whole request's limit, reply included")
     max_retries: int = Field(6, ge=0)
+    outage_timeout_s: float = Field(
+        900.0, ge=0, description="how long calls wait out an endpoint that answers nothing before rows fail"
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -164,6 +167,22 @@ class TaskConfig(_Strict):
     batch: BatchConfig = BatchConfig()
     prices: dict[str, Price] = Field(default_factory=dict, description="by model name")
     local: LocalServerConfig = LocalServerConfig()
+    _source: str = PrivateAttr("task config")
+
+    @property
+    def source(self) -> str:
+        """Where the config came from (its file name), for messages about its fields."""
+        return self._source
+
+    def where(self, field: str) -> str:
+        """``imdb.toml: predict.user_template``: how a message names one of the config's fields."""
+        return f"{self._source}: {field}"
+
+    def with_source(self, source: str) -> TaskConfig:
+        """This config, naming ``source`` in its messages."""
+        copy = self.model_copy()
+        copy._source = source
+        return copy
 
     @model_validator(mode="after")
     def _one_panel(self) -> TaskConfig:
@@ -230,7 +249,8 @@ def parse_config(data: dict[str, Any], *, source: str, base_dir: Path) -> TaskCo
     path = config.dataset.path
     if not path.is_absolute():
         path = base_dir / path
-    return config.model_copy(update={"dataset": config.dataset.model_copy(update={"path": path})})
+    config = config.model_copy(update={"dataset": config.dataset.model_copy(update={"path": path})})
+    return config.with_source(source)
 
 
 def load_config(path: str | Path) -> TaskConfig:
@@ -281,6 +301,6 @@ def with_overrides(config: TaskConfig, overrides: dict[str, Any]) -> TaskConfig:
         if value is not None:
             _apply(data, dotted.split("."), value, dotted)
     try:
-        return TaskConfig.model_validate(data)
+        return TaskConfig.model_validate(data).with_source(config.source)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, "command line")) from None

@@ -18,6 +18,21 @@ from datetime import datetime, timezone
 
 from .errors import ProviderError
 
+# Failures worth another try later: the endpoint, not the request, was at fault. A row that
+# failed this way is sent again by ``--resume``; any other failure only by ``--retry-failed``.
+_TRANSIENT_STATUS = frozenset({408, 409, 429})
+_TRANSIENT_REASONS = frozenset({
+    "connection", "timeout", "endpoint_down", "malformed_body", "empty_response",
+    "batch_expired", "batch_cancelled", "batch_cancelling", "malformed_line",
+})
+
+
+def is_transient(reason: str, status_code: int | None = None) -> bool:
+    """Whether a failure (its ``reason`` code and HTTP status) may succeed when tried again."""
+    if status_code is not None:
+        return status_code >= 500 or status_code in _TRANSIENT_STATUS
+    return reason in _TRANSIENT_REASONS or reason.startswith("http_5") or reason in ("http_408", "http_409", "http_429")
+
 
 def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
