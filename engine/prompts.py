@@ -64,6 +64,22 @@ class Template:
         return "".join(out)
 
 
+@dataclass(frozen=True, slots=True)
+class _Templates:
+    """A stage's two templates: the system prompt (empty: no system message) and the user message."""
+
+    system: Template
+    user: Template
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.system.fields + self.user.fields
+
+    def messages(self, values: dict[str, Any]) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": self.system.render(values)}] if self.system.source else []
+        return [*messages, {"role": "user", "content": self.user.render(values)}]
+
+
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
     """Tokens a call may cost, without a tokenizer: about 4 characters a token, plus the reply
     budget. Deliberately generous; ``usage`` corrects it after the call."""
@@ -77,25 +93,33 @@ class PromptBuilder:
     def __init__(self, config: TaskConfig, columns: list[str]) -> None:
         self._config = config
         self._labels_text = ", ".join(config.labels)
-        self._predict = Template.parse(config.predict.user_template, where="predict.user_template")
-        self._check_fields(self._predict, "predict.user_template", columns, extra=("labels",))
-        self._judges: list[Template] = []
-        for judge in config.judges:
-            where = "judge.user_template" if judge.name is None else f"judge {judge.name}: user_template"
-            template = Template.parse(judge.user_template, where=where)
-            self._check_fields(template, where, columns, extra=JUDGE_EXTRA_FIELDS)
-            self._judges.append(template)
+        self._predict = self._templates(config.predict, "predict.", columns, extra=("labels",))
+        self._judges = [
+            self._templates(judge, "judge." if judge.name is None else f"judge {judge.name}: ", columns, extra=JUDGE_EXTRA_FIELDS)
+            for judge in config.judges
+        ]
         self.judge_prefixes = judge_prefixes(config)
         # Per constrained caller, built once: its response_format and its reply budget, with room
         # for the whole JSON answer (a token is at least a character).
         self._constrained: dict[str, tuple[dict[str, Any], int]] = {}
         if config.predict.constrain:
             if not config.labels:
-                raise ConfigError("predict.constrain needs the task's `labels` to choose from")
+                raise ConfigError(f"{config.where('predict.constrain')} needs the task's `labels` to choose from")
             self._constrain("predict", config.labels, config.predict.max_tokens)
         for prefix, judge in zip(self.judge_prefixes, config.judges):
             if judge.constrain:
                 self._constrain(prefix, judge.verdicts.correct + judge.verdicts.incorrect, judge.max_tokens)
+
+    def _templates(self, stage: StageConfig, name: str, columns: list[str], extra: tuple[str, ...]) -> _Templates:
+        """A stage's system prompt and user template, parsed and checked against the columns;
+        ``name`` prefixes the field in messages (``predict.`` or ``judge <name>: ``)."""
+        parsed = []
+        for field in ("system_prompt", "user_template"):
+            where = self._config.where(name + field)
+            template = Template.parse(getattr(stage, field), where=where)
+            self._check_fields(template, where, columns, extra)
+            parsed.append(template)
+        return _Templates(*parsed)
 
     def _constrain(self, caller: str, choices: tuple[str, ...], max_tokens: int) -> None:
         self._constrained[caller] = (choice_format(choices), max(max_tokens, 16 + max(map(len, choices))))
@@ -116,22 +140,18 @@ class PromptBuilder:
 
     @property
     def template_fields(self) -> frozenset[str]:
-        """Data-set columns either template reads."""
-        fields = set(self._predict.fields).union(*(template.fields for template in self._judges))
+        """Data-set columns any template reads (system prompts included)."""
+        fields = set(self._predict.fields).union(*(templates.fields for templates in self._judges))
         return frozenset(fields - set(JUDGE_EXTRA_FIELDS))
 
     @property
     def text_fields(self) -> tuple[str, ...]:
-        """Columns the predict template reads: a row with all of them empty is skipped."""
-        return tuple(name for name in self._predict.fields if name not in JUDGE_EXTRA_FIELDS)
+        """Columns the predict templates read: a row with all of them empty is skipped."""
+        return tuple(name for name in dict.fromkeys(self._predict.fields) if name not in JUDGE_EXTRA_FIELDS)
 
     def _request(
-        self, stage: StageName, stage_config: StageConfig, row: Row, user: str, prefix: str | None = None
+        self, stage: StageName, stage_config: StageConfig, row: Row, messages: list[dict[str, str]], prefix: str | None = None
     ) -> ChatRequest:
-        messages = []
-        if stage_config.system_prompt:
-            messages.append({"role": "system", "content": stage_config.system_prompt})
-        messages.append({"role": "user", "content": user})
         body: dict[str, Any] = {
             "model": stage_config.model,
             "messages": messages,
@@ -150,14 +170,14 @@ class PromptBuilder:
         )
 
     def predict(self, row: Row) -> ChatRequest:
-        user = self._predict.render({**row.fields, "labels": self._labels_text})
-        return self._request("predict", self._config.predict, row, user)
+        messages = self._predict.messages({**row.fields, "labels": self._labels_text})
+        return self._request("predict", self._config.predict, row, messages)
 
     def judge(self, row: Row, prediction: str, index: int = 0) -> ChatRequest:
         """The request of judge ``index`` of the panel (0 for a single judge)."""
         values = {**row.fields, "labels": self._labels_text, "prediction": prediction}
-        user = self._judges[index].render(values)
-        return self._request("judge", self._config.judges[index], row, user, prefix=self.judge_prefixes[index])
+        messages = self._judges[index].messages(values)
+        return self._request("judge", self._config.judges[index], row, messages, prefix=self.judge_prefixes[index])
 
 
 def choice_format(choices: tuple[str, ...]) -> dict[str, Any]:
@@ -195,7 +215,14 @@ def judge_index(custom_id: str, prefixes: tuple[str, ...]) -> int:
 
 
 def _normalise(text: str) -> str:
-    return text.strip().strip("\"'`").rstrip(".").strip().lower()
+    """Case, surrounding whitespace, quotes and backticks, and one final full stop (inside or
+    outside the quotes) do not matter; ``correct...`` keeps its dots (an ellipsis is not a full stop)."""
+    text = text.strip()
+    stopped = text.endswith(".")
+    text = text.removesuffix(".").strip().strip("\"'`").strip()
+    if not stopped:
+        text = text.removesuffix(".").strip()
+    return text.lower()
 
 
 class VerdictParser:
