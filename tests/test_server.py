@@ -261,7 +261,7 @@ async def test_api_key_is_enforced_and_never_echoed() -> None:
     [
         ({"model": "", "messages": [{"role": "user", "content": "hi"}]}, "model"),
         ({"model": "m", "messages": []}, "messages"),
-        ({"model": "m", "messages": [{"role": "user"}]}, "messages[0]"),
+        ({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
         ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream"),
     ],
 )
@@ -269,6 +269,96 @@ async def test_bad_body_is_a_bad_request(body: dict[str, Any], param: str) -> No
     async with sim_client() as client:
         with pytest.raises(openai.BadRequestError) as caught:
             await client.post("/chat/completions", body=body, cast_to=object)
+    assert caught.value.param == param
+    assert caught.value.type == "invalid_request_error"
+
+
+HI = {"role": "user", "content": "hi"}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+# What OpenAI's spec (CreateChatCompletionRequest) accepts beyond plain text turns.
+SPEC_ACCEPTS = {
+    "assistant tool_calls, null content, tool reply": {
+        "messages": [HI, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                     {"role": "tool", "tool_call_id": "call_1", "content": "found"}],
+    },
+    "assistant tool_calls, no content": {"messages": [HI, {"role": "assistant", "tool_calls": [CALL]}]},
+    "custom tool call": {
+        "messages": [HI, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "custom", "custom": {"name": "grep", "input": "x"}}]}],
+    },
+    "assistant function_call": {
+        "messages": [HI, {"role": "assistant", "content": None,
+                          "function_call": {"name": "lookup", "arguments": "{}"}},
+                     {"role": "function", "name": "lookup", "content": None}],
+    },
+    "assistant refusal part": {
+        "messages": [HI, {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}, HI],
+    },
+    "developer, names, text parts": {
+        "messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}], "name": "d"},
+                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}},
+                                                  {"type": "text", "text": "hi"}], "name": "u"}],
+    },
+    "tools and choices": {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+                          "parallel_tool_calls": False},
+    "tool_choice mode": {"tools": [TOOL], "tool_choice": "required"},
+    "n and logprobs": {"n": 3, "logprobs": True, "top_logprobs": 20},
+    "nulls": {"n": None, "logprobs": None, "seed": None, "stop": None},
+    "stop list and seed": {"stop": ["\n", "END"], "seed": -5},
+    "json_object with a schema": {"response_format": {"type": "json_object", "schema": {"enum": ["a", "b"]}}},
+}
+# What it rejects; each with the ``param`` the 400 names.
+SPEC_REJECTS = {
+    "unknown role": ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    "user content null": ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    "assistant without content or calls": ({"messages": [HI, {"role": "assistant"}]}, "messages[1].content"),
+    "tool without tool_call_id": ({"messages": [HI, {"role": "tool", "content": "x"}]}, "messages[1].tool_call_id"),
+    "function without name": (
+        {"messages": [HI, {"role": "function", "content": "x"}]}, "messages[1].name"
+    ),
+    "tool call without id": (
+        {"messages": [HI, {"role": "assistant", "tool_calls": [{**CALL, "id": 1}]}]}, "messages[1].tool_calls[0]"
+    ),
+    "tool call without arguments": (
+        {"messages": [HI, {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f"}}]}]},
+        "messages[1].tool_calls[0]",
+    ),
+    "tool_calls not an array": ({"messages": [HI, {"role": "assistant", "tool_calls": CALL}]}, "messages[1].tool_calls"),
+    "empty content parts": ({"messages": [{"role": "user", "content": []}]}, "messages[0].content"),
+    "text part without text": ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content"),
+    "name not a string": ({"messages": [{**HI, "name": 3}]}, "messages[0].name"),
+    "n zero": ({"n": 0}, "n"),
+    "n too many": ({"n": 129}, "n"),
+    "logprobs not boolean": ({"logprobs": "yes"}, "logprobs"),
+    "top_logprobs too many": ({"top_logprobs": 21}, "top_logprobs"),
+    "tools not an array": ({"tools": TOOL}, "tools"),
+    "tool without a function name": ({"tools": [{"type": "function", "function": {}}]}, "tools[0]"),
+    "unknown tool_choice mode": ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+    "parallel_tool_calls not boolean": ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
+    "stop of numbers": ({"stop": [1]}, "stop"),
+    "seed not an integer": ({"seed": 1.5}, "seed"),
+    "schema not an object": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": []}}},
+        "response_format.json_schema",
+    ),
+}
+
+
+@pytest.mark.parametrize("changes", SPEC_ACCEPTS.values(), ids=SPEC_ACCEPTS)
+async def test_what_the_spec_accepts_is_answered(changes: dict[str, Any]) -> None:
+    async with sim_client() as client:
+        reply = await client.post(
+            "/chat/completions", body={"model": "m", "messages": [HI], **changes}, cast_to=object
+        )
+    assert isinstance(reply, dict) and reply["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(("changes", "param"), SPEC_REJECTS.values(), ids=SPEC_REJECTS)
+async def test_what_the_spec_rejects_is_a_bad_request(changes: dict[str, Any], param: str) -> None:
+    async with sim_client() as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.post("/chat/completions", body={"model": "m", "messages": [HI], **changes}, cast_to=object)
     assert caught.value.param == param
     assert caught.value.type == "invalid_request_error"
 

@@ -8,14 +8,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from openai.types.chat import ChatCompletion
 
 from adapters.local.backends import SimBackend, SimSettings
 from adapters.local.backends.upstream import UpstreamBackend
 from adapters.local.embedded import embedded_server
 from tests.test_server import GENRE_SET, genre_messages
+from tests.test_server_batches import batch_client, jsonl, lines_of, request_line, settle, submit
 
 
 @asynccontextmanager
@@ -121,3 +124,139 @@ async def test_models_restrict_what_is_forwarded() -> None:
             await ask(client, "other")
         reply = await ask(client, "known")
     assert reply.model == "sim:known"
+
+
+# An upstream's whole reply: tool calls with null content, logprobs, two choices, a ``length``
+# finish, and fields beyond the basics. The gateway must pass every byte of meaning through.
+UPSTREAM_REPLY: dict[str, Any] = {
+    "id": "chatcmpl-upstream-1",
+    "object": "chat.completion",
+    "created": 1_700_000_000,
+    "model": "upstream-model",
+    "system_fingerprint": "fp_up",
+    "service_tier": "default",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+                ],
+            },
+            "finish_reason": "tool_calls",
+            "logprobs": None,
+        },
+        {
+            "index": 1,
+            "message": {"role": "assistant", "content": "Dra", "refusal": None},
+            "finish_reason": "length",
+            "logprobs": {
+                "content": [
+                    {
+                        "token": "Dra",
+                        "logprob": -0.25,
+                        "bytes": [68, 114, 97],
+                        "top_logprobs": [{"token": "Dra", "logprob": -0.25, "bytes": [68, 114, 97]}],
+                    }
+                ],
+                "refusal": None,
+            },
+        },
+    ],
+    "usage": {
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "total_tokens": 15,
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    },
+}
+TOOL_CONVERSATION: dict[str, Any] = {
+    "model": "m",
+    "messages": [
+        {"role": "user", "content": "Look x up."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": "x is a drama."},
+    ],
+    "tools": [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
+        }
+    ],
+    "tool_choice": "auto",
+    "n": 2,
+    "logprobs": True,
+    "top_logprobs": 1,
+    "max_tokens": 3,
+}
+
+
+@asynccontextmanager
+async def canned_upstream(reply: dict[str, Any]) -> AsyncIterator[tuple[str, list[Any]]]:
+    """A plain aiohttp server answering every chat call with ``reply``; yields its URL and the bodies it got."""
+    received: list[Any] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_upstream_reply_passes_through_unchanged() -> None:
+    async with canned_upstream(UPSTREAM_REPLY) as (upstream_url, received):
+        async with embedded_server(UpstreamBackend(upstream_url)) as url, aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/chat/completions", json=TOOL_CONVERSATION) as response:
+                status, reply = response.status, await response.json()
+    assert status == 200
+    assert reply == UPSTREAM_REPLY
+    assert received == [TOOL_CONVERSATION]
+
+
+async def test_batch_lines_carry_the_upstream_reply_unchanged() -> None:
+    lines = [request_line(i, body={**TOOL_CONVERSATION, "model": f"m{i}"}) for i in range(3)]
+    async with canned_upstream(UPSTREAM_REPLY) as (upstream_url, received):
+        async with batch_client(UpstreamBackend(upstream_url)) as client:
+            batch = await settle(client, (await submit(client, jsonl(lines))).id)
+            output = await lines_of(client, batch.output_file_id)
+    assert batch.status == "completed" and len(output) == 3
+    assert [line["response"]["body"] for line in output] == [UPSTREAM_REPLY] * 3
+    assert sorted(body["model"] for body in received) == ["m0", "m1", "m2"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {**UPSTREAM_REPLY, "choices": {"index": 0}},
+        {**UPSTREAM_REPLY, "choices": [{"index": 0, "message": "text"}]},
+        {**UPSTREAM_REPLY, "model": None},
+        {**UPSTREAM_REPLY, "usage": {"prompt_tokens": "12", "completion_tokens": 3}},
+        {**UPSTREAM_REPLY, "usage": [12, 3]},
+        ["not", "an", "object"],
+    ],
+)
+async def test_a_reply_that_is_not_a_chat_completion_is_bad_gateway(reply: Any) -> None:
+    async with canned_upstream(reply) as (upstream_url, _):
+        async with embedded_server(UpstreamBackend(upstream_url)) as url:
+            async with openai.AsyncOpenAI(base_url=url, api_key="test", max_retries=0) as client:
+                with pytest.raises(openai.InternalServerError) as caught:
+                    await ask(client)
+    assert caught.value.status_code == 502 and caught.value.code == "bad_upstream_reply"

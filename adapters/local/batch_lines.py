@@ -29,6 +29,7 @@ from .backends.base import (
     MalformedReply,
     TruncatedReply,
 )
+from .chat_request import chat_problem
 
 __all__ = [
     "Checked",
@@ -177,7 +178,7 @@ async def run_line(backend: Backend, policy: BatchPolicy, line: Line) -> dict[st
     if policy.fails(line.custom_id):
         body = wire.error_body("Simulated failure of a batch line.", type="server_error")
         return _response(line, request_id, 500, body)
-    if (problem := wire.chat_problem(line.body, backend.models)) is not None:
+    if (problem := chat_problem(line.body, backend.models)) is not None:
         return _response(line, request_id, problem.status, problem.body())
     while True:
         try:

@@ -27,7 +27,8 @@ from aiohttp.typedefs import Handler, Middleware
 from . import routes
 from .backends.base import Backend, BackendError, DropConnection, Hang, MalformedReply, TruncatedReply
 from .batches import BatchSettings
-from .wire import chat_completion, chat_problem, error_response, parse_json
+from .chat_request import chat_problem
+from .wire import chat_completion, error_response, parse_json
 
 __all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "api_key_from_env", "create_app", "serve_forever"]
 

@@ -1,8 +1,8 @@
 """OpenAI's wire shapes, shared by the HTTP handlers and the batch executor.
 
-Error objects, JSON bodies, the check of a chat-completion body, the ``chat.completion`` object,
-and the cursor page of the list endpoints (``after`` / ``limit``, ``first_id`` / ``last_id`` /
-``has_more``).
+Error objects, JSON bodies, the ``chat.completion`` object, and the cursor page of the list
+endpoints (``after`` / ``limit``, ``first_id`` / ``last_id`` / ``has_more``). The check of a
+request body is :mod:`.chat_request`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -19,9 +18,7 @@ from .backends.base import Completion, Headers
 
 __all__ = [
     "MAX_JSON_DEPTH",
-    "Problem",
     "chat_completion",
-    "chat_problem",
     "error_body",
     "error_response",
     "page",
@@ -29,16 +26,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_MAX_TOKENS = 2**31 - 1
 MAX_JSON_DEPTH = 64
-_RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
-# name: (lowest, highest) of an optional number; None is the same as absent, as in OpenAI's API.
-_NUMBERS = {
-    "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
-    "presence_penalty": (-2.0, 2.0),
-    "frequency_penalty": (-2.0, 2.0),
-}
 
 
 def error_body(
@@ -82,83 +70,14 @@ def parse_json(raw: bytes | str) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """What is wrong with a request, as the HTTP status and OpenAI error it gets."""
-
-    status: int
-    message: str
-    param: str | None = None
-    code: str | None = None
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, code=self.code, param=self.param)
-
-    def response(self) -> web.Response:
-        return error_response(self.status, self.message, code=self.code, param=self.param)
-
-
-def chat_problem(body: Any, models: tuple[str, ...] | None) -> Problem | None:
-    """The first problem with a chat-completion body, else None.
-
-    ``models`` ``None`` accepts any model name; an unknown one is a 404, anything else a 400.
-    Of the sampling options only the types and ranges of the common ones are checked.
-    """
-    if not isinstance(body, dict):
-        return Problem(400, "The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return Problem(400, "`model` must be a non-empty string.", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return Problem(400, "`messages` must be a non-empty array.", "messages")
-    for i, item in enumerate(messages):
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("role"), str)
-            or not isinstance(item.get("content"), (str, list))
-        ):
-            message = f"`messages[{i}]` must be an object with a `role` and `content`."
-            return Problem(400, message, f"messages[{i}]")
-    if body.get("stream"):
-        return Problem(400, "Streaming is not supported by this server.", "stream")
-    if (problem := _options_problem(body)) is not None:
-        return problem
-    if models is not None and model not in models:
-        return Problem(404, f"The model `{model}` does not exist.", "model", "model_not_found")
-    return None
-
-
-def _options_problem(body: dict[str, Any]) -> Problem | None:
-    """The first sampling option of a bad type or out of range, else None."""
-    for name, (low, high) in _NUMBERS.items():
-        if (value := body.get(name)) is not None and not _number_in(value, float, low, high):
-            return Problem(400, f"`{name}` must be a number from {low:g} to {high:g}.", name)
-    for name in ("max_tokens", "max_completion_tokens"):
-        if (value := body.get(name)) is not None and not _number_in(value, int, 1, _MAX_TOKENS):
-            return Problem(400, f"`{name}` must be an integer from 1 to {_MAX_TOKENS}.", name)
-    response_format = body.get("response_format")
-    if response_format is not None and not (
-        isinstance(response_format, dict) and response_format.get("type") in _RESPONSE_FORMATS
-    ):
-        message = "`response_format` must be an object whose `type` is `text`, `json_object` or `json_schema`."
-        return Problem(400, message, "response_format")
-    if isinstance(response_format, dict) and response_format["type"] == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            message = "`response_format.json_schema` must be an object with a `name`."
-            return Problem(400, message, "response_format.json_schema")
-    return None
-
-
-def _number_in(value: Any, kind: type[int] | type[float], low: float, high: float) -> bool:
-    """Whether ``value`` is a JSON number (an integer for ``int``) from ``low`` to ``high``."""
-    kinds = (int,) if kind is int else (int, float)
-    return not isinstance(value, bool) and isinstance(value, kinds) and low <= value <= high
-
-
 def chat_completion(completion: Completion, request_id: str) -> dict[str, Any]:
-    """The ``chat.completion`` object for ``completion``; its id is ``chatcmpl-<request_id>``."""
+    """The ``chat.completion`` object for ``completion``; its id is ``chatcmpl-<request_id>``.
+
+    A completion that relays another server's ``reply`` is that object as it came, with its
+    ``model`` set to ``completion.model``.
+    """
+    if completion.reply is not None:
+        return {**completion.reply, "model": completion.model}
     choice = {
         "index": 0,
         "message": {"role": "assistant", "content": completion.content, "refusal": None},

@@ -20,6 +20,7 @@ behave beyond answering lines (turnaround, expiry, failed lines, stalls). The si
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,8 +31,16 @@ Headers = tuple[tuple[str, str], ...]
 class Completion:
     """One assistant answer. ``headers`` are added to the HTTP response (rate-limit state).
 
-    ``content`` ``None`` is sent as a null message content; ``no_choices`` sends ``choices: []``
-    instead of the answer (both are faults a client must survive).
+    The server builds the ``chat.completion`` object around ``content``: one choice that
+    finished with ``stop``. ``content`` ``None`` is sent as a null message content;
+    ``no_choices`` sends ``choices: []`` instead of the answer (both are faults a client must
+    survive).
+
+    A backend that relays another server sets ``reply`` to that server's whole
+    ``chat.completion`` object (every choice with its ``tool_calls``, ``logprobs`` and
+    ``finish_reason``; ``usage``, ``system_fingerprint`` and the rest): it is sent as it came,
+    with only ``model`` set to this completion's. ``content`` and the token counts then summarise
+    it (the first choice's content, its usage) for code that counts or inspects answers.
     """
 
     content: str | None
@@ -40,6 +49,7 @@ class Completion:
     model: str
     headers: Headers = ()
     no_choices: bool = False
+    reply: Mapping[str, Any] | None = None
 
 
 class Backend(Protocol):
@@ -47,8 +57,10 @@ class Backend(Protocol):
 
     ``models`` are the model ids the backend knows; ``None`` accepts any model name (and
     ``/v1/models`` then lists ``name``). ``complete`` gets a body the server has already
-    validated: ``model`` is a known non-empty string and ``messages`` a non-empty list of
-    ``{"role", "content"}`` objects.
+    checked against OpenAI's spec (:mod:`adapters.local.chat_request`): ``model`` is a known
+    non-empty string and ``messages`` a non-empty list of messages with a known ``role``;
+    ``content`` is a string, an array of typed parts, or (an assistant turn with tool calls, a
+    function turn) null or absent.
     """
 
     name: str

@@ -4,20 +4,33 @@ Everything it answers says it is simulated: ``model`` is ``"sim:" + requested mo
 a stable hash (blake2b) of ``(seed, model, messages)``, so the same request gets the same answer in
 every process; it never reads ground truth. In order of precedence it answers:
 
-1. a ``response_format`` json_schema with an ``enum`` (on the schema, or on its one enum-carrying
-   property): one enum value, JSON-encoded;
+1. a ``response_format`` whose schema has an ``enum`` (on the schema, or on its one enum-carrying
+   property): one enum value, JSON-encoded. The schema is ``json_schema.schema`` for a
+   ``json_schema`` format, ``schema`` for a ``json_object`` one (llama-cpp-python's extension);
 2. a judge prompt (the words "correct" and "incorrect" both appear): ``"correct"`` with probability
    ``judge_correct_rate``, else ``"incorrect"``;
 3. the options listed in the prompt (the longest comma-separated run of at least 3 short items):
    one of them;
 4. otherwise ``"simulated answer"``.
 
+A ``json_object`` format without an enum gets the answer wrapped as ``{"answer": ...}``. A
+``response_format`` type outside ``response_formats`` is refused as llama-cpp-python's server
+refuses one: HTTP 500, ``internal_server_error``, pydantic's "Input should be ..." message.
+
 Its ``batch_policy`` (from the ``batch_*`` settings) makes the server's batches slow, expire, fail
 lines or stall in ``validating``; by default batches behave.
 
-Rate limits are token buckets like a provider's; faults (5xx, resets, malformed or truncated
-bodies, empty ``choices``, null content, requests never answered) and latency jitter are drawn
-from a ``random.Random(seed)`` owned by the backend, so a run is reproducible.
+Rate limits are token buckets like a provider's (a 429 charges nothing). With ``slots`` set, at
+most that many admitted requests are answered at once, each holding its slot for its latency; the
+others wait, first come first served, without holding the event loop (like llama.cpp's server).
+
+Faults (5xx, resets, malformed or truncated bodies, empty ``choices``, null content, requests never
+answered) and latency jitter are drawn from a hash of ``(seed, request body, attempt)``, where the
+attempt counts the admitted requests with the same body before this one. So a request gets the
+same fault on its n-th attempt whatever the order or concurrency of the requests around it, and
+a faulty run is reproducible. (The server never sees a realtime call's custom_id: the body is
+the request's identity. A 429 is not an attempt: which requests get one depends on timing.) The
+backend keeps one counter per distinct body while faults or jitter are on.
 """
 
 from __future__ import annotations
@@ -30,7 +43,8 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +86,7 @@ _TRUNCATED = json.dumps(
     }
 ).encode()
 _SERVER_ERRORS = (500, 502, 503)
+_RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 # The faults in the order their shares of [0, 1) are laid out; each has a ``<name>_rate`` setting.
 _FAULTS = ("error", "reset", "malformed", "truncate", "empty_choices", "null_content", "hang")
 
@@ -87,6 +102,9 @@ class SimSettings:
     ``null_content_rate`` (the message's ``content`` is null) and ``hang_rate`` (no answer
     until the client gives up). ``rpm``/``tpm`` ``None`` means unlimited; a bucket holds ``burst_seconds`` worth of
     its rate (and always at least one request's cost). ``models`` ``None`` accepts any model.
+    ``response_formats`` are the ``response_format`` types answered; any other is refused with
+    llama-cpp-python's HTTP 500 (``("text", "json_object")`` is that server). ``slots`` bounds the
+    requests answered at once (``1`` is a one-slot llama.cpp server); ``None``: no bound.
     The ``batch_*`` settings are the fields of the backend's :class:`BatchPolicy`.
     """
 
@@ -105,6 +123,8 @@ class SimSettings:
     models: tuple[str, ...] | None = None
     seed: int = 0
     judge_correct_rate: float = 0.75
+    response_formats: tuple[str, ...] = _RESPONSE_FORMATS
+    slots: int | None = None
     batch_min_seconds: float = 0.0
     batch_expire_after_s: float | None = None
     batch_fail_rate: float = 0.0
@@ -125,6 +145,12 @@ class SimSettings:
         expire = self.batch_expire_after_s
         if self.batch_min_seconds < 0 or (expire is not None and expire <= 0):
             raise ValueError("batch_min_seconds must be non-negative, batch_expire_after_s positive or None")
+        if not self.response_formats or not set(self.response_formats) <= set(_RESPONSE_FORMATS):
+            raise ValueError(
+                f"response_formats must be some of {', '.join(_RESPONSE_FORMATS)}, got {self.response_formats}"
+            )
+        if self.slots is not None and self.slots < 1:
+            raise ValueError(f"slots must be positive or None, got {self.slots}")
 
     @property
     def fault_rates(self) -> tuple[tuple[str, float], ...]:
@@ -163,17 +189,62 @@ class _Bucket:
         return 0.0 if self.level >= cost else (cost - self.level) / self.rate
 
 
+class _Slots:
+    """At most ``size`` holders at once; the others wait, first come first served.
+
+    Each waiter awaits a future of the loop it runs on, so waiting holds no thread and the
+    backend may serve any loop.
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.free and not self.waiters:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot came as the waiter was cancelled: hand it on
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():  # a cancelled waiter left its future behind
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class SimBackend:
-    """The simulator; ``clock`` (seconds, monotonic) is injectable so limit tests need not sleep."""
+    """The simulator; ``clock`` (seconds, monotonic) and ``sleep`` (the latency wait) are
+    injectable, so tests of limits and slots need not sleep.
+    """
 
     name = "sim"
 
-    def __init__(self, settings: SimSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: SimSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.settings = settings
         self.models = settings.models
         self.batch_policy = settings.batch_policy
         self._clock = clock
-        self._rng = random.Random(settings.seed)
+        self._sleep = sleep
+        self._attempts: dict[bytes, int] = {}
+        self._slots = None if settings.slots is None else _Slots(settings.slots)
         now = clock()
         burst = settings.burst_seconds
         self._requests = None if settings.rpm is None else _Bucket(settings.rpm, burst, now)
@@ -181,21 +252,23 @@ class SimBackend:
         self._faults = tuple((fault, rate) for fault, rate in settings.fault_rates if rate)
 
     async def complete(self, body: dict[str, Any]) -> Completion:
-        """Answer ``body``, or raise the fault or 429 the settings call for."""
+        """Answer ``body``, or raise the refusal, 429 or fault the settings call for."""
         s = self.settings
         model: str = body["model"]
         messages: list[dict[str, Any]] = body["messages"]
-        texts = [_text(m["content"]) for m in messages]
+        response_format = body.get("response_format")
+        self._check_format(response_format)
+        texts = [_text(m.get("content")) for m in messages]
         prompt_tokens = math.ceil(sum(map(len, texts)) / 4) + 4 * len(messages)
         headers = self._admit(model, prompt_tokens + _max_tokens(body))
-        # Every random draw happens before the first await, so the draw order is arrival order.
-        delay_ms = s.latency_ms
-        if s.latency_jitter_ms:
-            delay_ms = max(0.0, delay_ms + self._rng.uniform(-s.latency_jitter_ms, s.latency_jitter_ms))
-        fault = self._fault()
-        status = self._rng.choice(_SERVER_ERRORS) if fault == "error" else 0
-        if delay_ms:
-            await asyncio.sleep(delay_ms / 1000.0)
+        delay_ms, fault, status = s.latency_ms, None, 0
+        if self._faults or s.latency_jitter_ms:
+            draws = self._draws(body)
+            if s.latency_jitter_ms:
+                delay_ms = max(0.0, delay_ms + draws.uniform(-s.latency_jitter_ms, s.latency_jitter_ms))
+            fault = self._fault(draws)
+            status = draws.choice(_SERVER_ERRORS) if fault == "error" else 0
+        await self._answering(delay_ms)
         if status:
             raise BackendError(status, f"simulated {status} error", type="server_error", headers=headers)
         if fault == "reset":
@@ -208,22 +281,59 @@ class SimBackend:
             raise Hang()
         if fault == "null_content":
             return Completion(None, prompt_tokens, 0, "sim:" + model, headers)
-        answer = self._answer(model, messages, texts, body.get("response_format"))
+        answer = self._answer(model, messages, texts, response_format)
         tokens = math.ceil(len(answer) / 4)
         no_choices = fault == "empty_choices"
         return Completion(answer, prompt_tokens, tokens, "sim:" + model, headers, no_choices=no_choices)
 
-    def _fault(self) -> str | None:
+    def _check_format(self, response_format: Any) -> None:
+        """Refuse a ``response_format`` type not among ``response_formats``, as llama-cpp-python does."""
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        accepted = self.settings.response_formats
+        if kind is None or kind in accepted:
+            return
+        quoted = [repr(name) for name in accepted]
+        expected = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        error = {
+            "type": "literal_error",
+            "loc": ("body", "response_format", "type"),
+            "msg": f"Input should be {expected}",
+            "input": kind,
+            "ctx": {"expected": expected},
+        }
+        raise BackendError(500, f"1 validation error:\n  {error!r}", type="internal_server_error")
+
+    def _draws(self, body: dict[str, Any]) -> random.Random:
+        """This request's generator, seeded by ``(seed, body, attempt)``; counts the attempt."""
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        key = hashlib.blake2b(canonical, digest_size=16).digest()
+        attempt = self._attempts.get(key, 0)
+        self._attempts[key] = attempt + 1
+        seed = hashlib.blake2b(f"{self.settings.seed}:{attempt}:".encode() + key, digest_size=16).digest()
+        return random.Random(int.from_bytes(seed, "big"))
+
+    def _fault(self, draws: random.Random) -> str | None:
         """The fault this request gets, if any (one draw, only when some fault rate is set)."""
         if not self._faults:
             return None
-        draw = self._rng.random()
+        draw = draws.random()
         edge = 0.0
         for fault, rate in self._faults:
             edge += rate
             if draw < edge:
                 return fault
         return None
+
+    async def _answering(self, delay_ms: float) -> None:
+        """Wait the request's latency, holding a slot for it when slots are bounded."""
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
+            if delay_ms:
+                await self._sleep(delay_ms / 1000.0)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
 
     def _admit(self, model: str, cost: int) -> Headers:
         """Charge one request and ``cost`` tokens, or raise a 429 that charges nothing."""
@@ -269,6 +379,12 @@ class SimBackend:
         pick = int.from_bytes(digest[8:], "big")
         if (structured := _schema_answer(response_format, pick)) is not None:
             return structured
+        answer = self._text_answer(messages, texts, digest, pick)
+        if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+            return json.dumps({"answer": answer})
+        return answer
+
+    def _text_answer(self, messages: list[dict[str, Any]], texts: list[str], digest: bytes, pick: int) -> str:
         text = "\n".join(texts)
         if _CORRECT.search(text) and _INCORRECT.search(text):
             draw = int.from_bytes(digest[:8], "big") / 2.0**64
@@ -283,9 +399,11 @@ class SimBackend:
 
 
 def _text(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a list of parts."""
+    """The text of a message's content: a string, the text parts of a list of parts, or none."""
     if isinstance(content, str):
         return content
+    if content is None:
+        return ""
     parts = (p.get("text") for p in content if isinstance(p, dict))
     return "\n".join(p for p in parts if isinstance(p, str))
 
@@ -296,11 +414,19 @@ def _max_tokens(body: dict[str, Any]) -> int:
 
 
 def _schema_answer(response_format: Any, pick: int) -> str | None:
-    """One enum value for a json_schema response format that has one, JSON-encoded; else None."""
-    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+    """One enum value of the response format's schema, JSON-encoded; None when it has none.
+
+    The schema is ``json_schema.schema`` of a ``json_schema`` format, or ``schema`` of a
+    ``json_object`` one (as llama-cpp-python accepts it).
+    """
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+    elif kind == "json_object":
+        schema = response_format.get("schema")
+    else:
         return None
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
     if not isinstance(schema, dict):
         return None
     if isinstance(enum := schema.get("enum"), list) and enum:

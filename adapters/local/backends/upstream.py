@@ -2,8 +2,10 @@
 
 It gives a Batch API to servers that have none (llama.cpp's server, Ollama, vLLM's realtime
 server): our server runs the batch, the upstream answers each line. Bodies go upstream as they
-came; answers come back with the upstream's ``model`` and token counts. Failures become
-:class:`BackendError`:
+came; the upstream's chat-completion object comes back whole (``Completion.reply``): every
+choice as it was (``tool_calls``, ``logprobs``, ``finish_reason``, as many as ``n`` asked for),
+``usage``, ``system_fingerprint``, its ``id`` and ``model``, in realtime answers and batch output
+lines alike. Failures become :class:`BackendError`:
 
 - an upstream HTTP error keeps its status and its error's message, type, code and param, plus
   its ``Retry-After``/``retry-after-ms``/``x-ratelimit-*`` headers (so a 429 paces our client);
@@ -95,15 +97,32 @@ def _kept(headers: Any, *, on_error: bool) -> Headers:
 
 
 def _completion(data: Any, headers: Headers) -> Completion:
-    """The answer in an OpenAI chat-completion object; raises on any other shape."""
-    content = data["choices"][0]["message"]["content"]
+    """The upstream's chat-completion object, relayed whole; raises on any other shape.
+
+    It must be an object with a string ``model`` and ``choices`` an array of objects each with a
+    ``message`` object; ``usage``, if any, must count tokens in integers.
+    """
+    choices = data["choices"]
+    if not isinstance(data["model"], str) or not isinstance(choices, list):
+        raise TypeError("model must be a string and choices an array")
+    if not all(isinstance(choice, dict) and isinstance(choice["message"], dict) for choice in choices):
+        raise TypeError("every choice must be an object with a message object")
     usage = data.get("usage") or {}
+    if not isinstance(usage, dict):
+        raise TypeError("usage must be an object")
     prompt_tokens, completion_tokens = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-    if not isinstance(content, (str, type(None))) or not isinstance(data["model"], str):
-        raise TypeError("content and model must be strings")
     if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
         raise TypeError("token counts must be integers")
-    return Completion(content or "", prompt_tokens, completion_tokens, data["model"], headers)
+    content = choices[0]["message"].get("content") if choices else None
+    return Completion(
+        content if isinstance(content, str) else None,
+        prompt_tokens,
+        completion_tokens,
+        data["model"],
+        headers,
+        no_choices=not choices,
+        reply=data,
+    )
 
 
 def _upstream_error(status: int, text: str, headers: Headers) -> BackendError:
