@@ -3,17 +3,23 @@
 Nothing here knows what the rows are about. Every column is read as text (csv is read without
 type inference) because prompts are text. Row ids are the ``id_column`` when set, else the
 row's 0-based position in the file; either way they are unique and stable across runs, which is
-what makes ``custom_id`` a join key and resume possible.
+what makes ``custom_id`` a join key and resume possible. A row whose label cell holds no label
+(empty, blanks, separators only, an empty list) has ``labels`` None: no ground truth.
+
+Data errors name the file and where in it: ``line N`` (1-based, the header counted) in csv and
+ndjson files, ``row N (0-based)`` in parquet files, which have no lines.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +52,33 @@ class Dataset:
     then read row groups, in bounded memory whatever the size of the file.
     """
 
-    def __init__(self, config: DatasetConfig, *, label_set: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, config: DatasetConfig, *, label_set: tuple[str, ...] = (), where: Callable[[str], str] = str
+    ) -> None:
+        """``where`` names a config field in messages (``TaskConfig.where``: with the config's file)."""
         self.config = config
         self.path = config.path
         if not self.path.exists():
-            raise ConfigError(f"{self.path}: data file not found (dataset.path)")
-        scan = _scan(self.path, config.resolved_format)
+            raise ConfigError(f"{where('dataset.path')}: {self.path}: data file not found")
+        self.format = config.resolved_format
+        if self.path.stat().st_size == 0:
+            raise ConfigError(f"{self.path}: the file is empty")
+        if self.format == "csv":
+            _check_csv(self.path, _records_read(config))
+        scan = _scan(self.path, self.format)
         try:
-            self.columns: list[str] = scan.collect_schema().names()
+            schema = scan.collect_schema()
         except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.path}: cannot read the data file: {_first_line(exc)}") from None
+        self.columns: list[str] = schema.names()
         for field, column in (("id_column", config.id_column), ("label_column", config.label_column)):
             if column is not None and column not in self.columns:
                 raise ConfigError(
-                    f"{self.path}: dataset.{field} = {column!r} is not a column "
+                    f"{where(f'dataset.{field}')} = {column!r} is not a column of {self.path} "
                     f"(columns: {', '.join(self.columns)})"
                 )
         self.has_labels = config.label_column is not None
+        self._label_lists = config.label_column is not None and isinstance(schema[config.label_column], pl.List)
         self._label_set = label_set
         _remove_orphans()
         staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
@@ -86,14 +102,10 @@ class Dataset:
         row_id = pl.col(config.id_column).cast(pl.String) if config.id_column else pl.col(ROW_INDEX).cast(pl.String)
         frame = frame.with_columns(row_id.alias(ROW_ID))
         if config.label_column:
-            labels = (
-                pl.col(config.label_column)
-                .cast(pl.String)
-                .str.split(config.label_separator)
-                .list.eval(pl.element().str.strip_chars())
-                .list.eval(pl.element().filter(pl.element() != ""))
-            )
-            frame = frame.with_columns(labels.alias(LABELS))
+            cell = pl.col(config.label_column)
+            items = cell.cast(pl.List(pl.String)) if self._label_lists else cell.cast(pl.String).str.split(config.label_separator)
+            labels = items.list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
+            frame = frame.with_columns(pl.when(labels.list.len() > 0).then(labels).alias(LABELS))  # none: no ground truth
         if config.head:
             frame = frame.head(config.head)
         elif config.tail:
@@ -106,24 +118,32 @@ class Dataset:
         return frame
 
     def _validate(self) -> int:
-        """Row count, unique ids, labels inside the label set (the file itself was parsed whole
-        by the staging sink, so ragged lines and bad bytes have already been reported)."""
+        """Row count, ids present and unique, labels inside the label set (the file itself was
+        parsed whole by the staging sink, so bad bytes have already been reported)."""
+        row_id = pl.col(ROW_ID)
         checks = [
             pl.len().alias("n"),
             # Distinct 64-bit hashes: a set of 8-byte values instead of every id string.
-            pl.col(ROW_ID).hash().n_unique().alias("distinct"),
-            pl.col(ROW_ID).is_null().any().alias("null_id"),
+            row_id.hash().n_unique().alias("distinct"),
+            (row_id.is_null() | (row_id.str.strip_chars() == "")).arg_true().first().alias("empty_id"),
         ]
         summary = self.frame.select(checks).collect(engine="streaming").row(0, named=True)
-        if summary["null_id"]:
-            raise ConfigError(f"{self.path}: dataset.id_column {self.config.id_column!r} has empty values")
+        if not summary["n"]:
+            raise ConfigError(f"{self.path}: the file has {'a header and ' if self.format == 'csv' else ''}no rows")
+        column = self.config.id_column
+        if summary["empty_id"] is not None:
+            raise ConfigError(
+                f"{self.path}: {self._position(summary['empty_id'])}: the id in dataset.id_column {column!r} is empty; "
+                "give every row an id or leave id_column unset"
+            )
         if summary["distinct"] < summary["n"]:  # a repeated id, or (once in 2^64) two ids with one hash
-            duplicates = self.frame.filter(~pl.col(ROW_ID).is_first_distinct()).select(ROW_INDEX, ROW_ID).head(1).collect()
+            duplicates = self.frame.filter(~row_id.is_first_distinct()).select(ROW_INDEX, ROW_ID).head(1).collect()
             if duplicates.height:
-                index, row_id = duplicates.row(0)
+                index, repeated = duplicates.row(0)
+                first = self.frame.filter(row_id == repeated).select(ROW_INDEX).head(1).collect().item()
                 raise ConfigError(
-                    f"{self.path}: row {index}: id {row_id!r} in dataset.id_column "
-                    f"{self.config.id_column!r} is not unique; choose a unique column or leave id_column unset"
+                    f"{self.path}: {self._position(index)}: id {repeated!r} in dataset.id_column {column!r} is not "
+                    f"unique (first at {self._position(first)}); choose a unique column or leave id_column unset"
                 )
         if self.has_labels and self._label_set:
             unknown = (
@@ -136,10 +156,22 @@ class Dataset:
             if unknown.height:
                 index, label = unknown.row(0)
                 raise ConfigError(
-                    f"{self.path}: row {index}: label {label!r} in column {self.config.label_column!r} "
+                    f"{self.path}: {self._position(index)}: label {label!r} in column {self.config.label_column!r} "
                     f"is not in the task's label set; add it to `labels` or fix label_separator"
                 )
         return int(summary["n"])
+
+    def _position(self, index: int) -> str:
+        """Where the row at 0-based ``index`` is in the file: ``line N`` or, in parquet, ``row N (0-based)``.
+
+        Found by reading the file up to that row: only on the way to an error message."""
+        if self.format == "parquet":
+            return f"row {index} (0-based)"
+        if self.format == "csv":
+            starts: Iterator[int] = itertools.islice((line for line, _ in _csv_records(self.path)), 1, None)  # after the header
+        else:  # ndjson: polars skips blank lines
+            starts = (number for number, text in enumerate(_lines(self.path), 1) if text.strip())
+        return f"line {next(itertools.islice(starts, index, None))}"
 
     def rows(
         self,
@@ -185,6 +217,61 @@ class Dataset:
                 yield row, extras
 
 
+def _records_read(config: DatasetConfig) -> int | None:
+    """How many data records the selection reads from the start of the file; None: all of them."""
+    if config.tail or config.sample:
+        return None
+    bounds = [bound for bound in (config.head, config.limit) if bound]
+    return min(bounds) if bounds else None
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded one at a time, so a decoding error is known to its line."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path}: line {number} is not valid UTF-8: save the file as UTF-8") from None
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Each csv record (the header first) with the line it starts on, read as polars reads the
+    file: comma-separated, double quotes, a quoted field may span lines."""
+    # Python's limit on a field (128 KiB) is no limit of the data sets read here: raised, for the process.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(_lines(path))
+    start = 1
+    try:
+        for fields in reader:
+            yield start, fields
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: line {start}: not a valid csv record: {exc}") from None
+
+
+def _check_csv(path: Path, records: int | None) -> None:
+    """What polars accepts silently: a repeated header name (it renames one) and a record with
+    fewer fields than the header (it fills nulls). One streaming pass over the header and the
+    first ``records`` records (None: all), in constant memory; records with more fields are
+    reported here too, with their line."""
+    rows = _csv_records(path)
+    _, header = next(rows)
+    repeated = next((name for index, name in enumerate(header) if name in header[:index]), None)
+    if repeated is not None:
+        raise ConfigError(f"{path}: line 1: column {repeated!r} appears twice in the header: rename one")
+    for line, fields in itertools.islice(rows, records):
+        if len(fields) == len(header) or (not fields and len(header) == 1):  # one column: a blank line is an empty value
+            continue
+        if not fields:
+            raise ConfigError(f"{path}: line {line} is empty, the header has {len(header)} fields: remove the line")
+        advice = (
+            "fill in the missing ones (an empty field is ,,)" if len(fields) < len(header)
+            else "quote fields that contain the separator"
+        )
+        raise ConfigError(f"{path}: line {line} has {len(fields)} fields, the header {len(header)}: {advice}")
+
+
 def _remove_orphans() -> None:
     """Remove the staged copies of processes that were killed before they could."""
     for directory in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
@@ -214,10 +301,7 @@ def _chunks(frame: pl.LazyFrame, size: int) -> Iterator[pl.DataFrame]:
         yield chunk
 
 
-_HINTS = {
-    "utf-8": "save the file as UTF-8",
-    "more fields": "a row has more fields than the header: quote fields that contain the separator",
-}
+_HINTS = {"utf-8": "save the file as UTF-8"}
 
 
 def _first_line(exc: BaseException) -> str:

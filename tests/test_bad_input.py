@@ -32,19 +32,26 @@ user_template = "{Overview} {prediction}"
 
 CASES = {
     "unknown column": (TASK.replace('label_column = "Genre"', 'label_column = "genre"'), DATA,
-                       r"data.csv: dataset.label_column = 'genre' is not a column \(columns: Overview, Genre\)"),
+                       r"dataset.label_column = 'genre' is not a column of .*data.csv \(columns: Overview, Genre\)"),
     "template names a missing field": (TASK.replace("{Overview} {prediction}", "{Plot} {prediction}"), DATA,
-                                       r"judge.user_template: placeholder \{Plot\} is not a column"),
+                                       r"task.toml: judge.user_template: placeholder \{Plot\} is not a column"),
+    "system prompt names a missing field": (TASK.replace('model = "base"', 'model = "base"\nsystem_prompt = "{Plot}"'), DATA,
+                                            r"task.toml: predict.system_prompt: placeholder \{Plot\} is not a column"),
     "wrong type": (TASK.replace('model = "base"', 'model = "base"\ntemperature = "hot"'), DATA,
                    r"task.toml: predict.temperature: Input should be a valid number"),
     "unknown key": (TASK.replace('model = "base"', 'model = "base"\nmax_token = 5'), DATA,
                     r"task.toml: predict.max_token: unknown key \(check the spelling\)"),
     "negative rate limit": (TASK + "[endpoint]\nrpm = -1\n", DATA, r"task.toml: endpoint.rpm: Input should be greater than 0"),
     "unknown labels": (TASK, DATA + '"A ghost.",Horror\n',
-                       r"data.csv: row 2: label 'Horror' in column 'Genre' is not in the task's label set"),
-    "ragged csv": (TASK, DATA + '"x",Crime,extra\n', r"data.csv: cannot read the data file: .*more fields"),
-    "non-UTF-8 file": (TASK, None, r"data.csv: cannot read the data file"),
-    "unmatched brace": (TASK.replace("{Overview}\"", "{Overview\""), DATA, r"predict.user_template: unmatched '\{'"),
+                       r"data.csv: line 4: label 'Horror' in column 'Genre' is not in the task's label set"),
+    "ragged csv": (TASK, DATA + '"x",Crime,extra\n',
+                   r"data.csv: line 4 has 3 fields, the header 2: quote fields that contain the separator"),
+    "short csv row": (TASK, DATA + '"A lone overview."\n', r"data.csv: line 4 has 1 fields, the header 2: fill in the missing"),
+    "repeated header": (TASK, DATA.replace("Overview,Genre", "Overview,Genre,Genre").replace("Crime\n", "Crime,x\n")
+                        .replace("Comedy\n", "Comedy,y\n"), r"data.csv: line 1: column 'Genre' appears twice in the header"),
+    "header only": (TASK, "Overview,Genre\n", r"data.csv: the file has a header and no rows$"),
+    "non-UTF-8 file": (TASK, None, r"data.csv: line 2 is not valid UTF-8: save the file as UTF-8"),
+    "unmatched brace": (TASK.replace("{Overview}\"", "{Overview\""), DATA, r"task.toml: predict.user_template: unmatched '\{'"),
 }
 
 
