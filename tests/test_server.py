@@ -244,6 +244,176 @@ async def test_fault_counts_are_reproducible() -> None:
     assert 0.4 < first.count("ok") / len(first) < 0.6
 
 
+FAULTY = SimSettings(
+    error_rate=0.25, reset_rate=0.1, malformed_rate=0.1, null_content_rate=0.1,
+    latency_ms=2, latency_jitter_ms=2, seed=3,
+)
+
+
+async def outcome(backend: SimBackend, body: dict[str, Any]) -> str:
+    """What one call to ``backend`` came to: ``ok``, ``null``, ``HTTP <status>`` or the fault's name."""
+    try:
+        completion = await backend.complete(body)
+    except BackendError as exc:
+        return f"HTTP {exc.status}"
+    except Exception as exc:
+        return type(exc).__name__
+    return "ok" if completion.content is not None else "null"
+
+
+async def test_faults_follow_the_request_and_its_attempt_not_the_arrival_order() -> None:
+    bodies = [{"model": "m", "messages": judge_messages(f"Genre {i}")} for i in range(24)]
+
+    async def run(order: list[int], *, concurrently: bool) -> dict[int, list[str]]:
+        """Each body three times in a row, the bodies one after another or all at once."""
+        backend = SimBackend(FAULTY)
+        seen: dict[int, list[str]] = {i: [] for i in order}
+
+        async def attempts(i: int) -> None:
+            for _ in range(3):
+                seen[i].append(await outcome(backend, bodies[i]))
+
+        if concurrently:
+            async with anyio.create_task_group() as group:
+                for i in order:
+                    group.start_soon(attempts, i)
+        else:
+            for i in order:
+                await attempts(i)
+        return seen
+
+    in_order = await run(list(range(24)), concurrently=False)
+    assert in_order == await run(list(reversed(range(24))), concurrently=True)
+    assert in_order == await run([*range(1, 24, 2), *range(0, 24, 2)], concurrently=True)
+    assert any(len(set(seen)) > 1 for seen in in_order.values())  # attempts of one request differ
+    assert len({seen[0] for seen in in_order.values()}) > 2  # and so do requests
+
+
+async def test_concurrent_attempts_of_one_request_get_its_faults_in_any_order() -> None:
+    body = {"model": "m", "messages": genre_messages()}
+    backend = SimBackend(FAULTY)
+    in_turn = [await outcome(backend, body) for _ in range(12)]
+    backend = SimBackend(FAULTY)
+    at_once = await asyncio.gather(*(outcome(backend, body) for _ in range(12)))
+    assert sorted(at_once) == sorted(in_turn) and len(set(in_turn)) > 1
+
+
+# llama-cpp-python's server (0.3.36) answers a json_schema response_format with HTTP 500 and this
+# error object, followed in its message by a traceback line ("\n\n  File ..."), left out here.
+LLAMA_CPP_JSON_SCHEMA_REFUSAL = {
+    "error": {
+        "message": (
+            "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+            "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+            "'ctx': {'expected': \"'text' or 'json_object'\"}}"
+        ),
+        "type": "internal_server_error",
+        "param": None,
+        "code": None,
+    }
+}
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+async def test_a_response_format_type_not_served_is_refused_as_llama_cpp_does() -> None:
+    backend = SimBackend(SimSettings(response_formats=("text", "json_object")))
+    body = {"model": "m", "messages": genre_messages(), "response_format": schema_format({"enum": ["x"]})}
+    async with embedded_server(backend) as url, aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/chat/completions", json=body) as response:
+            status, refusal = response.status, await response.json()
+        async with http.post(f"{url}/chat/completions", json={**body, "response_format": {"type": "text"}}) as response:
+            assert response.status == 200
+    assert (status, refusal) == (500, LLAMA_CPP_JSON_SCHEMA_REFUSAL)
+    only_text = SimBackend(SimSettings(response_formats=("text",)))
+    with pytest.raises(BackendError, match=r"Input should be 'text'\"") as caught:
+        await only_text.complete({**body, "response_format": {"type": "json_object"}})
+    assert caught.value.status == 500
+    every = SimBackend(SimSettings(response_formats=("json_object", "json_schema", "text")))
+    with pytest.raises(ValueError, match="response_formats"):
+        SimSettings(response_formats=("json",))
+    assert json.loads((await every.complete(body)).content or "") == "x"
+
+
+async def test_json_object_answers_from_its_schema_or_as_an_object() -> None:
+    prop_schema = {"type": "object", "properties": {"genre": {"type": "string", "enum": ["Drama", "Comedy"]}}}
+    async with sim_client(SimSettings(response_formats=("text", "json_object"))) as client:
+        bare = await ask(client, genre_messages(), response_format={"type": "json_object", "schema": {"enum": ["x", "y"]}})
+        by_property = await ask(client, genre_messages(), response_format={"type": "json_object", "schema": prop_schema})
+        plain = await ask(client, genre_messages(), response_format={"type": "json_object"})
+    assert json.loads(bare) in ("x", "y")
+    assert json.loads(by_property) in ({"genre": "Drama"}, {"genre": "Comedy"})
+    assert json.loads(plain).keys() == {"answer"} and json.loads(plain)["answer"] in GENRE_SET
+
+
+class HeldSleep:
+    """A latency wait that lasts until the test ends it; records which task entered each wait."""
+
+    def __init__(self) -> None:
+        self.entered: list[asyncio.Task[Any] | None] = []
+        self.waits: list[asyncio.Future[None]] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        wait: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.entered.append(asyncio.current_task())
+        self.waits.append(wait)
+        self.changed.set()
+        await wait
+
+    async def until_entered(self, count: int) -> None:
+        while len(self.entered) < count:
+            self.changed.clear()
+            await self.changed.wait()
+
+    @property
+    def answering(self) -> int:
+        return sum(not wait.done() for wait in self.waits)
+
+
+async def test_slots_bound_the_requests_answered_at_once_first_come_first_served() -> None:
+    sleep = HeldSleep()
+    backend = SimBackend(SimSettings(slots=2, latency_ms=1000), sleep=sleep)
+    calls = [
+        asyncio.create_task(backend.complete({"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}))
+        for i in range(6)
+    ]
+    await sleep.until_entered(2)
+    for done in range(6):
+        # The loop is free while the others wait: this test runs on it.
+        assert sleep.answering == min(2, 6 - done)
+        sleep.waits[done].set_result(None)
+        await calls[done]
+        await sleep.until_entered(min(done + 3, 6))
+    assert sleep.entered == calls
+    assert [c.result().content for c in calls] == ["simulated answer"] * 6
+
+
+async def test_a_waiting_request_that_is_cancelled_gives_up_its_turn() -> None:
+    sleep = HeldSleep()
+    backend = SimBackend(SimSettings(slots=1, latency_ms=1000), sleep=sleep)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    calls = [asyncio.create_task(backend.complete(body)) for _ in range(3)]
+    await sleep.until_entered(1)
+    calls[1].cancel()
+    sleep.waits[0].set_result(None)
+    await calls[0]
+    await sleep.until_entered(2)
+    assert sleep.entered == [calls[0], calls[2]] and calls[1].cancelled()
+    sleep.waits[1].set_result(None)
+    await calls[2]
+    with pytest.raises(ValueError, match="slots"):
+        SimSettings(slots=0)
+
+
+async def test_a_one_slot_server_answers_every_concurrent_client() -> None:
+    async with sim_client(SimSettings(slots=1, latency_ms=5)) as client:
+        answers = await asyncio.gather(*(ask(client, genre_messages(f"Movie {i}")) for i in range(8)))
+    assert set(answers) <= GENRE_SET and len(answers) == 8
+
+
 async def test_api_key_is_enforced_and_never_echoed() -> None:
     async with sim_client(api_key="right-key", client_key="wrong-key-123") as client:
         with pytest.raises(openai.AuthenticationError) as caught:

@@ -520,3 +520,27 @@ async def test_without_a_data_dir_the_temporary_one_is_removed(
         await client.files.create(file=("a.jsonl", jsonl([request_line(0)])), purpose="batch")
         assert len(list(tmp_path.iterdir())) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_server_without_a_batch_api_answers_404_there() -> None:
+    """Like llama.cpp's, Ollama's or vLLM's realtime server: chat calls only."""
+    async with embedded_server(SimBackend(SimSettings()), batch_api=False) as url:
+        async with openai.AsyncOpenAI(base_url=url, api_key="test", max_retries=0) as client:
+            reply = await client.chat.completions.create(model="m", messages=genre_messages())  # type: ignore[arg-type]
+            calls = [
+                client.files.create(file=("input.jsonl", jsonl([request_line(0)])), purpose="batch"),
+                client.files.list(),
+                client.files.retrieve("file-x"),
+                client.files.content("file-x"),
+                client.files.delete("file-x"),
+                client.batches.create(
+                    input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h"
+                ),
+                client.batches.list(),
+                client.batches.retrieve("batch_x"),
+                client.batches.cancel("batch_x"),
+            ]
+            for call in calls:
+                with pytest.raises(openai.NotFoundError):
+                    await call
+    assert reply.choices[0].message.content in GENRE_SET

@@ -39,10 +39,12 @@ class EmbeddedServer:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         data_dir: Path | str | None = None,
         batch_settings: BatchSettings = BatchSettings(),
+        batch_api: bool = True,
     ) -> None:
         self._backend = backend
         self._data_dir = data_dir
         self._batch_settings = batch_settings
+        self._batch_api = batch_api
         self._host = host
         self._port = port
         self._api_key = api_key
@@ -112,6 +114,7 @@ class EmbeddedServer:
             max_body_bytes=self._max_body_bytes,
             data_dir=self._data_dir,
             batch_settings=self._batch_settings,
+            batch_api=self._batch_api,
             on_ready=self._on_ready,
         )
 
@@ -130,8 +133,12 @@ async def embedded_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     data_dir: Path | str | None = None,
     batch_settings: BatchSettings = BatchSettings(),
+    batch_api: bool = True,
 ) -> AsyncIterator[str]:
-    """Serve ``backend`` for the block's duration and yield the base URL; works on asyncio and trio."""
+    """Serve ``backend`` for the block's duration and yield the base URL; works on asyncio and trio.
+
+    The options are :func:`~adapters.local.server.create_app`'s.
+    """
     server = EmbeddedServer(
         backend,
         host=host,
@@ -140,6 +147,7 @@ async def embedded_server(
         max_body_bytes=max_body_bytes,
         data_dir=data_dir,
         batch_settings=batch_settings,
+        batch_api=batch_api,
     )
     url = await anyio.to_thread.run_sync(server.start)
     try:

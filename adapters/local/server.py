@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server (aiohttp) in front of a :class:`Backend`.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, and the Files and Batches APIs
-(:mod:`.routes`, executed by :mod:`.batches`), in OpenAI's shapes. Every error, routing errors
+(:mod:`.routes`, executed by :mod:`.batches`; without them, with ``batch_api=False``, those paths
+answer 404 as a server without a Batch API does), in OpenAI's shapes. Every error, routing errors
 included, is an OpenAI error object ``{"error": {message, type, param, code}}``. A client that
 goes away mid-request is let go quietly; the API key is never logged or echoed.
 """
@@ -65,12 +66,15 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     data_dir: Path | str | None = None,
     batch_settings: BatchSettings = BatchSettings(),
+    batch_api: bool = True,
 ) -> web.Application:
     """Build the app. With ``api_key`` set, every request needs ``Authorization: Bearer <key>``.
 
     Files and batches are kept under ``data_dir`` and survive a restart on the same one; with
     ``None`` they go to a temporary directory removed when the app stops. ``max_body_bytes``
-    bounds JSON bodies; uploads are bounded by ``batch_settings.max_file_bytes``.
+    bounds JSON bodies; uploads are bounded by ``batch_settings.max_file_bytes``. With
+    ``batch_api`` off there are no Files and Batches APIs: ``/v1/files*`` and ``/v1/batches*``
+    answer 404, like llama.cpp's, Ollama's or vLLM's realtime server.
     """
     middlewares: list[Middleware] = [_errors_as_json]
     if api_key is not None:
@@ -81,8 +85,9 @@ def create_app(
     app.on_shutdown.append(_release_held_requests)
     app.router.add_get("/v1/models", _list_models)
     app.router.add_post("/v1/chat/completions", _chat_completions)
-    root = None if data_dir is None else Path(data_dir)
-    routes.install(app, backend, data_dir=root, settings=batch_settings)
+    if batch_api:
+        root = None if data_dir is None else Path(data_dir)
+        routes.install(app, backend, data_dir=root, settings=batch_settings)
     return app
 
 
@@ -95,6 +100,7 @@ async def serve_forever(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     data_dir: Path | str | None = None,
     batch_settings: BatchSettings = BatchSettings(),
+    batch_api: bool = True,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until cancelled; ``port=0`` picks a free port. The options are :func:`create_app`'s.
@@ -111,6 +117,7 @@ async def serve_forever(
         max_body_bytes=max_body_bytes,
         data_dir=data_dir,
         batch_settings=batch_settings,
+        batch_api=batch_api,
     )
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, logger=_ProtocolLog(_log, {})
