@@ -1,8 +1,13 @@
 """Quality metrics of a run: pure functions over the polars frame of ``results.parquet``.
 
-All numbers come from two polars queries collected together (counts, and the most frequent
-label); nothing loops over rows in Python. Ratios whose denominator is zero are ``None``, never
-``NaN``, so the result is valid JSON.
+Numbers come from polars queries (counts, the most frequent label, the panel's tallies); nothing
+loops over rows in Python. Ratios whose denominator is zero are ``None``, never ``NaN``, so the
+result is valid JSON. Each ratio's denominator is said where it is computed and in the README.
+
+A judge's reply is a *verdict* when the verdict parser recognises it, else *unrecognised*; a
+call that failed has no reply (its ``verdict_texts`` entry is null). A row's ``verdict`` is the
+strict majority of its recognised verdicts (the one judge's, without a panel): None when none
+was recognised or, in a panel, on a tie.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ _COLUMNS: dict[str, pl.DataType] = {
     "prediction": pl.String(),
     "prediction_valid": pl.Boolean(),
     "verdict": pl.Boolean(),
+    "verdicts": pl.List(pl.Boolean()),
     "ground_truth_correct": pl.Boolean(),
 }
 _FAILED = ("predict_failed", "judge_failed")
@@ -65,8 +71,22 @@ def cohen_kappa(
 def quality_metrics(results: pl.DataFrame | pl.LazyFrame) -> dict[str, Any]:
     """The quality numbers of ``metrics.json`` from a frame with the columns of ``results.parquet``.
 
-    Keys are described in DESIGN.md. A row counts as labelled when its ``labels`` list is not null
-    and not empty; without any labelled row every ground-truth key is ``None``.
+    Denominators:
+
+    - ``judge_accuracy``: rows with a verdict (``judge_accuracy_n``); a row whose replies were
+      all unrecognised, or a panel's tie, is left out;
+    - ``judge_accuracy_conservative``: judged rows (``judge_accuracy_conservative_n``); a row
+      without a verdict counts as not correct, as the seed notebook counts;
+    - ``invalid_verdict_rate``: judged rows; ``invalid_verdicts`` are those where no judge gave a
+      recognised verdict (a panel's tie has recognised verdicts: it is not invalid);
+    - ``ground_truth_accuracy`` and ``majority_baseline_accuracy``: rows with a ground-truth value
+      (``ground_truth_accuracy_n``: a prediction and at least one label), never failed, skipped or
+      unlabelled rows; the baseline's label is the one most of those rows carry (ties:
+      alphabetically first);
+    - ``judge_vs_truth_*``: rows with both a verdict and a ground-truth value;
+    - ``invalid_prediction_rate``: predictions checked against a label set.
+
+    Without any row with a ground-truth value every ground-truth key is ``None``.
     """
     frame = results.lazy().select(pl.col(name).cast(dtype) for name, dtype in _COLUMNS.items())
     totals, majority = pl.collect_all([_totals(frame), _majority(frame)])
@@ -78,23 +98,43 @@ def quality_metrics(results: pl.DataFrame | pl.LazyFrame) -> dict[str, Any]:
         "n_judged": t["n_judged"],
         "n_failed": t["n_failed"],
         "n_skipped": t["n_skipped"],
-        "judge_accuracy": _ratio(t["verdict_true"], t["verdict_n"]),
-        "judge_accuracy_ci95": _interval(t["verdict_true"], t["verdict_n"]),
+        **_rate("judge_accuracy", t["verdict_true"], t["verdict_n"]),
+        **_rate("judge_accuracy_conservative", t["verdict_true"], t["n_judged"]),
         **_against_truth(t),
         "majority_baseline_label": top["label"] if top else None,
-        "majority_baseline_accuracy": _ratio(top["rows"], t["n_labelled"]) if top else None,
+        "majority_baseline_accuracy": _ratio(top["rows"], t["truth_n"]) if top else None,
         "invalid_prediction_rate": _ratio(t["invalid_predictions"], t["checked_predictions"]),
+        "invalid_verdicts": t["unrecognised_verdicts"],
         "invalid_verdict_rate": _ratio(t["unrecognised_verdicts"], t["n_judged"]),
     }
 
 
+def failure_reasons(results: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
+    """How many failed rows each reason code has (the ``error`` column starts with it, as in
+    ``http_500: ...``; a row failed by several judges counts under its first), most first."""
+    code = pl.col("error").str.extract(r"^([^:;\s]+):", 1).fill_null("unknown")
+    counts = (
+        results.lazy()
+        .filter(pl.col("status").is_in(_FAILED))
+        .group_by(code.alias("reason"))
+        .agg(pl.len().alias("rows"))
+        .sort(["rows", "reason"], descending=[True, False])
+        .collect()
+    )
+    return dict(zip(counts["reason"].to_list(), counts["rows"].to_list()))
+
+
+def _rate(name: str, successes: int, n: int) -> dict[str, Any]:
+    """A proportion with its denominator and Wilson interval: ``name``, ``name_n``, ``name_ci95``."""
+    return {name: _ratio(successes, n), f"{name}_n": n, f"{name}_ci95": _interval(successes, n)}
+
+
 def _against_truth(t: dict[str, Any]) -> dict[str, Any]:
-    """Ground-truth accuracy and the judge's agreement with it; all ``None`` without labels."""
+    """Ground-truth accuracy and the judge's agreement with it; all ``None`` without ground truth."""
     confusion = {key: t[key] for key in ("tp", "fp", "fn", "tn")}
     tp, fp, fn, tn = confusion.values()
     metrics = {
-        "ground_truth_accuracy": _ratio(t["truth_true"], t["truth_n"]),
-        "ground_truth_accuracy_ci95": _interval(t["truth_true"], t["truth_n"]),
+        **_rate("ground_truth_accuracy", t["truth_true"], t["truth_n"]),
         "judge_vs_truth_agreement": _ratio(tp + tn, tp + fp + fn + tn),
         "judge_vs_truth_kappa": _kappa(tp, fp, fn, tn),
         "judge_precision": _ratio(tp, tp + fp),
@@ -102,11 +142,12 @@ def _against_truth(t: dict[str, Any]) -> dict[str, Any]:
         "judge_vs_truth_n": tp + fp + fn + tn,
         "confusion": confusion,
     }
-    return metrics if t["n_labelled"] else dict.fromkeys(metrics)
+    return metrics if t["truth_n"] else dict.fromkeys(metrics)
 
 
-def _is_labelled() -> pl.Expr:
-    return pl.col("labels").list.len().fill_null(0) > 0
+def _recognised() -> pl.Expr:
+    """Recognised verdicts of a row, over its judges."""
+    return pl.col("verdicts").list.eval(pl.element().is_not_null().cast(pl.UInt32)).list.sum().fill_null(0)
 
 
 def _totals(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -125,18 +166,18 @@ def _totals(frame: pl.LazyFrame) -> pl.LazyFrame:
         verdict.sum().alias("verdict_true"),
         truth.is_not_null().sum().alias("truth_n"),
         truth.sum().alias("truth_true"),
-        _is_labelled().sum().alias("n_labelled"),
         *_confusion_exprs(verdict, truth),
         checked.sum().alias("checked_predictions"),
         (checked & ~pl.col("prediction_valid")).sum().alias("invalid_predictions"),
-        (judged & verdict.is_null()).sum().alias("unrecognised_verdicts"),
+        (judged & (_recognised() == 0)).sum().alias("unrecognised_verdicts"),
     )
 
 
 def _majority(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """The label found in most rows' label lists (ties: alphabetically first) and that count."""
+    """Among the rows with a ground-truth value: the label most of them carry (ties:
+    alphabetically first) and how many do."""
     return (
-        frame.filter(_is_labelled())
+        frame.filter(pl.col("ground_truth_correct").is_not_null())
         .select(pl.col("labels").list.unique().explode().alias("label"))
         .drop_nulls()
         .group_by("label")
@@ -182,37 +223,91 @@ def fleiss_kappa(ratings: Sequence[Sequence[bool]]) -> float | None:
 
     None when undefined: fewer than two items or raters, or every rating in one category.
     """
-    if len(ratings) < 2 or len(ratings[0]) < 2:
+    if not ratings:
         return None
     raters = len(ratings[0])
     yes = [sum(item) for item in ratings]
-    share_yes = sum(yes) / (len(ratings) * raters)
+    pairs = sum(y * (y - 1) + (raters - y) * (raters - y - 1) for y in yes)
+    return _fleiss(len(ratings), raters, sum(yes), pairs)
+
+
+def _fleiss(items: int, raters: int, yes: int, agreeing_pairs: int) -> float | None:
+    """Fleiss' kappa from its sums: ``yes`` ratings in all, and ordered pairs of raters that
+    agree, summed over items."""
+    if items < 2 or raters < 2:
+        return None
+    share_yes = yes / (items * raters)
     expected = share_yes**2 + (1 - share_yes) ** 2
     if expected == 1:
         return None
-    observed = sum(y * (y - 1) + (raters - y) * (raters - y - 1) for y in yes) / (len(ratings) * raters * (raters - 1))
+    observed = agreeing_pairs / (items * raters * (raters - 1))
     return (observed - expected) / (1 - expected)
 
 
 def panel_metrics(results: pl.DataFrame | pl.LazyFrame, names: Sequence[str]) -> dict[str, Any]:
-    """A panel of judges: each judge's accuracy, their agreement (Fleiss' kappa over rows where
-    every judge gave a recognised verdict) and the ties of the strict majority."""
-    frame = (results.lazy() if isinstance(results, pl.DataFrame) else results).filter(pl.col("status") == "judged")
-    verdicts = frame.select("verdicts", "verdict").collect()
-    per_judge: dict[str, Any] = {}
-    for index, name in enumerate(names):
-        column = verdicts["verdicts"].list.get(index, null_on_oob=True)
-        recognised = column.drop_nulls()
-        per_judge[name] = {
-            "judge_accuracy": _ratio(int(recognised.sum()), recognised.len()),
-            "invalid_verdict_rate": _ratio(column.null_count(), column.len()),
-        }
-    complete = [row for row in verdicts["verdicts"].to_list() if row and None not in row and len(row) == len(names)]
-    votes = verdicts["verdicts"].to_list()
-    ties = sum(1 for row in votes if row and sum(v is True for v in row) == sum(v is False for v in row))
+    """A panel of judges: each judge on its own, and how the panel decided.
+
+    Per judge, over the rows that reached the judges (judged or judge_failed): ``failed_calls``
+    (no reply), ``answered_calls``, ``unrecognised_verdicts`` and their rate over its answered
+    calls, and its ``judge_accuracy`` over its recognised verdicts (``judge_accuracy_n``).
+
+    Over the judged rows (``rows``): ``ties`` (recognised votes split evenly, at least one each),
+    ``no_recognised_verdict``, ``decided_by_fewer_than_majority`` (a verdict carried by fewer
+    votes than a majority of the panel, e.g. 1 recognised vote of 3); Fleiss' kappa and the
+    unanimous share over the rows where every judge gave a recognised verdict (``fleiss_kappa_n``).
+    """
+    panel = len(names)
+    frame = results.lazy().select(
+        pl.col("status").cast(pl.String),
+        pl.col("verdicts").cast(pl.List(pl.Boolean)),
+        pl.col("verdict_texts").cast(pl.List(pl.String)),
+    )
+    reached = frame.filter(pl.col("status").is_in(("judged", "judge_failed")))
+    per_judge = []
+    for index in range(panel):
+        vote = pl.col("verdicts").list.get(index, null_on_oob=True)
+        answered = pl.col("verdict_texts").list.get(index, null_on_oob=True).is_not_null()
+        per_judge.append(reached.select(
+            pl.len().alias("calls"),
+            answered.sum().alias("answered_calls"),
+            (answered & vote.is_null()).sum().alias("unrecognised_verdicts"),
+            vote.is_not_null().sum().alias("judge_accuracy_n"),
+            vote.sum().alias("correct"),
+        ))
+    yes = pl.col("verdicts").list.count_matches(True)
+    no = pl.col("verdicts").list.count_matches(False)
+    complete = (yes + no) == panel
+    tallies = frame.filter(pl.col("status") == "judged").select(
+        pl.len().alias("rows"),
+        ((yes == no) & (yes > 0)).sum().alias("ties"),
+        ((yes + no) == 0).sum().alias("no_recognised_verdict"),
+        ((yes != no) & (pl.max_horizontal(yes, no) < panel // 2 + 1)).sum().alias("decided_by_fewer_than_majority"),
+        complete.sum().alias("complete"),
+        (complete & ((yes == 0) | (no == 0))).sum().alias("unanimous"),
+        yes.filter(complete).sum().alias("yes"),
+        (yes * (yes - 1) + no * (no - 1)).filter(complete).sum().alias("agreeing_pairs"),
+    )
+    *judges, totals = pl.collect_all([*per_judge, tallies])
+    t = totals.row(0, named=True)
     return {
-        "judges": per_judge,
-        "fleiss_kappa": fleiss_kappa(complete),
-        "unanimous_rate": _ratio(sum(1 for row in complete if len(set(row)) == 1), len(complete)),
-        "ties": ties,
+        "judges": {name: _judge_alone(counts.row(0, named=True)) for name, counts in zip(names, judges)},
+        "rows": t["rows"],
+        "ties": t["ties"],
+        "no_recognised_verdict": t["no_recognised_verdict"],
+        "decided_by_fewer_than_majority": t["decided_by_fewer_than_majority"],
+        "fleiss_kappa": _fleiss(t["complete"], panel, t["yes"] or 0, t["agreeing_pairs"] or 0),
+        "fleiss_kappa_n": t["complete"],
+        "unanimous_rate": _ratio(t["unanimous"], t["complete"]),
+    }
+
+
+def _judge_alone(counts: dict[str, int]) -> dict[str, Any]:
+    answered = counts["answered_calls"]
+    return {
+        "judge_accuracy": _ratio(counts["correct"], counts["judge_accuracy_n"]),
+        "judge_accuracy_n": counts["judge_accuracy_n"],
+        "answered_calls": answered,
+        "unrecognised_verdicts": counts["unrecognised_verdicts"],
+        "unrecognised_verdict_rate": _ratio(counts["unrecognised_verdicts"], answered),
+        "failed_calls": counts["calls"] - answered,
     }

@@ -1,15 +1,17 @@
-"""Quality metrics against values worked out by hand (the arithmetic is in the comments)."""
+"""Quality metrics against values worked out by hand (the arithmetic is in the comments) and
+against plain-Python recounts over generated rows."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from typing import Any
 
 import polars as pl
 import pytest
 
-from engine.metrics import cohen_kappa, quality_metrics, wilson_interval
+from engine.metrics import cohen_kappa, failure_reasons, fleiss_kappa, panel_metrics, quality_metrics, wilson_interval
 
 SCHEMA: dict[str, pl.DataType] = {
     "row_id": pl.String(),
@@ -19,29 +21,35 @@ SCHEMA: dict[str, pl.DataType] = {
     "prediction_valid": pl.Boolean(),
     "verdict": pl.Boolean(),
     "verdict_text": pl.String(),
+    "verdicts": pl.List(pl.Boolean()),
+    "verdict_texts": pl.List(pl.String()),
     "ground_truth_correct": pl.Boolean(),
+    "error": pl.String(),
 }
 KEYS = {
     "n_rows", "n_predicted", "n_judged", "n_failed", "n_skipped",
-    "judge_accuracy", "judge_accuracy_ci95",
-    "ground_truth_accuracy", "ground_truth_accuracy_ci95",
+    "judge_accuracy", "judge_accuracy_n", "judge_accuracy_ci95",
+    "judge_accuracy_conservative", "judge_accuracy_conservative_n", "judge_accuracy_conservative_ci95",
+    "ground_truth_accuracy", "ground_truth_accuracy_n", "ground_truth_accuracy_ci95",
     "judge_vs_truth_agreement", "judge_vs_truth_kappa", "judge_precision", "judge_recall",
     "judge_vs_truth_n", "confusion",
     "majority_baseline_label", "majority_baseline_accuracy",
-    "invalid_prediction_rate", "invalid_verdict_rate",
+    "invalid_prediction_rate", "invalid_verdicts", "invalid_verdict_rate",
 }  # fmt: skip
 TRUTH_KEYS = {
-    "ground_truth_accuracy", "ground_truth_accuracy_ci95",
+    "ground_truth_accuracy", "ground_truth_accuracy_n", "ground_truth_accuracy_ci95",
     "judge_vs_truth_agreement", "judge_vs_truth_kappa", "judge_precision", "judge_recall",
     "judge_vs_truth_n", "confusion",
     "majority_baseline_label", "majority_baseline_accuracy",
 }  # fmt: skip
+VERDICT_TEXT = {True: "CORRECT", False: "INCORRECT", None: "maybe?"}
 
 
 def results(
     rows: list[tuple[str, list[str] | None, str | None, bool | None, bool | None, bool | None]],
 ) -> pl.DataFrame:
-    """A results frame from (status, labels, prediction, prediction_valid, verdict, truth) rows."""
+    """A single judge's results frame from (status, labels, prediction, prediction_valid, verdict,
+    truth) rows: a judged row's verdict None is an unrecognised reply, a judge_failed row's a failed call."""
     return pl.DataFrame(
         [
             {
@@ -51,8 +59,12 @@ def results(
                 "prediction": prediction,
                 "prediction_valid": valid,
                 "verdict": verdict,
-                "verdict_text": {True: "CORRECT", False: "INCORRECT", None: None}[verdict],
+                "verdict_text": VERDICT_TEXT[verdict] if status == "judged" else None,
+                "verdicts": [verdict] if status in ("judged", "judge_failed") else [],
+                "verdict_texts": [VERDICT_TEXT[verdict] if status == "judged" else None]
+                if status in ("judged", "judge_failed") else [],
                 "ground_truth_correct": truth,
+                "error": {"predict_failed": "http_500: boom", "judge_failed": "timeout: slow"}.get(status),
             }
             for i, (status, labels, prediction, valid, verdict, truth) in enumerate(rows)
         ],
@@ -149,11 +161,14 @@ def test_quality_metrics_by_hand() -> None:
     assert m["n_skipped"] == 1
 
     # verdicts on rows 1-5 and 7: 3 correct of 6 (the failed judge call has none)
-    assert m["judge_accuracy"] == pytest.approx(3 / 6)
+    assert (m["judge_accuracy"], m["judge_accuracy_n"]) == (pytest.approx(3 / 6), 6)
     assert m["judge_accuracy_ci95"] == pytest.approx([0.1876163, 0.8123837])  # wilson(3, 6)
+    # conservative, as the seed counts: the unrecognised verdict (row 6) is not correct: 3 of 7 judged
+    assert (m["judge_accuracy_conservative"], m["judge_accuracy_conservative_n"]) == (pytest.approx(3 / 7), 7)
+    assert m["judge_accuracy_conservative_ci95"] == pytest.approx(list(wilson_interval(3, 7) or ()))
 
     # ground truth on rows 1-8 (the judge_failed row has a prediction): 1, 2, 5, 6, 8 right -> 5/8
-    assert m["ground_truth_accuracy"] == pytest.approx(5 / 8)
+    assert (m["ground_truth_accuracy"], m["ground_truth_accuracy_n"]) == (pytest.approx(5 / 8), 8)
     assert m["ground_truth_accuracy_ci95"] == pytest.approx([0.3057424, 0.8631557])
 
     # both known on rows 1-5 and 7: TP 2, FP 1, FN 1, TN 2
@@ -165,14 +180,15 @@ def test_quality_metrics_by_hand() -> None:
     # p_o = 4/6; judge yes 3/6, truth yes 3/6: p_e = 0.25 + 0.25 = 0.5; (2/3 - 1/2) / (1/2) = 1/3
     assert m["judge_vs_truth_kappa"] == pytest.approx(1 / 3)
 
-    # Drama is in rows 1, 2, 4, 6, 8, 10 (Comedy 3, Crime 2, Action 1) of 10 labelled rows
+    # the baseline on the rows of ground-truth accuracy (1-8, not the failed 9 or the skipped 10):
+    # Drama is in rows 1, 2, 4, 6, 8 (Comedy 3, 6; Crime 2, 5; Action 7) -> 5/8
     assert m["majority_baseline_label"] == "Drama"
-    assert m["majority_baseline_accuracy"] == pytest.approx(0.6)
+    assert m["majority_baseline_accuracy"] == pytest.approx(5 / 8)
 
     # predictions checked against the label set: rows 1-8; invalid: row 7
     assert m["invalid_prediction_rate"] == pytest.approx(1 / 8)
     # judged rows 1-7; no recognised verdict: row 6
-    assert m["invalid_verdict_rate"] == pytest.approx(1 / 7)
+    assert (m["invalid_verdicts"], m["invalid_verdict_rate"]) == (1, pytest.approx(1 / 7))
 
 
 def test_lazy_frame_gives_the_same_and_json_serialises() -> None:
@@ -209,6 +225,7 @@ def test_all_null_columns_without_a_schema() -> None:
             "prediction_valid": [None, None],
             "verdict": [None, None],
             "verdict_text": [None, None],
+            "verdicts": [None, None],
             "ground_truth_correct": [None, None],
         }
     )
@@ -223,8 +240,9 @@ def test_all_null_columns_without_a_schema() -> None:
 
 def test_empty_frame() -> None:
     m = quality_metrics(pl.DataFrame(schema=SCHEMA))
-    assert m["n_rows"] == 0
-    assert all(value is None for key, value in m.items() if not key.startswith("n_"))
+    counts = {key for key in m if key.startswith("n_") or key.endswith("_n") or key == "invalid_verdicts"}
+    assert all(m[key] == 0 for key in counts - {"ground_truth_accuracy_n", "judge_vs_truth_n"})
+    assert all(m[key] is None for key in set(m) - counts)  # ground-truth counts too: no ground truth
 
 
 def test_failed_rows_count_only_where_they_have_data() -> None:
@@ -242,8 +260,8 @@ def test_failed_rows_count_only_where_they_have_data() -> None:
     assert m["ground_truth_accuracy"] == pytest.approx(1 / 2)  # rows 1 and 4 have a prediction
     assert m["judge_vs_truth_n"] == 1
     assert m["invalid_verdict_rate"] == 0.0  # failed judge calls are not unrecognised verdicts
-    # the baseline needs no prediction: B is in 2 of the 4 labelled rows, A too; tie -> A
-    assert (m["majority_baseline_label"], m["majority_baseline_accuracy"]) == ("A", 0.5)
+    # the baseline counts the rows of ground-truth accuracy (1 and 4), never the failed ones: A, 2/2
+    assert (m["majority_baseline_label"], m["majority_baseline_accuracy"]) == ("A", 1.0)
 
 
 def test_multi_label_ground_truth_and_baseline() -> None:
@@ -268,7 +286,9 @@ def test_multi_label_ground_truth_and_baseline() -> None:
 
 def test_majority_baseline_ties_and_duplicates() -> None:
     def baseline(label_lists: list[list[str] | None]) -> tuple[Any, Any]:
-        frame = results([("skipped", labels, None, None, None, None) for labels in label_lists])
+        # judged rows; the pipeline gives a row ground truth exactly when it has labels
+        frame = results([("judged", labels, "A", True, True, None if labels is None else "A" in labels)
+                         for labels in label_lists])
         m = quality_metrics(frame)
         return m["majority_baseline_label"], m["majority_baseline_accuracy"]
 
@@ -276,8 +296,8 @@ def test_majority_baseline_ties_and_duplicates() -> None:
     assert baseline([["B", "A"], ["C", "B"], ["A", "C"], ["D"]]) == ("A", 0.5)
     # a label repeated within one row counts once: B in 2 rows of 3, not 3 times
     assert baseline([["B", "B"], ["A"], ["B"]]) == ("B", pytest.approx(2 / 3))
-    # rows with no labels or an empty list are not labelled rows: Z in 1 of 1
-    assert baseline([None, [], ["Z"]]) == ("Z", 1.0)
+    # rows with no labels are not labelled rows: Z in 1 of 1
+    assert baseline([None, None, ["Z"]]) == ("Z", 1.0)
 
 
 def test_invalid_rates() -> None:
@@ -293,3 +313,151 @@ def test_invalid_rates() -> None:
     m = quality_metrics(frame)
     assert m["invalid_prediction_rate"] == pytest.approx(2 / 4)  # rows 1, 2, 3, 5 checked
     assert m["invalid_verdict_rate"] == pytest.approx(2 / 4)  # rows 1-4 judged, 2 and 3 null
+
+
+# --- against plain-Python recounts ------------------------------------------------------------
+
+STATUSES = ("judged",) * 6 + ("judge_failed", "predict_failed", "skipped")
+LABEL_SETS = (None, ["A"], ["B"], ["A", "B"], ["C"], ["B", "C"])
+
+
+def generated(seed: int, rows: int, judges: int) -> list[dict[str, Any]]:
+    """Rows as the pipeline writes them: a judge's call fails (text None), answers unreadably
+    (text, verdict None) or gives a verdict; the row's verdict is the strict majority."""
+    draw = random.Random(seed)
+    out = []
+    for i in range(rows):
+        status = draw.choice(STATUSES)
+        labels = draw.choice(LABEL_SETS)
+        prediction = draw.choice("ABC") if status in ("judged", "judge_failed") else None
+        texts: list[str | None] = []
+        votes: list[bool | None] = []
+        if status in ("judged", "judge_failed"):
+            for _ in range(judges):
+                kind = "failed" if status == "judge_failed" else draw.choice(("failed", "unreadable", "yes", "no", "yes"))
+                texts.append(None if kind == "failed" else {"unreadable": "hmm", "yes": "correct", "no": "incorrect"}[kind])
+                votes.append({"yes": True, "no": False}.get(kind))
+            if status == "judged" and all(text is None for text in texts):
+                texts[0], votes[0] = "correct", True  # a judged row has at least one answer
+        yes, no = votes.count(True), votes.count(False)
+        out.append({
+            "row_id": str(i),
+            "status": status,
+            "labels": labels,
+            "prediction": prediction,
+            "prediction_valid": None if prediction is None else prediction != "C",
+            "verdict": None if yes == no else yes > no,
+            "verdict_text": None,
+            "verdicts": votes,
+            "verdict_texts": texts,
+            "ground_truth_correct": None if labels is None or prediction is None else prediction in labels,
+            "error": {"predict_failed": draw.choice(["http_500: x", "timeout: y"]),
+                      "judge_failed": "; ".join(["connection: z"] * judges)}.get(status),
+        })
+    return out
+
+
+def share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+@pytest.mark.parametrize(("seed", "judges"), [(1, 1), (2, 1), (3, 3), (4, 2), (5, 4)])
+def test_quality_metrics_match_a_recount(seed: int, judges: int) -> None:
+    rows = generated(seed, 400, judges)
+    m = quality_metrics(pl.DataFrame(rows, schema=SCHEMA))
+    judged = [row for row in rows if row["status"] == "judged"]
+    with_verdict = [row for row in rows if row["verdict"] is not None]
+    correct = sum(row["verdict"] is True for row in rows)
+    assert (m["judge_accuracy"], m["judge_accuracy_n"]) == (share(correct, len(with_verdict)), len(with_verdict))
+    assert m["judge_accuracy_conservative"] == share(correct, len(judged))
+    assert m["judge_accuracy_conservative_n"] == len(judged)
+    # a row is invalid when no judge's reply was readable; a tie of readable votes is not
+    invalid = [row for row in judged if all(vote is None for vote in row["verdicts"])]
+    assert m["invalid_verdicts"] == len(invalid) and m["invalid_verdict_rate"] == share(len(invalid), len(judged))
+    assert judges == 1 or any(row["verdict"] is None and row not in invalid for row in judged)  # ties exist
+    # ground truth and the baseline on the same rows: those with a ground-truth value
+    truth = [row for row in rows if row["ground_truth_correct"] is not None]
+    assert m["ground_truth_accuracy_n"] == len(truth)
+    assert m["ground_truth_accuracy"] == share(sum(row["ground_truth_correct"] for row in truth), len(truth))
+    counts = {label: sum(label in row["labels"] for row in truth) for label in "ABC"}
+    best = max(sorted(counts), key=lambda label: counts[label])
+    assert m["majority_baseline_label"] == best
+    assert m["majority_baseline_accuracy"] == pytest.approx(counts[best] / len(truth))
+
+
+def test_unlabelled_rows_change_neither_denominator() -> None:
+    # the issue's case: labelled rows with rows of no ground truth among them
+    labelled = generated(7, 300, 1)
+    unlabelled = [{**row, "labels": None, "ground_truth_correct": None, "row_id": f"u{i}"}
+                  for i, row in enumerate(generated(8, 100, 1))]
+    alone = quality_metrics(pl.DataFrame(labelled, schema=SCHEMA))
+    mixed = quality_metrics(pl.DataFrame(labelled + unlabelled, schema=SCHEMA))
+    for key in ("ground_truth_accuracy", "ground_truth_accuracy_n", "majority_baseline_label",
+                "majority_baseline_accuracy", "judge_vs_truth_n"):
+        assert mixed[key] == alone[key], key
+
+
+@pytest.mark.parametrize(("seed", "judges"), [(11, 3), (12, 2), (13, 4), (14, 5)])
+def test_panel_metrics_match_a_recount(seed: int, judges: int) -> None:
+    rows = generated(seed, 500, judges)
+    names = [f"j{k}" for k in range(judges)]
+    panel = panel_metrics(pl.DataFrame(rows, schema=SCHEMA), names)
+    reached = [row for row in rows if row["status"] in ("judged", "judge_failed")]
+    judged = [row for row in rows if row["status"] == "judged"]
+    for k, name in enumerate(names):
+        texts = [row["verdict_texts"][k] for row in reached]
+        votes = [row["verdicts"][k] for row in reached]
+        answered = sum(text is not None for text in texts)
+        recognised = [vote for vote in votes if vote is not None]
+        unreadable = sum(text is not None and vote is None for text, vote in zip(texts, votes))
+        assert panel["judges"][name] == {
+            "judge_accuracy": share(sum(recognised), len(recognised)),
+            "judge_accuracy_n": len(recognised),
+            "answered_calls": answered,
+            "unrecognised_verdicts": unreadable,
+            "unrecognised_verdict_rate": share(unreadable, answered),
+            "failed_calls": sum(text is None for text in texts),
+        }
+    majority = judges // 2 + 1
+    tallies = [(row["verdicts"].count(True), row["verdicts"].count(False)) for row in judged]
+    assert panel["rows"] == len(judged)
+    assert panel["ties"] == sum(yes == no and yes > 0 for yes, no in tallies)
+    assert panel["no_recognised_verdict"] == sum(yes == no == 0 for yes, no in tallies)
+    assert panel["decided_by_fewer_than_majority"] == sum(yes != no and max(yes, no) < majority for yes, no in tallies)
+    complete = [row["verdicts"] for row in judged if None not in row["verdicts"]]
+    assert panel["fleiss_kappa_n"] == len(complete)
+    assert panel["fleiss_kappa"] == pytest.approx(fleiss_kappa(complete))
+    assert panel["unanimous_rate"] == pytest.approx(sum(len(set(votes)) == 1 for votes in complete) / len(complete))
+    assert panel["ties"] and panel["decided_by_fewer_than_majority"] and panel["no_recognised_verdict"] is not None
+
+
+def test_panel_by_hand() -> None:
+    # three judges; j2 never gives a readable verdict, j1's call fails once
+    frame = pl.DataFrame([
+        {"status": "judged", "verdicts": [True, True, None], "verdict_texts": ["correct", "correct", "eh"]},
+        {"status": "judged", "verdicts": [True, False, None], "verdict_texts": ["correct", "incorrect", "eh"]},  # tie
+        {"status": "judged", "verdicts": [False, None, None], "verdict_texts": ["incorrect", None, "eh"]},  # 1 of 3
+        {"status": "judged", "verdicts": [None, None, None], "verdict_texts": ["eh", "eh", "eh"]},  # none readable
+        {"status": "judge_failed", "verdicts": [None, None, None], "verdict_texts": [None, None, None]},
+        {"status": "predict_failed", "verdicts": [], "verdict_texts": []},
+    ], schema={"status": pl.String, "verdicts": pl.List(pl.Boolean), "verdict_texts": pl.List(pl.String)})
+    panel = panel_metrics(frame, ["j0", "j1", "j2"])
+    assert panel["judges"]["j0"] == {"judge_accuracy": 2 / 3, "judge_accuracy_n": 3, "answered_calls": 4,
+                                     "unrecognised_verdicts": 1, "unrecognised_verdict_rate": 1 / 4, "failed_calls": 1}
+    assert panel["judges"]["j1"] == {"judge_accuracy": 1 / 2, "judge_accuracy_n": 2, "answered_calls": 3,
+                                     "unrecognised_verdicts": 1, "unrecognised_verdict_rate": 1 / 3, "failed_calls": 2}
+    assert panel["judges"]["j2"] == {"judge_accuracy": None, "judge_accuracy_n": 0, "answered_calls": 4,
+                                     "unrecognised_verdicts": 4, "unrecognised_verdict_rate": 1.0, "failed_calls": 1}
+    assert (panel["rows"], panel["ties"], panel["no_recognised_verdict"], panel["decided_by_fewer_than_majority"]) == (4, 1, 1, 1)
+    assert panel["fleiss_kappa"] is None and panel["fleiss_kappa_n"] == 0 and panel["unanimous_rate"] is None
+
+
+def test_failure_reasons_count_the_codes_of_failed_rows() -> None:
+    frame = pl.DataFrame({
+        "status": ["predict_failed", "predict_failed", "judge_failed", "judged", "skipped", "predict_failed", "judge_failed"],
+        "error": ["http_500: boom", "timeout: 60 s", "http_500: x; timeout: y", "timeout: one judge", "empty_input: ...",
+                  None, "connection: refused"],
+    })
+    # most frequent first, then by name; a failed row without an error is 'unknown'
+    assert list(failure_reasons(frame).items()) == [("http_500", 2), ("connection", 1), ("timeout", 1), ("unknown", 1)]
+    assert failure_reasons(frame.filter(pl.col("status") == "judged")) == {}
