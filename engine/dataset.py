@@ -27,7 +27,7 @@ import polars as pl
 
 from .config import DatasetConfig
 from .errors import ConfigError
-from .types import Row
+from .types import Row, row_fingerprint
 
 ROW_ID = "__row_id"
 ROW_INDEX = "__row_index"
@@ -207,8 +207,9 @@ class Dataset:
         for chunk in _chunks(frame, chunk_size):
             for record in chunk.iter_rows(named=True):
                 labels = record[LABELS] if self.has_labels else None
-                row = Row(record[ROW_ID], record[ROW_INDEX], {name: record[name] for name in columns},
-                          tuple(labels) if labels is not None else None)
+                values = {name: record[name] for name in columns}
+                row_labels = tuple(labels) if labels is not None else None
+                row = Row(record[ROW_ID], record[ROW_INDEX], values, row_labels, row_fingerprint(values, row_labels))
                 extras = {
                     name: {field: record[column] for column, field in pairs}
                     if record[f"{name}.custom_id"] is not None else None

@@ -3,6 +3,7 @@
     EngineError
     ├── ConfigError                bad config, data set or template: names the file, row or field
     ├── JournalError               the run directory cannot be read or written
+    │   └── RunInUseError          another process holds the run directory
     └── ProviderError              one call failed; ``kind`` says whether it may be retried
         └── FatalError             every other row would fail the same way: the run stops at once
             ├── AuthError          401: the endpoint rejected the key
@@ -32,6 +33,10 @@ class ConfigError(EngineError):
 
 class JournalError(EngineError):
     """The run directory cannot be read or written."""
+
+
+class RunInUseError(JournalError):
+    """Another live process runs in this run directory; two would pay for every row twice."""
 
 
 class ProviderError(EngineError):

@@ -33,7 +33,7 @@ from . import report, streams
 from .config import LocalServerConfig, TaskConfig
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
-from .journal import Journal, has_records, journal_path, scan_journal
+from .journal import Journal, check_journal, has_records, journal_path, scan_journal
 from .limits import AnyioClock, Clock, Limiter
 from .pipeline import JoinState, LiveStats, Pipeline
 from .prompts import PromptBuilder, VerdictParser
@@ -43,7 +43,10 @@ from .realtime import RealtimeRunner, RealtimeStage
 from .report_doc import write_report
 from .results import ResultsWriter
 from .retry import RetryPolicy
-from .rundir import METRICS_FILE, RUN_FILE, create_run, load_run, new_run_dir, prepare_run_dir, write_json
+from .outage import Outage
+from .resume import check_mode_change, stale_rows
+from .rundir import METRICS_FILE, RUN_FILE, check_resumable, claim_run_dir, load_run, new_run_dir, write_json, write_run
+from .sessions import SessionLog, run_figures
 from .types import STAGES, ChatRequest, JoinedRow, StageName
 
 
@@ -53,8 +56,13 @@ LOCAL_MODEL_CONCURRENCY = 2
 class Evaluation:
     """One run of a task: predict every row, judge every prediction, join, measure.
 
-    Pass ``run_dir`` of an earlier run with ``resume=True`` to finish it; its config is read
-    from its ``run.json`` and ``config`` may be None.
+    Pass ``run_dir`` of an earlier run with ``resume=True`` to finish it, with ``config`` None
+    for the run's own (its ``run.json``) or a config whose endpoint, limits, mode, prices and
+    batch settings differ: a change to what the results depend on is refused (``ConfigError``,
+    see ``engine.resume``). A resumed run also retries the rows that failed for a transient
+    reason, and every failed row with ``retry_failed``. Only one process at a time may run in a
+    run directory (``RunInUseError``). ``notes`` collects what a person should know about the run
+    (rows done again, damaged parts set aside, a structured-output format the endpoint refused).
     """
 
     def __init__(
@@ -64,21 +72,26 @@ class Evaluation:
         run_dir: Path | str | None = None,
         runs_root: Path | str = "runs",
         resume: bool = False,
+        retry_failed: bool = False,
         clock: Clock | None = None,
         row_buffer: int = 64,
     ) -> None:
-        if resume:
-            if run_dir is None:
-                raise ValueError("resume=True needs the run_dir to resume")
-            config = load_run(Path(run_dir))
+        if resume and run_dir is None:
+            raise ValueError("resume=True needs the run_dir to resume")
+        if resume and config is None:
+            config = load_run(Path(run_dir))  # type: ignore[arg-type]
         if config is None:
             raise ValueError("an Evaluation needs a config (or resume=True with a run_dir)")
         self.config = config
         self.resume = resume
+        self.retry_failed = retry_failed
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(Path(runs_root), config.name)
         self.stats = LiveStats()
         self.metrics: dict[str, Any] | None = None
+        self.notes: list[str] = []
         self.base_url: str | None = config.endpoint.base_url
+        self.limiter: Limiter | None = None
+        self.outage: Outage | None = None
         self.predict_runner: RealtimeRunner | None = None
         self.judge_runner: RealtimeRunner | None = None
         self._clock = clock or AnyioClock()
@@ -93,10 +106,14 @@ class Evaluation:
         dataset = await anyio.to_thread.run_sync(partial(Dataset, config.dataset, label_set=config.labels))
         builder = PromptBuilder(config, dataset.columns)
         fresh = not self.resume and not self.run_dir.exists()
-        if not self.resume:
-            prepare_run_dir(self.run_dir)
         await self._stack.__aenter__()
         try:
+            lock = claim_run_dir(self.run_dir, resume=self.resume)
+            self._stack.callback(lock.release)
+            started = await anyio.to_thread.run_sync(self._check_resume) if self.resume else None
+            results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
+            if self.resume:
+                await anyio.to_thread.run_sync(self._redo_stale_rows, dataset, results)
             self.base_url = await self._endpoint()
             client = await self._stack.enter_async_context(
                 openai_compat.OpenAICompatClient(
@@ -107,10 +124,9 @@ class Evaluation:
                 )
             )
             await preflight(client, config)
-            if not self.resume:
-                create_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded")
+            write_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded", started=started)
             self._make_runners(client)
-            await self._start(dataset, builder, client)
+            await self._start(dataset, builder, client, results)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
             if fresh and not (self.run_dir / RUN_FILE).exists():
@@ -118,18 +134,45 @@ class Evaluation:
             raise
         return self
 
+    def _check_resume(self) -> dict[str, Any]:
+        """The run's first ``run.json``, once this session may finish it (see ``engine.resume``)."""
+        started = check_resumable(self.run_dir, self.config)
+        check_mode_change(self.run_dir, TaskConfig.model_validate(started["config"]), self.config)
+        for stage in STAGES:
+            check_journal(journal_path(self.run_dir, stage))
+        return started
+
+    def _redo_stale_rows(self, dataset: Dataset, results: ResultsWriter) -> None:
+        for part in results.set_aside_damaged():
+            self.notes.append(f"{part}: a damaged results part, set aside; its rows are rebuilt from the journal")
+        stale = stale_rows(
+            results.parts(), dataset, results.input_columns, retry_failed=self.retry_failed, workdir=self.run_dir
+        )
+        if stale:
+            results.drop_rows(stale)
+            why = "failed" if self.retry_failed else "failed for a reason worth trying again"
+            self.notes.append(f"{len(stale)} finished rows are done again: they {why}, or changed in the data file")
+
     def _make_runners(self, client: openai_compat.OpenAICompatClient) -> None:
-        """One limiter and retry policy for both stages: they share the endpoint's budget."""
+        """One limiter, retry policy and outage for both stages: they share the endpoint.
+
+        The limiter's latency target is a quarter of the timeout: a server that queues calls it
+        cannot serve is sent fewer long before they time out (see ``Limiter``).
+        """
         endpoint = self.config.endpoint
         concurrency = endpoint.concurrency
         if endpoint.base_url is None and self.config.local.backend == "local":
             # The local model answers one request at a time: more in flight only queue at the
             # server, where their time counts against the client's timeout.
             concurrency = min(concurrency, LOCAL_MODEL_CONCURRENCY)
-        limiter = Limiter(concurrency=concurrency, rpm=endpoint.rpm, tpm=endpoint.tpm, clock=self._clock)
+        self.limiter = Limiter(
+            concurrency=concurrency, rpm=endpoint.rpm, tpm=endpoint.tpm, clock=self._clock,
+            latency_target_s=endpoint.timeout_s / 4,
+        )
+        self.outage = Outage(self._clock, timeout_s=endpoint.outage_timeout_s)
         policy = RetryPolicy(max_retries=endpoint.max_retries)
-        self.predict_runner = RealtimeRunner(client, limiter, policy, self._clock)
-        self.judge_runner = RealtimeRunner(client, limiter, policy, self._clock)
+        self.predict_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage)
+        self.judge_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage)
 
     def _make_stages(self, client: openai_compat.OpenAICompatClient) -> tuple[Stage, Stage]:
         """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
@@ -161,12 +204,16 @@ class Evaluation:
             predict.after_batch = judge.flush
         return predict, judge
 
-    async def _start(self, dataset: Dataset, builder: PromptBuilder, client: openai_compat.OpenAICompatClient) -> None:
+    async def _start(
+        self, dataset: Dataset, builder: PromptBuilder, client: openai_compat.OpenAICompatClient, results: ResultsWriter
+    ) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
         assert self.predict_runner is not None and self.judge_runner is not None
         journal = Journal(self.run_dir)
         self._stack.callback(journal.close)
-        results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
+        sessions = SessionLog(self.run_dir)
+        sessions.start()
+        self._stack.callback(sessions.end)
         owed = dataset.rows(
             results.input_columns,
             exclude=results.done_row_ids(),
@@ -195,6 +242,7 @@ class Evaluation:
             emit=emit,
             stats=self.stats,
             rows_in_flight=rows_in_flight,
+            retry_failed=self.retry_failed,
         )
         group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
         group.start_soon(pipeline.run, owed)
@@ -274,16 +322,10 @@ class Evaluation:
             self.metrics = await anyio.to_thread.run_sync(self._final_metrics)
 
     def _final_metrics(self) -> dict[str, Any]:
-        wall = time.perf_counter() - self.stats.started
-        assert self.predict_runner is not None and self.judge_runner is not None
-        requests = self.predict_runner.stats.requests + self.judge_runner.stats.requests
         metrics = report.build_metrics(
             self.run_dir,
             self.config,
-            wall_seconds=wall,
-            requests=requests,
-            retries=self.predict_runner.stats.retries + self.judge_runner.stats.retries,
-            rate_limited=self.predict_runner.stats.rate_limited + self.judge_runner.stats.rate_limited,
+            figures=run_figures(self.run_dir, now=time.time()),
             backend=self.config.local.backend if self.config.endpoint.base_url is None else None,
         )
         write_json(self.run_dir / METRICS_FILE, metrics)

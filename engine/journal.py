@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from .errors import JournalError
-from .types import STAGES, ChatResult, Failure, Outcome, StageName, Usage
+from .types import STAGES, ChatResult, Failure, Outcome, Row, StageName, Usage
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one, not one per line as json.dumps(ensure_ascii=False) builds
 
@@ -41,14 +41,18 @@ JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String(),
     "message": pl.String(),
     "status_code": pl.Int64(),
+    "rate_limited": pl.Int64(),
+    "fingerprint": pl.String(),
 }
 
 
-def outcome_to_record(row_id: str, outcome: Outcome) -> dict[str, Any]:
+def outcome_to_record(row: Row, outcome: Outcome) -> dict[str, Any]:
+    """The journal line of ``outcome``: ``attempts`` is every request it cost (the figures of a
+    run are summed from them), ``fingerprint`` the row's when it was asked."""
     if isinstance(outcome, ChatResult):
         return {
             "custom_id": outcome.custom_id,
-            "row_id": row_id,
+            "row_id": row.row_id,
             "ok": True,
             "content": outcome.content,
             "model": outcome.model,
@@ -58,10 +62,12 @@ def outcome_to_record(row_id: str, outcome: Outcome) -> dict[str, Any]:
             "attempts": outcome.attempts,
             "started_at": outcome.started_at,
             "finished_at": outcome.finished_at,
+            "rate_limited": outcome.rate_limited,
+            "fingerprint": row.fingerprint,
         }
     return {
         "custom_id": outcome.custom_id,
-        "row_id": row_id,
+        "row_id": row.row_id,
         "ok": False,
         "reason": outcome.reason,
         "message": outcome.message,
@@ -69,6 +75,8 @@ def outcome_to_record(row_id: str, outcome: Outcome) -> dict[str, Any]:
         "attempts": outcome.attempts,
         "started_at": outcome.started_at,
         "finished_at": outcome.finished_at,
+        "rate_limited": outcome.rate_limited,
+        "fingerprint": row.fingerprint,
     }
 
 
@@ -84,6 +92,7 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
             attempts=record["attempts"] or 1,
             started_at=record["started_at"] or 0.0,
             finished_at=record["finished_at"] or 0.0,
+            rate_limited=record.get("rate_limited") or 0,
         )
     return Failure(
         custom_id=record["custom_id"],
@@ -93,6 +102,7 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
         attempts=record["attempts"] or 1,
         started_at=record["started_at"] or 0.0,
         finished_at=record["finished_at"] or 0.0,
+        rate_limited=record.get("rate_limited") or 0,
     )
 
 
@@ -152,6 +162,54 @@ def has_records(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
 
+def check_journal(path: Path) -> None:
+    """Raise ``JournalError`` naming the first line of ``path`` that is not a journal record.
+
+    Polars parses the whole file once (fast); only when it fails are the lines read in Python to
+    say which one. A torn last line is not damage: ``repair_torn_tail`` cuts it on reopening.
+    """
+    if not has_records(path):
+        return
+    try:
+        nulls = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA).select(
+            pl.col("custom_id").null_count() + pl.col("ok").null_count()
+        ).collect().item()
+    except pl.exceptions.PolarsError:
+        nulls = 1
+    if not nulls:
+        return
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip() and not _is_record(line):
+                raise JournalError(
+                    f"{path}: line {number} is not a journal record ({line.strip()[:60]!r}): delete that line "
+                    "(its call is made again) or restore the file, then resume"
+                )
+
+
+_PYTHON_TYPES: dict[type[pl.DataType], tuple[type, ...]] = {
+    pl.String: (str,), pl.Boolean: (bool,), pl.Int64: (int,), pl.Float64: (int, float),
+}
+
+
+def _is_record(line: str) -> bool:
+    """A JSON object with a custom_id and ok, and every known field of its schema's type."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str) or not isinstance(record.get("ok"), bool):
+        return False
+    for name, value in record.items():
+        dtype = JOURNAL_SCHEMA.get(name)
+        if value is None or dtype is None:
+            continue
+        allowed = _PYTHON_TYPES[type(dtype)]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            return False
+    return True
+
+
 def scan_journal(path: Path) -> pl.LazyFrame:
     """The journal as a frame; the last record per ``custom_id`` wins."""
     if not has_records(path):
@@ -176,8 +234,8 @@ class Journal:
             self.close()
             raise self._error(exc) from exc
 
-    def append(self, stage: StageName, row_id: str, outcome: Outcome) -> None:
-        data = (_ENCODER.encode(outcome_to_record(row_id, outcome)) + "\n").encode()
+    def append(self, stage: StageName, row: Row, outcome: Outcome) -> None:
+        data = (_ENCODER.encode(outcome_to_record(row, outcome)) + "\n").encode()
         try:
             written = os.write(self._descriptors[stage], data)
             while written < len(data):  # a short write: the rest, or the error that caused it

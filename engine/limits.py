@@ -10,6 +10,7 @@ this in-process one for several engine processes that share one API key.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +34,9 @@ RECOVERY_PER_S = 0.1
 PLATEAU = 0.97
 PROBE_GAIN = 0.1
 PROBE_SCALE_S = 10.0
+# With a latency target the concurrency window starts here and grows by one per answered call
+# (doubling every round trip) while answers come back in under half the target.
+INITIAL_WINDOW = 8
 
 
 class Clock(Protocol):
@@ -142,6 +146,15 @@ class Limiter:
     Each bucket holds ``burst_seconds`` worth of its rate (at least 1) and starts full: keep it
     below the server's own burst, so that pacing at its limit leaves it slack for jitter.
     Waiters are served first come, first served: one of them at a time sleeps for budget.
+
+    Concurrency is a window of at most ``concurrency`` calls. With a ``latency_target_s`` it
+    adapts: a server that queues what it cannot serve answers later the more calls are in flight,
+    and past its client's timeout every call in its queue is a wasted retry. A call answered (or
+    timed out) slower than the target cuts the window to what would have met it (the calls in
+    flight times target over latency: the server's rate times the target); answers in under half
+    the target grow it back by one each, up to ``concurrency``. It starts at ``INITIAL_WINDOW``
+    and grows the same way, so a one-slot server is never sent a first wave it cannot answer in
+    time.
     """
 
     def __init__(
@@ -152,6 +165,7 @@ class Limiter:
         tpm: float | None = None,
         clock: Clock | None = None,
         burst_seconds: float = 0.25,
+        latency_target_s: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -161,8 +175,14 @@ class Limiter:
             raise ValueError(f"tpm must be > 0 or None, got {tpm}")
         if burst_seconds <= 0:
             raise ValueError(f"burst_seconds must be > 0, got {burst_seconds}")
+        if latency_target_s is not None and latency_target_s <= 0:
+            raise ValueError(f"latency_target_s must be > 0 or None, got {latency_target_s}")
         self._clock: Clock = clock if clock is not None else AnyioClock()
-        self._slots = anyio.Semaphore(concurrency)
+        self._max_window = concurrency
+        self._latency_target = latency_target_s
+        self._window = float(concurrency if latency_target_s is None else min(concurrency, INITIAL_WINDOW))
+        self._slots_taken = 0
+        self._slot_waiters: deque[anyio.Event] = deque()
         self._budget_lock = anyio.Lock()
         self._burst_seconds = burst_seconds
         self._rpm, self._tpm = rpm, tpm
@@ -187,6 +207,11 @@ class Limiter:
         return self._in_flight
 
     @property
+    def window(self) -> int:
+        """How many calls may be in flight now (``concurrency`` unless adapting to latency)."""
+        return max(1, math.floor(self._window))
+
+    @property
     def rates(self) -> tuple[float | None, float | None]:
         """The request and token rates in force now, per minute; ``None``: unlimited."""
         per_second = (bucket.rate if bucket is not None else None for bucket in (self._requests, self._tokens))
@@ -202,7 +227,7 @@ class Limiter:
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
-        await self._slots.acquire()
+        await self._take_slot()
         try:
             async with self._budget_lock:
                 now = self._clock.now()
@@ -214,7 +239,7 @@ class Limiter:
                 if self._tokens is not None:
                     self._tokens.take(tokens, now)
         except BaseException:
-            self._slots.release()
+            self._give_slot()
             raise
         self._in_flight += 1
         self._tokens_in_flight += tokens
@@ -235,7 +260,45 @@ class Limiter:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._tokens_in_flight = 0
-        self._slots.release()
+        self._give_slot()
+
+    async def _take_slot(self) -> None:
+        """Wait for a place in the window, first come first served."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._slots_taken < self.window and not self._slot_waiters:
+            self._slots_taken += 1
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return
+        turn = anyio.Event()
+        self._slot_waiters.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # handed a slot just as the wait was cancelled: hand it on
+                self._give_slot()
+            else:
+                self._slot_waiters.remove(turn)
+            raise
+
+    def _give_slot(self) -> None:
+        self._slots_taken -= 1
+        self._hand_out_slots()
+
+    def _hand_out_slots(self) -> None:
+        while self._slot_waiters and self._slots_taken < self.window:
+            self._slots_taken += 1
+            self._slot_waiters.popleft().set()
+
+    def on_latency(self, latency_s: float) -> None:
+        """Adapt the window to how long a call took to be answered (or to time out); before release."""
+        target = self._latency_target
+        if target is None:
+            return
+        if latency_s > target:
+            self._window = max(1.0, min(self._window, self._in_flight * target / latency_s))
+        elif latency_s < target / 2 and self._in_flight >= self.window - 1 and self._window < self._max_window:
+            self._window = min(float(self._max_window), self._window + 1.0)
+            self._hand_out_slots()
 
     def settle(self, estimated: int, actual: int) -> None:
         """Correct the token budget once a call's real usage is known (0 when it failed).

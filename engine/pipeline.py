@@ -22,6 +22,7 @@ from .batch import BatchProgress
 from .journal import Journal, record_to_outcome
 from .prompts import PromptBuilder, VerdictParser, judge_index, prediction_is_valid
 from .realtime import Deliver
+from .retry import is_transient
 from .types import ChatRequest, ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Usage
 
 
@@ -215,7 +216,10 @@ class Pipeline:
         emit: MemoryObjectSendStream[JoinedRow],
         stats: LiveStats,
         rows_in_flight: int,
+        retry_failed: bool = False,
     ) -> None:
+        """``retry_failed``: a journaled failure is tried again whatever its reason (else only
+        a transient one is, see ``retry.is_transient``)."""
         self._builder = builder
         self._join = join
         self._predict = predict
@@ -224,6 +228,7 @@ class Pipeline:
         self._emit = emit
         self._stats = stats
         self._slots = anyio.Semaphore(rows_in_flight)
+        self._retry_failed = retry_failed
 
     async def run(self, owed: Iterator[OwedRow]) -> None:
         """Process every owed row; returns when all are joined (and closes ``emit``)."""
@@ -243,12 +248,12 @@ class Pipeline:
     async def _admit(self, row: Row, records: dict[str, dict[str, Any] | None]) -> None:
         """Start a row, or pick it up where the journal left it (``records`` by stage/judge)."""
         predict_record = records.get("predict")
-        if predict_record is not None:
+        if predict_record is not None and self._stands(predict_record, row):
             prediction = record_to_outcome(predict_record)
             judged = {
                 index: record_to_outcome(record)
                 for index, prefix in enumerate(self._builder.judge_prefixes)
-                if (record := records.get(prefix)) is not None
+                if (record := records.get(prefix)) is not None and self._stands(record, row)
             }
             await self._predicted(row, prediction, judged)
         elif not any(str(row.fields.get(name) or "").strip() for name in self._builder.text_fields):
@@ -256,8 +261,17 @@ class Pipeline:
         else:
             await self._predict.submit(row, self._builder.predict(row))
 
+    def _stands(self, record: dict[str, Any], row: Row) -> bool:
+        """Whether a journaled outcome is kept: its row has not changed since (a record without
+        a fingerprint predates them) and it is not a failure to try again."""
+        if record.get("fingerprint") and row.fingerprint and record["fingerprint"] != row.fingerprint:
+            return False
+        if record["ok"]:
+            return True
+        return not (self._retry_failed or is_transient(record["reason"] or "", record["status_code"]))
+
     async def _on_prediction(self, row: Row, outcome: Outcome) -> None:
-        self._journal.append("predict", row.row_id, outcome)  # before any await: see journal.py
+        self._journal.append("predict", row, outcome)  # before any await: see journal.py
         await self._predicted(row, outcome, {})
 
     async def _predicted(self, row: Row, outcome: Outcome, judged: dict[int, Outcome]) -> None:
@@ -278,7 +292,7 @@ class Pipeline:
             await self._complete(joined)
 
     async def _on_verdict(self, row: Row, outcome: Outcome) -> None:
-        self._journal.append("judge", row.row_id, outcome)
+        self._journal.append("judge", row, outcome)
         joined = self._join.verdict(row.row_id, outcome)
         if joined is not None:
             await self._complete(joined)

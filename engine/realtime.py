@@ -19,10 +19,12 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .errors import FatalError, ProviderError
 from .limits import Clock, Limiter, RateLimits
+from .outage import EndpointDown, Outage
 from .retry import RetryPolicy
 from .types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
 
 Deliver = Callable[[Row, Outcome], Awaitable[None]]
+UNREACHABLE = frozenset({"connection", "timeout"})  # failure reasons that say the endpoint may be down
 
 
 class Completion(Protocol):
@@ -65,19 +67,33 @@ def charged_tokens(request: ChatRequest, usage: Usage) -> int:
 
 
 class RealtimeRunner:
-    def __init__(self, client: ChatClient, limiter: Limiter, policy: RetryPolicy, clock: Clock) -> None:
+    """Makes one call at a time per request, with the endpoint's limiter, retry policy and outage.
+
+    Without an ``outage`` every failed attempt spends the retry allowance; with one, attempts
+    that found the endpoint down do not (they wait for it instead, see ``engine.outage``).
+    """
+
+    def __init__(
+        self, client: ChatClient, limiter: Limiter, policy: RetryPolicy, clock: Clock, outage: Outage | None = None
+    ) -> None:
         self._client = client
         self._limiter = limiter
         self._policy = policy
         self._clock = clock
+        self._outage = outage
         self.stats = CallStats()
 
     async def call(self, request: ChatRequest) -> Outcome:
         started_at = time.time()
-        attempt = 0
+        attempts = counted = rate_limited = 0
         while True:
-            attempt += 1
+            try:
+                probe = await self._outage.admit() if self._outage is not None else False
+            except EndpointDown as down:
+                return self._failure(request, down, attempts, rate_limited, started_at)
             sent_at = await self._limiter.acquire(request.estimated_tokens)
+            attempts += 1
+            counted += 1
             self.stats.requests += 1
             self.stats.in_flight += 1
             try:
@@ -85,46 +101,74 @@ class RealtimeRunner:
             except ProviderError as exc:
                 error = exc
                 self._limiter.settle(request.estimated_tokens, 0)
-                delay = self._after_error(error, attempt, sent_at)
+                rate_limited += error.kind == "rate_limit"
+                if self._endpoint_down(error, sent_at, probe):
+                    counted -= 1  # the endpoint's fault: this attempt spends nothing
+                    delay: float | None = 0.0
+                else:
+                    delay = self._after_error(error, counted, sent_at)
             else:
                 usage = completion.usage
                 self._limiter.settle(request.estimated_tokens, charged_tokens(request, usage))
                 self._limiter.on_success(sent_at, completion.rate_limits)
+                self._limiter.on_latency(self._clock.now() - sent_at)
+                if self._outage is not None:
+                    self._outage.answered()
                 return ChatResult(
                     custom_id=request.custom_id,
                     content=completion.content,
                     model=completion.model,
                     usage=usage,
                     latency_s=completion.latency_s,
-                    attempts=attempt,
+                    attempts=attempts,
                     started_at=started_at,
                     finished_at=time.time(),
+                    rate_limited=rate_limited,
                 )
             finally:
                 self.stats.in_flight -= 1
                 self._limiter.release()
             if delay is None:
-                return Failure(
-                    custom_id=request.custom_id,
-                    reason=error.reason,
-                    message=str(error),
-                    status_code=error.status_code,
-                    attempts=attempt,
-                    started_at=started_at,
-                    finished_at=time.time(),
-                )
-            self.stats.retries += 1
-            await self._clock.sleep(delay)
+                return self._failure(request, error, attempts, rate_limited, started_at)
+            if delay:
+                self.stats.retries += 1
+                await self._clock.sleep(delay)
 
-    def _after_error(self, error: ProviderError, attempt: int, sent_at: float) -> float | None:
+    def _endpoint_down(self, error: ProviderError, sent_at: float, probe: bool) -> bool:
+        """Tell the outage and the limiter what a failed attempt says about the endpoint; True
+        when the endpoint is down (the attempt waits for it instead of spending a retry)."""
         if isinstance(error, FatalError):
             raise error
+        if error.reason == "timeout" or error.status_code is not None:  # an answer, or none in time
+            self._limiter.on_latency(self._clock.now() - sent_at)
+        if self._outage is None:
+            return False
+        if error.reason in UNREACHABLE:
+            self._outage.unreachable(probe=probe)
+            return self._outage.is_down
+        self._outage.answered()
+        return False
+
+    def _after_error(self, error: ProviderError, attempt: int, sent_at: float) -> float | None:
         if error.kind == "rate_limit":
             self.stats.rate_limited += 1
             self._limiter.on_rate_limited(sent_at, error.rate_limits)
             if error.retry_after is not None:
                 self._limiter.pause(error.retry_after)
         return self._policy.delay(error, attempt)
+
+    @staticmethod
+    def _failure(request: ChatRequest, error: ProviderError, attempts: int, rate_limited: int, started_at: float) -> Failure:
+        return Failure(
+            custom_id=request.custom_id,
+            reason=error.reason,
+            message=str(error),
+            status_code=error.status_code,
+            attempts=attempts,
+            started_at=started_at,
+            finished_at=time.time(),
+            rate_limited=rate_limited,
+        )
 
 
 class RealtimeStage:

@@ -20,6 +20,7 @@ from .types import STAGES
 from .metrics import panel_metrics, quality_metrics
 from .prompts import judge_prefixes
 from .results import RESULTS_FILE
+from .sessions import RunFigures
 
 
 def stage_overlap(run_dir: Path) -> dict[str, Any]:
@@ -41,12 +42,11 @@ def build_metrics(
     run_dir: Path,
     config: TaskConfig,
     *,
-    wall_seconds: float,
-    requests: int,
-    retries: int,
-    rate_limited: int,
+    figures: RunFigures,
     backend: str | None,
 ) -> dict[str, Any]:
+    """Every number of ``metrics.json``; ``figures`` cover every session of the run (see
+    ``engine.sessions``)."""
     results = pl.scan_parquet(run_dir / RESULTS_FILE)
     prefixes = judge_prefixes(config)
     metrics = quality_metrics(results)
@@ -62,11 +62,12 @@ def build_metrics(
     }
     metrics["cost_usd"] = cost_usd(config, by_caller)
     metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge_mode}
-    metrics["wall_seconds"] = round(wall_seconds, 3)
-    metrics["requests"] = requests
-    metrics["requests_per_second"] = round(requests / wall_seconds, 2) if wall_seconds > 0 else None
-    metrics["retries"] = retries
-    metrics["rate_limited"] = rate_limited
+    metrics["wall_seconds"] = figures.wall_seconds
+    metrics["sessions"] = figures.sessions
+    metrics["requests"] = figures.requests
+    metrics["requests_per_second"] = figures.requests_per_second
+    metrics["retries"] = figures.retries
+    metrics["rate_limited"] = figures.rate_limited
     metrics["batches_created"] = batches_created(run_dir)
     metrics["stage_overlap"] = stage_overlap(run_dir)
     metrics["models"] = {

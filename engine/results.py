@@ -104,11 +104,48 @@ class ResultsWriter:
         self.schema = results_schema(input_columns)
         self._part_rows = part_rows
         self._buffer: list[JoinedRow] = []
-        self._next_part = len(self.parts())
+        self._next_part = 1 + max((int(part.stem.removeprefix("part-")) for part in self.parts()), default=-1)
 
     def parts(self) -> list[Path]:
         """The parts written so far, by this run and the runs it resumes, in order."""
         return sorted(self.parts_dir.glob("part-*.parquet"))
+
+    def set_aside_damaged(self) -> list[Path]:
+        """Rename parts that cannot be read (``.damaged``): their rows are rebuilt from the journal.
+
+        A part is written whole or not at all, so damage comes from outside (a disk fault, a
+        copy cut short); its footer, which a cut file lacks, is checked.
+        """
+        damaged = []
+        for part in self.parts():
+            try:
+                pl.read_parquet_schema(part)
+            except (pl.exceptions.PolarsError, OSError):
+                aside = part.with_suffix(".damaged")
+                os.replace(part, aside)
+                damaged.append(aside)
+        return damaged
+
+    def drop_rows(self, row_ids: set[str]) -> int:
+        """Remove these rows from the parts (each part rewritten whole, then renamed over the
+        old one), so that they can be done again; returns how many were removed."""
+        if not row_ids:
+            return 0
+        removed = 0
+        wanted = pl.Series(sorted(row_ids), dtype=pl.String())
+        for part in self.parts():
+            frame = pl.read_parquet(part)
+            kept = frame.filter(~pl.col("row_id").is_in(wanted))
+            if kept.height == frame.height:
+                continue
+            removed += frame.height - kept.height
+            if kept.is_empty():
+                part.unlink()
+                continue
+            temporary = part.with_suffix(".tmp")
+            kept.write_parquet(temporary)
+            os.replace(temporary, part)
+        return removed
 
     def done_row_ids(self) -> pl.LazyFrame | None:
         """Row ids already in parts; None before the first part."""

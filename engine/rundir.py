@@ -1,13 +1,20 @@
-"""The run directory: where a run's config, journal, results and metrics live.
+"""The run directory: where a run's config, journal, results and metrics live, and who holds it.
 
     runs/<run-id>/run.json          the resolved config (no secrets: only the key's variable name)
-    runs/<run-id>/journal/*.ndjson  append-only results per stage
+                                    and the settings its results depend on
+    runs/<run-id>/.lock             held (flock) by the one process running in the directory
+    runs/<run-id>/journal/*.ndjson  append-only results per stage, and the run's sessions
     runs/<run-id>/results.parquet   one row per data row
     runs/<run-id>/metrics.json      the numbers
+
+A resumed run may change how it reaches the endpoint (base URL, key variable, concurrency,
+limits, timeouts), its mode, its prices and its batch settings, and may extend its row limit;
+a change to anything its results depend on (``results_settings``) is refused, naming it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -16,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import TaskConfig
-from .errors import ConfigError, JournalError
+from .errors import ConfigError, JournalError, RunInUseError
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"
+_SELECTION = ("id_column", "label_column", "label_separator", "head", "tail", "sample", "seed")
 
 
 def new_run_dir(root: Path, task_name: str) -> Path:
@@ -38,31 +47,116 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise JournalError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Make the directory of a new run; a run that lives there already is an error."""
-    if (run_dir / RUN_FILE).exists():
-        raise ConfigError(f"{run_dir}: a run lives here already; resume it with --resume {run_dir}")
+class RunLock:
+    """An exclusive ``flock`` on ``<run_dir>/.lock`` for the life of a run.
+
+    Two processes on one run directory would both send every owed row (paid twice) and write the
+    same files. The kernel drops the lock when its process dies, however it dies, so the lock file
+    a killed run leaves behind is no obstacle; it only tells the next process whose lock it was.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._descriptor: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ``RunInUseError`` naming the directory and the holder's pid."""
+        path = self.run_dir / LOCK_FILE
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot create {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise RunInUseError(
+                f"{self.run_dir} is in use by another engine process (pid {holder}): let it finish or "
+                "stop it, then try again"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing the descriptor drops the flock
+            self._descriptor = None
+
+
+def claim_run_dir(run_dir: Path, *, resume: bool) -> RunLock:
+    """Lock the run directory (made for a new run); a new run where one lives already, or a
+    resume where none lives, is an error."""
+    if resume and not (run_dir / RUN_FILE).exists():
+        raise ConfigError(f"{run_dir}: not a run directory (no {RUN_FILE})")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise JournalError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from exc
+    lock = RunLock(run_dir)
+    lock.acquire()
+    if not resume and (run_dir / RUN_FILE).exists():
+        lock.release()
+        raise ConfigError(f"{run_dir}: a run lives here already; resume it with --resume {run_dir}")
+    return lock
 
 
-def create_run(run_dir: Path, config: TaskConfig, *, endpoint: str) -> None:
-    """Write ``run.json``: from now on the directory is a run that ``--resume`` can finish."""
+def results_settings(config: TaskConfig) -> dict[str, Any]:
+    """The settings a run's results depend on, by dotted key: the task's labels, how rows and
+    their ids and labels are selected, each stage's model, prompts and parameters (not its mode),
+    and which embedded backend answered (None for an external endpoint)."""
+    data = config.model_dump(mode="json")
+    settings: dict[str, Any] = {"labels": data["labels"], "dataset.limit": data["dataset"]["limit"]}
+    settings.update({f"dataset.{key}": data["dataset"][key] for key in _SELECTION})
+    callers = [("predict", data["predict"])]
+    judges = data["judge"] if isinstance(data["judge"], list) else [data["judge"]]
+    callers += [("judge" if len(judges) == 1 else f"judge.{judge['name']}", judge) for judge in judges]
+    for caller, stage in callers:
+        settings.update({f"{caller}.{key}": value for key, value in stage.items() if key != "mode"})
+    embedded = config.endpoint.base_url is None
+    settings["local.backend"] = data["local"]["backend"] if embedded else None
+    settings["local.seed"] = data["local"]["seed"] if embedded else None
+    return settings
+
+
+def changed_settings(started: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What changed between two ``results_settings``, one ``key: old -> new`` each. A larger
+    ``dataset.limit`` (or none) only adds rows, so it is not a change."""
+    changes = []
+    for key in sorted(started.keys() | now.keys()):
+        old, new = started.get(key), now.get(key)
+        if old == new or (key == "dataset.limit" and old is not None and (new is None or new > old)):
+            continue
+        changes.append(f"{key}: {_short(old)} -> {_short(new)}")
+    return changes
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def write_run(run_dir: Path, config: TaskConfig, *, endpoint: str, started: dict[str, Any] | None = None) -> None:
+    """Write ``run.json``: from now on the directory is a run that ``--resume`` can finish.
+
+    ``started`` is the ``run.json`` of the run's first session, when this is a later one: its
+    creation time and the settings its results depend on are kept; the config is this session's.
+    """
     write_json(
         run_dir / RUN_FILE,
         {
             "run_id": run_dir.name,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": started["created_at"] if started else datetime.now(timezone.utc).isoformat(),
             "endpoint": endpoint,
             "config": config.model_dump(mode="json"),
+            "results_settings": started["results_settings"] if started else results_settings(config),
         },
     )
 
 
-def load_run(run_dir: Path) -> TaskConfig:
-    """The config a run was started with, for ``--resume``."""
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` as written by ``write_run``."""
     path = run_dir / RUN_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -70,7 +164,35 @@ def load_run(run_dir: Path) -> TaskConfig:
         raise ConfigError(f"{run_dir}: not a run directory (no {RUN_FILE})") from None
     except ValueError as exc:
         raise ConfigError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(data, dict) or "config" not in data:
+        raise ConfigError(f"{path}: not a run file (no config)")
+    return data
+
+
+def load_run(run_dir: Path) -> TaskConfig:
+    """The config a run was last started or resumed with."""
+    path = run_dir / RUN_FILE
     try:
-        return TaskConfig.model_validate(data["config"])
-    except Exception as exc:  # pydantic's ValidationError or a missing key: the file was edited
+        return TaskConfig.model_validate(read_run(run_dir)["config"]).with_source(str(path))
+    except ConfigError:
+        raise
+    except Exception as exc:  # pydantic's ValidationError: the file was edited
         raise ConfigError(f"{path}: config does not validate: {exc}") from None
+
+
+def check_resumable(run_dir: Path, config: TaskConfig) -> dict[str, Any]:
+    """``run.json`` of the run, once ``config`` is known to give the results its rows already
+    have; a change to what they depend on is refused with one line naming it."""
+    started = read_run(run_dir)
+    recorded = started.get("results_settings")
+    if recorded is None:  # a run from before results settings were recorded: its config is the record
+        recorded = results_settings(TaskConfig.model_validate(started["config"]))
+        started["results_settings"] = recorded
+    changes = changed_settings(recorded, results_settings(config))
+    if changes:
+        raise ConfigError(
+            f"{run_dir}: resuming would change what its results depend on ({'; '.join(changes)}): "
+            "its finished rows would mix with rows of other settings. Resume with the run's own settings, "
+            "or start a new run (--out NEW_DIR) for the new ones"
+        )
+    return started

@@ -7,6 +7,8 @@ panel) and survives the round trip through a provider's Batch API unchanged.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +55,7 @@ class ChatResult:
     attempts: int = 1
     started_at: float = 0.0
     finished_at: float = 0.0
+    rate_limited: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Failure:
     attempts: int = 1
     started_at: float = 0.0
     finished_at: float = 0.0
+    rate_limited: int = 0
 
 
 Outcome = ChatResult | Failure
@@ -77,12 +81,25 @@ Outcome = ChatResult | Failure
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One data row as the pipeline sees it: its id, its position, its fields and its labels."""
+    """One data row as the pipeline sees it: its id, its position, its fields and its labels.
+
+    ``fingerprint`` is ``row_fingerprint`` of its fields and labels, journaled with each of its
+    outcomes, so that a resumed run can tell a row that changed since its outcome was recorded.
+    """
 
     row_id: str
     index: int
     fields: dict[str, Any]
     labels: tuple[str, ...] | None = None
+    fingerprint: str = ""
+
+
+def row_fingerprint(fields: dict[str, Any], labels: tuple[str, ...] | list[str] | None) -> str:
+    """A short stable hash of what a row's results depend on: its fields as the templates read
+    them (text, in the dict's order) and its labels."""
+    texts = [None if value is None else str(value) for value in fields.values()]
+    key = json.dumps([texts, None if labels is None else list(labels)], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

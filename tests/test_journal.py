@@ -4,8 +4,15 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.journal import Journal, journal_path, record_to_outcome, repair_torn_tail, scan_journal
-from engine.types import ChatResult, Failure, Usage
+import json
+
+import pytest
+
+from engine.errors import JournalError
+from engine.journal import Journal, check_journal, journal_path, record_to_outcome, repair_torn_tail, scan_journal
+from engine.types import ChatResult, Failure, Row, Usage, row_fingerprint
+
+ROW = Row("1", 0, {"text": "a film"}, ("Drama",), row_fingerprint({"text": "a film"}, ("Drama",)))
 
 
 def test_torn_last_line_is_cut(tmp_path: Path) -> None:
@@ -25,15 +32,17 @@ def test_a_single_torn_line_empties_the_file(tmp_path: Path) -> None:
 
 def test_appends_round_trip_and_the_last_record_wins(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
-    ok = ChatResult("predict:1", "Drama", "m", Usage(10, 2), 0.5, attempts=2, started_at=1.0, finished_at=2.0)
+    ok = ChatResult("predict:1", "Drama", "m", Usage(10, 2), 0.5, attempts=3, started_at=1.0, finished_at=2.0,
+                    rate_limited=1)
     failed = Failure("judge:1", "http_500", "boom", status_code=500, attempts=7)
     retried = ChatResult("judge:1", "correct", "j", Usage(5, 1), 0.1)
-    journal.append("predict", "1", ok)
-    journal.append("judge", "1", failed)
-    journal.append("judge", "1", retried)
+    journal.append("predict", ROW, ok)
+    journal.append("judge", ROW, failed)
+    journal.append("judge", ROW, retried)
     journal.close()
     predict = scan_journal(journal_path(tmp_path, "predict")).collect()
     assert record_to_outcome(predict.row(0, named=True)) == ok
+    assert predict["fingerprint"].to_list() == [ROW.fingerprint]
     judge = scan_journal(journal_path(tmp_path, "judge")).collect()
     assert judge.height == 1 and record_to_outcome(judge.row(0, named=True)) == retried
     lines = journal_path(tmp_path, "judge").read_text().splitlines()
@@ -45,7 +54,7 @@ def test_reopening_cuts_a_torn_line_and_appends_after_it(tmp_path: Path) -> None
     path.parent.mkdir()
     path.write_bytes(b'{"custom_id": "predict:0"}\n{"custom_id": "pre')
     journal = Journal(tmp_path)
-    journal.append("predict", "1", Failure("predict:1", "timeout", "t"))
+    journal.append("predict", ROW, Failure("predict:1", "timeout", "t"))
     journal.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith('{"custom_id": "predict:1"')
@@ -54,3 +63,31 @@ def test_reopening_cuts_a_torn_line_and_appends_after_it(tmp_path: Path) -> None
 def test_an_empty_journal_scans_as_an_empty_frame(tmp_path: Path) -> None:
     frame = scan_journal(tmp_path / "missing.ndjson").collect()
     assert frame.height == 0 and frame.schema["row_id"] == pl.String()
+
+
+def test_the_fingerprint_is_of_the_row_text_and_labels() -> None:
+    assert row_fingerprint({"a": 1, "b": None}, ["x"]) == row_fingerprint({"a": "1", "b": None}, ("x",))
+    assert row_fingerprint({"a": "1"}, None) != row_fingerprint({"a": "1"}, ())
+    assert row_fingerprint({"a": "1", "b": "2"}, None) != row_fingerprint({"a": "2", "b": "1"}, None)
+
+
+@pytest.mark.parametrize("bad", ["garbage", '{"custom_id": "predict:2", "ok": tru', "[1, 2]", '{"ok": true}',
+                                 '{"custom_id": "predict:2", "ok": "yes"}'])
+def test_a_damaged_line_is_named_with_what_to_do(tmp_path: Path, bad: str) -> None:
+    path = journal_path(tmp_path, "predict")
+    path.parent.mkdir()
+    good = json.dumps({"custom_id": "predict:1", "row_id": "1", "ok": True, "content": "Drama"})
+    path.write_text(f"{good}\n{good}\n{bad}\n{good}\n")
+    with pytest.raises(JournalError) as caught:
+        check_journal(path)
+    message = str(caught.value)
+    assert f"{path}: line 3 is not a journal record" in message and "delete that line" in message
+    assert "\n" not in message
+
+
+def test_a_sound_journal_passes_the_check(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append("predict", ROW, Failure("predict:1", "timeout", "t"))
+    journal.close()
+    check_journal(journal_path(tmp_path, "predict"))
+    check_journal(journal_path(tmp_path, "judge"))  # empty

@@ -1,0 +1,115 @@
+"""A run's sessions, and the figures that cover every one of them.
+
+A run may take several sessions: its first start and each ``--resume``. Each appends a line to
+``journal/sessions.ndjson`` when it starts and one when it ends; a session killed before its end
+line ends, for the figures, at the last thing it journaled (a result, a batch event). The figures
+are summed from the journal, so they cover every session, killed ones included:
+
+- ``requests``: every request a journaled outcome cost (its ``attempts``: realtime calls with
+  their retries, batch lines once per batch that carried them); calls still in flight when a
+  session was killed, and the one-token preflight and probe calls, are not counted;
+- ``retries`` and ``rate_limited``: the attempts beyond the first, and the answers that were 429s;
+- ``wall_seconds``: the sum of the sessions' spans (time between sessions is not counted).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from .journal import journal_frames, journal_path
+from .types import STAGES
+
+SESSIONS_FILE = "sessions.ndjson"
+BATCH_EVENTS_FILE = "batches.ndjson"
+
+
+class SessionLog:
+    """``journal/sessions.ndjson``: when each session of the run started and ended."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "journal" / SESSIONS_FILE
+
+    def start(self) -> None:
+        self._append("start")
+
+    def end(self) -> None:
+        self._append("end")
+
+    def _append(self, event: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"event": event, "at": time.time()}) + "\n")
+
+    def spans(self) -> list[tuple[float, float | None]]:
+        """``(start, end)`` of each session in order; ``end`` None for one that did not end."""
+        spans: list[tuple[float, float | None]] = []
+        if not self.path.exists():
+            return spans
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:  # a torn last line
+                continue
+            if event.get("event") == "start":
+                spans.append((float(event["at"]), None))
+            elif event.get("event") == "end" and spans and spans[-1][1] is None:
+                spans[-1] = (spans[-1][0], float(event["at"]))
+        return spans
+
+
+@dataclass(frozen=True, slots=True)
+class RunFigures:
+    sessions: int
+    wall_seconds: float
+    requests: int
+    retries: int
+    rate_limited: int
+
+    @property
+    def requests_per_second(self) -> float | None:
+        return round(self.requests / self.wall_seconds, 2) if self.wall_seconds > 0 else None
+
+
+def run_figures(run_dir: Path, *, now: float | None = None) -> RunFigures:
+    """The figures of every session of the run; the one still running (if any) ends at ``now``."""
+    requests = retries = rate_limited = 0
+    activity: list[pl.Series] = []
+    for stage in STAGES:
+        for frame in journal_frames(journal_path(run_dir, stage), ("attempts", "rate_limited", "finished_at")):
+            attempts = frame["attempts"].fill_null(1)
+            requests += int(attempts.sum())
+            retries += int((attempts - 1).clip(lower_bound=0).sum())
+            rate_limited += int(frame["rate_limited"].fill_null(0).sum())
+            activity.append(frame["finished_at"].drop_nulls())
+    activity.append(pl.Series(_batch_event_times(run_dir / "journal" / BATCH_EVENTS_FILE), dtype=pl.Float64()))
+    times = pl.concat(activity) if activity else pl.Series(dtype=pl.Float64())
+    spans = SessionLog(run_dir).spans()
+    wall = 0.0
+    for number, (start, end) in enumerate(spans):
+        if end is None:
+            last = number == len(spans) - 1
+            if last and now is not None:
+                end = now
+            else:
+                following = spans[number + 1][0] if not last else float("inf")
+                within = times.filter((times >= start) & (times < following))
+                end = float(within.max()) if within.len() else start  # type: ignore[arg-type]
+        wall += max(0.0, end - start)
+    return RunFigures(len(spans), round(wall, 3), requests, retries, rate_limited)
+
+
+def _batch_event_times(path: Path) -> list[float]:
+    if not path.exists():
+        return []
+    times = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            times.append(float(json.loads(line)["at"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return times
