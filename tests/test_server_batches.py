@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -527,7 +527,7 @@ async def test_a_server_without_a_batch_api_answers_404_there() -> None:
     async with embedded_server(SimBackend(SimSettings()), batch_api=False) as url:
         async with openai.AsyncOpenAI(base_url=url, api_key="test", max_retries=0) as client:
             reply = await client.chat.completions.create(model="m", messages=genre_messages())  # type: ignore[arg-type]
-            calls = [
+            calls: list[Awaitable[Any]] = [
                 client.files.create(file=("input.jsonl", jsonl([request_line(0)])), purpose="batch"),
                 client.files.list(),
                 client.files.retrieve("file-x"),

@@ -178,8 +178,11 @@ def shipped_model_path(package: str = DEFAULT_MODEL_PACKAGE) -> Path:
 
 
 def _message(message: dict[str, Any]) -> dict[str, str]:
-    """A message as the chat template wants it: a known role and plain-text content."""
-    content = message["content"]
+    """A message as the chat template wants it: a known role and plain-text content.
+
+    A null or absent content (an assistant turn that only called tools) is empty text.
+    """
+    content = message.get("content") or ""
     if not isinstance(content, str):
         parts = (p.get("text") for p in content if isinstance(p, dict))
         content = "\n".join(p for p in parts if isinstance(p, str))
