@@ -11,13 +11,14 @@ from typing import Any
 
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .batch import BatchLog
 from .config import TaskConfig
 from .journal import journal_frames, journal_path
 from .types import STAGES
-from .metrics import panel_metrics, quality_metrics
+from .metrics import failure_reasons, panel_metrics, quality_metrics
 from .prompts import judge_prefixes
 from .results import RESULTS_FILE
 from .sessions import RunFigures
@@ -50,13 +51,14 @@ def build_metrics(
     results = pl.scan_parquet(run_dir / RESULTS_FILE)
     prefixes = judge_prefixes(config)
     metrics = quality_metrics(results)
+    metrics["failure_reasons"] = failure_reasons(results)
     if len(prefixes) > 1:
         metrics["panel"] = panel_metrics(results, [judge.name or "" for judge in config.judges])
     by_caller = tokens_by_caller(run_dir)
     metrics["tokens"] = {
         stage: {
             kind: sum(used[kind] for caller, used in by_caller.items() if caller.split(".")[0] == stage)
-            for kind in ("prompt", "completion")
+            for kind in _TOKEN_KINDS
         }
         for stage in STAGES
     }
@@ -77,27 +79,38 @@ def build_metrics(
     return metrics
 
 
+_TOKEN_KINDS = ("prompt", "completion", "batch_prompt", "batch_completion")
+
+
 def tokens_by_caller(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Tokens and served model names per ``custom_id`` prefix (``predict``, ``judge``,
-    ``judge.<name>``), from the journal's successful calls."""
+    ``judge.<name>``), from the journal's successful calls.
+
+    ``prompt`` and ``completion`` count every call; ``batch_prompt`` and ``batch_completion`` the
+    part answered in provider batches: the journal's answers without a latency (realtime calls,
+    a batch stage's retries among them, have one: ``ChatResult.latency_s``)."""
     totals: dict[str, dict[str, Any]] = {}
-    columns = ("custom_id", "ok", "prompt_tokens", "completion_tokens", "model")
+    columns = ("custom_id", "ok", "prompt_tokens", "completion_tokens", "latency_s", "model")
+    in_batch = pl.col("latency_s").is_null()
     for stage in STAGES:
         for frame in journal_frames(journal_path(run_dir, stage), columns):
             sums = (
                 frame.filter(pl.col("ok"))
                 .group_by(pl.col("custom_id").str.split(":").list.first().alias("caller"))
-                .agg(pl.col("prompt_tokens").sum(), pl.col("completion_tokens").sum(), pl.col("model").drop_nulls().unique())
+                .agg(
+                    pl.col("prompt_tokens").sum().alias("prompt"),
+                    pl.col("completion_tokens").sum().alias("completion"),
+                    pl.col("prompt_tokens").filter(in_batch).sum().alias("batch_prompt"),
+                    pl.col("completion_tokens").filter(in_batch).sum().alias("batch_completion"),
+                    pl.col("model").drop_nulls().unique().alias("served"),
+                )
             )
-            for caller, prompt, completion, models in sums.iter_rows():
-                total = totals.setdefault(caller, {"prompt": 0, "completion": 0, "served": set()})
-                total["prompt"] += int(prompt or 0)
-                total["completion"] += int(completion or 0)
-                total["served"].update(models)
-    return {
-        caller: {"prompt": total["prompt"], "completion": total["completion"], "served": sorted(total["served"])[:5]}
-        for caller, total in totals.items()
-    }
+            for row in sums.iter_rows(named=True):
+                total = totals.setdefault(row["caller"], {**dict.fromkeys(_TOKEN_KINDS, 0), "served": set()})
+                for kind in _TOKEN_KINDS:
+                    total[kind] += int(row[kind] or 0)
+                total["served"].update(row["served"])
+    return {caller: {**total, "served": sorted(total["served"])[:5]} for caller, total in totals.items()}
 
 
 def batches_created(run_dir: Path) -> int:
@@ -106,17 +119,26 @@ def batches_created(run_dir: Path) -> int:
 
 
 def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str, float | None] | None:
-    """Cost per caller (``predict``, each judge) at the price table's rates for its model and
-    mode; None when no model has a price."""
+    """Cost per caller (``predict``, each judge) at the price table's rates for its model: each
+    call at the rate of the way it was made (tokens answered in provider batches at the batch
+    rate, the rest, a batch stage's realtime retries among them, at the realtime rate). A
+    caller without a price is None and left out of ``total``; None when no model has a price."""
     costs: dict[str, float | None] = {}
     for caller, stage_config in (("predict", config.predict), *zip(judge_prefixes(config), config.judges)):
         price = config.prices.get(stage_config.model)
         if price is None:
             costs[caller] = None
             continue
-        per_input, per_output = price.per_token(stage_config.mode)
-        used = tokens.get(caller, {"prompt": 0, "completion": 0})
-        costs[caller] = round(used["prompt"] * per_input + used["completion"] * per_output, 6)
+        used = tokens.get(caller, dict.fromkeys(_TOKEN_KINDS, 0))
+        batch_input, batch_output = price.per_token("batch")
+        realtime_input, realtime_output = price.per_token("realtime")
+        costs[caller] = round(
+            used["batch_prompt"] * batch_input
+            + used["batch_completion"] * batch_output
+            + (used["prompt"] - used["batch_prompt"]) * realtime_input
+            + (used["completion"] - used["batch_completion"]) * realtime_output,
+            6,
+        )
     known = [cost for cost in costs.values() if cost is not None]
     if not known:
         return None
@@ -139,9 +161,18 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
     rows: list[tuple[str, str, str]] = [
         ("rows", str(metrics["n_rows"]), ""),
         ("judged / failed / skipped", f"{metrics['n_judged']} / {metrics['n_failed']} / {metrics['n_skipped']}", ""),
-        ("judge accuracy", percent(metrics["judge_accuracy"]), interval_text(metrics["judge_accuracy_ci95"])),
         (
-            "ground-truth accuracy",
+            f"judge accuracy (n={metrics['judge_accuracy_n']}: rows with a verdict)",
+            percent(metrics["judge_accuracy"]),
+            interval_text(metrics["judge_accuracy_ci95"]),
+        ),
+        (
+            f"judge accuracy, no verdict = not correct (n={metrics['judge_accuracy_conservative_n']})",
+            percent(metrics["judge_accuracy_conservative"]),
+            interval_text(metrics["judge_accuracy_conservative_ci95"]),
+        ),
+        (
+            f"ground-truth accuracy (n={metrics['ground_truth_accuracy_n'] or 0})",
             percent(metrics["ground_truth_accuracy"]),
             interval_text(metrics["ground_truth_accuracy_ci95"]),
         ),
@@ -153,7 +184,7 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
             "",
         ),
         ("invalid predictions", percent(metrics["invalid_prediction_rate"]), ""),
-        ("invalid verdicts", percent(metrics["invalid_verdict_rate"]), ""),
+        (f"no recognised verdict ({metrics['invalid_verdicts']} rows)", percent(metrics["invalid_verdict_rate"]), ""),
         ("cost", "n/a (no price for the models)" if metrics["cost_usd"] is None else f"${metrics['cost_usd']['total']:.4f}", ""),
         ("mode (predict / judge)", f"{metrics['mode']['predict']} / {metrics['mode']['judge']}", ""),
         ("batches created", str(metrics["batches_created"]), ""),
@@ -165,14 +196,32 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
     return table
 
 
+TOP_REASONS = 5
+
+
 def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+    """The summary table, then what a reader must know to trust it: why rows failed, which
+    callers the cost leaves out, and where the answers came from."""
     console = console or Console()
     console.print(summary_table(metrics, run_dir))
+    reasons = metrics["failure_reasons"]
+    if reasons:
+        top = ", ".join(f"{reason} {rows}" for reason, rows in list(reasons.items())[:TOP_REASONS])
+        more = f" and {len(reasons) - TOP_REASONS} more reasons" if len(reasons) > TOP_REASONS else ""
+        console.print(f"[red]failed rows by reason: {top}{more}[/] (the error column of results.parquet)")
     models = metrics["models"]
+    cost = metrics["cost_usd"]
+    if cost is not None:
+        unpriced = [caller for caller, value in cost.items() if value is None]
+        if unpriced:
+            named = ", ".join(f"{caller} ({models[caller]['requested']})" for caller in unpriced)
+            advice = escape('add [prices."<model>"] to the task')
+            console.print(f"[yellow]no price for {escape(named)}: the cost total leaves it out; {advice}[/]")
     served = ", ".join(f"{stage}: {', '.join(info['served']) or info['requested']}" for stage, info in models.items())
     console.print(f"models  {served}")
     backends = {info["backend"] for info in models.values()}
-    if "sim" in backends:
+    simulated = any(name.startswith("sim:") for info in models.values() for name in info["served"])
+    if "sim" in backends or simulated:
         console.print("[yellow]answers came from the simulator (sim backend): a check of the pipeline, not of a model[/]")
     if "local" in backends:
         console.print(

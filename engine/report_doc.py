@@ -152,12 +152,18 @@ def _accuracy(run: _Run, plots_dir: Path) -> _Section:
     m = run.metrics
     section = _Section("Accuracy")
     baseline = f"baseline: always '{m['majority_baseline_label']}'"
-    section.blocks.append(_Table(("metric", "value", "95% CI"), [
-        ("judge accuracy (judge says correct)", percent(m["judge_accuracy"]), interval_text(m["judge_accuracy_ci95"])),
-        ("ground-truth accuracy", percent(m["ground_truth_accuracy"]), interval_text(m["ground_truth_accuracy_ci95"])),
-        (baseline if m["majority_baseline_label"] else "majority baseline", percent(m["majority_baseline_accuracy"]), ""),
-        ("invalid predictions (not one of the labels)", percent(m["invalid_prediction_rate"]), ""),
-        ("unrecognised verdicts", percent(m["invalid_verdict_rate"]), ""),
+    truth_n = m["ground_truth_accuracy_n"] or 0
+    section.blocks.append(_Table(("metric", "value", "95% CI", "rows"), [
+        ("judge accuracy (judge says correct, of the rows with a verdict)", percent(m["judge_accuracy"]),
+         interval_text(m["judge_accuracy_ci95"]), f"{m['judge_accuracy_n']:,}"),
+        ("judge accuracy, a row without a verdict counted as not correct", percent(m["judge_accuracy_conservative"]),
+         interval_text(m["judge_accuracy_conservative_ci95"]), f"{m['judge_accuracy_conservative_n']:,}"),
+        ("ground-truth accuracy", percent(m["ground_truth_accuracy"]), interval_text(m["ground_truth_accuracy_ci95"]),
+         f"{truth_n:,}"),
+        (baseline if m["majority_baseline_label"] else "majority baseline", percent(m["majority_baseline_accuracy"]), "",
+         f"{truth_n:,}"),
+        ("invalid predictions (not one of the labels)", percent(m["invalid_prediction_rate"]), "", ""),
+        ("judged rows without a recognised verdict", percent(m["invalid_verdict_rate"]), "", f"{m['invalid_verdicts']:,}"),
     ]))
     bars = [(name, m[key], tuple(m[f"{key}_ci95"]) if m[f"{key}_ci95"] else None)
             for name, key in (("judge", "judge_accuracy"), ("ground truth", "ground_truth_accuracy")) if m[key] is not None]
@@ -353,9 +359,15 @@ def _timing(run: _Run, plots_dir: Path) -> _Section:
 
 def _tokens(run: _Run) -> _Section:
     tokens, cost = run.metrics["tokens"], run.metrics["cost_usd"]
-    rows: list[tuple[str, ...]] = [(stage, f"{used['prompt']:,}", f"{used['completion']:,}") for stage, used in tokens.items()]
-    rows.append(("total", f"{sum(t['prompt'] for t in tokens.values()):,}", f"{sum(t['completion'] for t in tokens.values()):,}"))
-    section = _Section("Tokens and cost", [_Table(("stage", "prompt tokens", "completion tokens"), rows)])
+    kinds = ("prompt", "completion", "batch_prompt", "batch_completion")
+    rows: list[tuple[str, ...]] = [(stage, *(f"{used[kind]:,}" for kind in kinds)) for stage, used in tokens.items()]
+    rows.append(("total", *(f"{sum(used[kind] for used in tokens.values()):,}" for kind in kinds)))
+    header = ("stage", "prompt tokens", "completion tokens", "of which in batches: prompt", "completion")
+    section = _Section("Tokens and cost", [
+        _Table(header, rows),
+        "Calls answered in provider batches are priced at the batch rate, every other call (a batch's lines "
+        "retried as realtime calls among them) at the realtime rate.",
+    ])
     if cost is None:
         section.blocks.append("Cost: no price table for these models (add [prices.\"<model>\"] to the task).")
         return section
@@ -375,12 +387,22 @@ def _panel(run: _Run) -> _Section | None:
     models = run.metrics["models"]
     kappa = "n/a" if panel["fleiss_kappa"] is None else f"{panel['fleiss_kappa']:.3f}"
     return _Section("Panel of judges", [
-        "The verdict above is the panel's strict majority; here is each judge on its own.",
-        _Table(("judge", "model", "judge accuracy", "unrecognised verdicts"), [
+        "The verdict above is the panel's strict majority of the recognised verdicts; here is each judge on its own "
+        "(accuracy over its recognised verdicts; unrecognised over its answered calls; failed calls have no reply).",
+        _Table(("judge", "model", "judge accuracy", "verdicts", "unrecognised", "failed calls"), [
             (name, models.get(f"judge.{name}", {}).get("requested", ""), percent(numbers["judge_accuracy"]),
-             percent(numbers["invalid_verdict_rate"])) for name, numbers in panel["judges"].items()
+             f"{numbers['judge_accuracy_n']:,}",
+             f"{numbers['unrecognised_verdicts']:,} ({percent(numbers['unrecognised_verdict_rate'])})",
+             f"{numbers['failed_calls']:,}") for name, numbers in panel["judges"].items()
         ]),
-        _Table(("Fleiss' kappa", "unanimous rows", "ties"), [(kappa, percent(panel["unanimous_rate"]), str(panel["ties"]))]),
+        f"Of {panel['rows']:,} judged rows: {panel['ties']:,} ties (as many recognised votes each way), "
+        f"{panel['no_recognised_verdict']:,} without a recognised verdict, {panel['decided_by_fewer_than_majority']:,} "
+        "decided by fewer votes than a majority of the panel. Fleiss' kappa and the unanimous share are over the rows "
+        "where every judge gave a recognised verdict.",
+        _Table(("Fleiss' kappa", "rows", "unanimous rows", "ties", "no recognised verdict", "decided by fewer than a majority"), [(
+            kappa, f"{panel['fleiss_kappa_n']:,}", percent(panel["unanimous_rate"]), f"{panel['ties']:,}",
+            f"{panel['no_recognised_verdict']:,}", f"{panel['decided_by_fewer_than_majority']:,}",
+        )]),
     ])
 
 
@@ -414,8 +436,10 @@ def _failures(run: _Run) -> _Section | None:
         run.results.filter(pl.col("status").is_in(["predict_failed", "judge_failed"]))
         .group_by("status", "error").len().sort(["len", "status"], descending=[True, False]).head(EXAMPLES).collect()
     )
+    reasons = ", ".join(f"{reason} {rows:,}" for reason, rows in run.metrics["failure_reasons"].items())
     return _Section("Failed rows", [
-        f"{run.metrics['n_failed']:,} rows failed; the most frequent errors (every failed row is in results.parquet):",
+        f"{run.metrics['n_failed']:,} rows failed; by reason: {reasons}. "
+        "The most frequent errors (every failed row is in results.parquet):",
         _Table(("status", "error", "rows"), [(row["status"], _clip(row["error"] or "-"), f"{row['len']:,}")
                                              for row in errors.iter_rows(named=True)]),
     ])

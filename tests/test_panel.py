@@ -64,6 +64,19 @@ async def test_a_panel_run_keeps_every_verdict_and_the_majority(
     metrics = evaluation.metrics
     assert metrics is not None and set(metrics["panel"]["judges"]) == {"j0", "j1", "j2"}
     assert metrics["panel"]["fleiss_kappa"] is not None
+    # each judge's numbers, recounted from results.parquet
+    for k, name in enumerate(["j0", "j1", "j2"]):
+        votes = [row[k] for row in results["verdicts"].to_list()]
+        texts = [row[k] for row in results["verdict_texts"].to_list()]
+        recognised = [vote for vote in votes if vote is not None]
+        numbers = metrics["panel"]["judges"][name]
+        assert numbers["judge_accuracy_n"] == len(recognised)
+        assert numbers["judge_accuracy"] == (sum(recognised) / len(recognised) if recognised else None)
+        assert numbers["failed_calls"] == texts.count(None)
+        assert numbers["unrecognised_verdicts"] == sum(t is not None and v is None for t, v in zip(texts, votes))
+    tallies = [(row.count(True), row.count(False)) for row in results["verdicts"].to_list()]
+    assert metrics["panel"]["ties"] == sum(yes == no > 0 for yes, no in tallies)
+    assert metrics["invalid_verdicts"] == sum(yes == no == 0 for yes, no in tallies)
     assert set(metrics["models"]) == {"predict", "judge.j0", "judge.j1", "judge.j2"}
     judge_lines = (tmp_path / "run" / "journal" / "judge.ndjson").read_text().splitlines()
     assert len(judge_lines) == 90

@@ -10,15 +10,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from collections import Counter
+
 import anyio
 import polars as pl
 import pytest
+from rich.console import Console
 
 from engine import Evaluation, TaskConfig, load_config, with_overrides
 from engine.config import parse_config
-from engine.report import percent
+from engine.report import cost_usd, percent, print_summary, tokens_by_caller
 from engine.report_doc import INVALID_LABEL, label_breakdown, write_report
 from engine.shipped import example_config
+
+from .conftest import imdb_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = ("run.json", "metrics.json", "results.parquet", "journal")
@@ -182,3 +187,85 @@ def test_report_of_a_run_where_every_call_failed(runs: dict[str, Path], tmp_path
     assert not (run_dir / "plots").exists() and "<img" not in page
     assert "No predictions." in markdown and "No successful realtime calls" in markdown
     assert "## Failed rows" in markdown and "simulated 50" in markdown
+
+
+# --- the summary and the cost (issue 11 items 11, 17, 18, 19, 26) -----------------------------
+
+
+def summary_text(metrics: dict[str, Any], run_dir: Path) -> str:
+    console = Console(record=True, width=250)
+    print_summary(metrics, run_dir, console)
+    return console.export_text()
+
+
+def test_summary_shows_n_both_rates_and_the_callers_without_a_price(runs: dict[str, Path]) -> None:
+    metrics = json.loads((runs["panel"] / "metrics.json").read_text())
+    text = summary_text(metrics, runs["panel"])
+    assert f"judge accuracy (n={metrics['judge_accuracy_n']}: rows with a verdict)" in text
+    assert f"no verdict = not correct (n={metrics['judge_accuracy_conservative_n']})" in text
+    assert percent(metrics["judge_accuracy_conservative"]) in text
+    assert f"no recognised verdict ({metrics['invalid_verdicts']} rows)" in text
+    predict_model = metrics["models"]["predict"]["requested"]
+    assert (f"no price for predict ({predict_model}), judge.j0 (judge-0), judge.j2 (judge-2): the cost total leaves it out; "
+            'add [prices."<model>"] to the task') in text
+    assert f"${metrics['cost_usd']['total']:.4f}" in text
+
+
+def test_failure_reasons_are_counted_and_summarised(runs: dict[str, Path], tmp_path: Path) -> None:
+    metrics = json.loads((runs["failed"] / "metrics.json").read_text())
+    errors = pl.read_parquet(runs["failed"] / "results.parquet")["error"].to_list()
+    assert metrics["failure_reasons"] == dict(Counter(error.split(":")[0] for error in errors))
+    assert sum(metrics["failure_reasons"].values()) == metrics["n_failed"] == 10
+    text = summary_text(metrics, runs["failed"])
+    top = ", ".join(f"{reason} {rows}" for reason, rows in metrics["failure_reasons"].items())
+    assert f"failed rows by reason: {top}" in text
+    _, _, markdown, _ = report(runs, "failed", tmp_path)
+    assert f"by reason: {top}" in markdown
+    assert "failed rows by reason" not in summary_text(json.loads((runs["realtime"] / "metrics.json").read_text()),
+                                                       runs["realtime"])
+
+
+def test_the_simulator_note_when_the_sim_is_reached_through_base_url(
+    tmp_path: Path, api_key: str, sim_url: str
+) -> None:
+    run_dir = run_evaluation(imdb_config(sim_url, limit=5), tmp_path / "through-url")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {info["backend"] for info in metrics["models"].values()} == {None}
+    assert "answers came from the simulator" in summary_text(metrics, run_dir)
+    for info in metrics["models"].values():  # a real model's names: no note
+        info["served"] = ["gpt-4o-mini"]
+    assert "answers came from the simulator" not in summary_text(metrics, run_dir)
+
+
+def journal_line(custom_id: str, prompt: int, completion: int, latency: float | None, ok: bool = True) -> str:
+    return json.dumps({"custom_id": custom_id, "row_id": custom_id.split(":")[1], "ok": ok, "model": "m",
+                       "prompt_tokens": prompt if ok else None, "completion_tokens": completion if ok else None,
+                       "latency_s": latency})
+
+
+def test_cost_prices_each_call_at_the_rate_of_the_way_it_was_made(tmp_path: Path) -> None:
+    config = load_config(example_config("imdb"))
+    predict_model, judge_model = config.predict.model, config.judges[0].model
+    config = with_overrides(config, {
+        "predict.mode": "batch", "judge.mode": "batch",
+        "prices": {predict_model: {"input": 1.0, "output": 2.0},  # batch: half
+                   judge_model: {"input": 3.0, "output": 5.0, "batch_input": 1.0, "batch_output": 2.0}},
+    })
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    # answers from a provider batch have no latency; realtime calls (here: retries of failed lines) have one
+    (journal / "predict.ndjson").write_text("\n".join([
+        journal_line("predict:0", 100, 10, None), journal_line("predict:1", 200, 20, 0.4),
+        journal_line("predict:2", 400, 40, None), journal_line("predict:3", 0, 0, None, ok=False),
+    ]) + "\n")
+    (journal / "judge.ndjson").write_text("\n".join([
+        journal_line("judge:0", 1000, 5, None), journal_line("judge:1", 50, 1, 0.2), journal_line("judge:2", 70, 3, 1.5),
+    ]) + "\n")
+    tokens = tokens_by_caller(tmp_path)
+    assert tokens["predict"] == {"prompt": 700, "completion": 70, "batch_prompt": 500, "batch_completion": 50, "served": ["m"]}
+    assert tokens["judge"] == {"prompt": 1120, "completion": 9, "batch_prompt": 1000, "batch_completion": 5, "served": ["m"]}
+    cost = cost_usd(config, tokens)
+    assert cost is not None
+    predict = (500 * 0.5 + 50 * 1.0 + 200 * 1.0 + 20 * 2.0) / 1e6
+    judge = (1000 * 1.0 + 5 * 2.0 + 120 * 3.0 + 4 * 5.0) / 1e6
+    assert cost == {"predict": pytest.approx(predict), "judge": pytest.approx(judge), "total": pytest.approx(predict + judge)}
