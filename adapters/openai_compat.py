@@ -9,7 +9,9 @@ serialised once, and only three fields of the reply and the ``x-ratelimit-*`` he
 Outside asyncio (trio) aiohttp cannot run, and chat calls go through the SDK's ``post`` instead.
 
 The SDK's own retries are off: the engine retries and rate-limits, in one place. Every error is
-mapped once onto ``ProviderError`` with its retry ``kind``.
+mapped once onto ``ProviderError`` with its retry ``kind``, transport errors raised while a body
+streams included. An endpoint without the Files/Batches routes (llama.cpp, Ollama, vLLM's
+realtime server) raises ``BatchApiMissingError``, which stops a batch run at once.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import anyio
 import httpx2
 import openai
 import sniffio
-from openai.types import Batch
+from openai.types import Batch, FileObject
 
-from engine.errors import AuthError, ErrorKind, ModelNotFoundError, ProviderError
+from engine.errors import AuthError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.limits import RateLimits
 from engine.retry import parse_retry_after
 from engine.types import ChatRequest, Usage
@@ -58,6 +60,10 @@ class Completion:
     usage: Usage
     latency_s: float
     rate_limits: RateLimits | None = None
+
+
+class BatchApiMissingError(FatalError):
+    """The endpoint has no Files/Batches API: batch mode cannot run against it."""
 
 
 def _scrub(message: str, secret: str) -> str:
@@ -145,19 +151,25 @@ class OpenAICompatClient:
 
     # -- Files and Batches: the control plane of batch mode ---------------------------------
 
-    async def upload_batch_file(self, path: Path) -> str:
-        """Upload a JSONL request file (``purpose="batch"``); returns the file id.
+    async def upload_batch_file(self, path: Path, filename: str) -> str:
+        """Upload a JSONL request file (``purpose="batch"``) as ``filename``; returns the file id.
 
         The SDK is given an open file, which it streams; given a path it would read the whole
         file (up to ``batch.max_bytes_per_file``) into memory first.
         """
-        async with self._errors():
+        async with self._errors("POST /files"):
             with path.open("rb") as requests:
-                uploaded = await self.sdk.files.create(file=(path.name, requests, "application/jsonl"), purpose="batch")
+                uploaded = await self.sdk.files.create(file=(filename, requests, "application/jsonl"), purpose="batch")
         return uploaded.id
 
+    async def list_batch_files(self) -> AsyncIterator[FileObject]:
+        """Every file of purpose ``batch`` the key can see, newest first."""
+        async with self._errors("GET /files"):
+            async for uploaded in self.sdk.files.list(purpose="batch", order="desc"):
+                yield uploaded
+
     async def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> Batch:
-        async with self._errors():
+        async with self._errors("POST /batches", names_object=True):
             return await self.sdk.batches.create(
                 input_file_id=input_file_id,
                 endpoint="/v1/chat/completions",
@@ -166,38 +178,62 @@ class OpenAICompatClient:
             )
 
     async def retrieve_batch(self, batch_id: str) -> Batch:
-        async with self._errors():
+        async with self._errors("GET /batches/{batch_id}", names_object=True):
             return await self.sdk.batches.retrieve(batch_id)
 
     async def cancel_batch(self, batch_id: str) -> Batch:
-        async with self._errors():
+        async with self._errors("POST /batches/{batch_id}/cancel", names_object=True):
             return await self.sdk.batches.cancel(batch_id)
 
     async def list_batches(self) -> AsyncIterator[Batch]:
         """Every batch the key can see, newest first (the SDK follows the pagination)."""
-        async with self._errors():
+        async with self._errors("GET /batches"):
             async for batch in self.sdk.batches.list(limit=100):
                 yield batch
 
     async def download_file(self, file_id: str, path: Path) -> None:
-        """Stream a file's content to ``path`` (written to a temporary name, then renamed)."""
+        """Stream a file's content to ``path``: written to a temporary name, renamed when whole,
+        removed when the download fails, so ``path`` never holds part of a file."""
         temporary = path.with_suffix(path.suffix + ".part")
-        async with self._errors():
-            async with self.sdk.files.with_streaming_response.content(file_id) as response:
-                async with await anyio.open_file(temporary, "wb") as out:
-                    async for block in response.iter_bytes(1 << 20):
-                        await out.write(block)
+        try:
+            async with self._errors("GET /files/{file_id}/content", names_object=True):
+                async with self.sdk.files.with_streaming_response.content(file_id) as response:
+                    async with await anyio.open_file(temporary, "wb") as out:
+                        async for block in response.iter_bytes(1 << 20):
+                            await out.write(block)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         temporary.replace(path)
 
     @asynccontextmanager
-    async def _errors(self) -> AsyncIterator[None]:
-        """Map SDK errors of control-plane calls onto ``ProviderError``."""
+    async def _errors(self, route: str, *, names_object: bool = False) -> AsyncIterator[None]:
+        """Map the errors of a control-plane call to ``route`` onto ``ProviderError``: the SDK's,
+        and the transport's (httpx2, aiohttp) that a streamed body raises past the SDK.
+
+        A 404 means the endpoint has no such route, unless the call names an object
+        (``names_object``) and the 404 is an OpenAI error object saying that it does not exist.
+        """
         try:
             yield
         except openai.APIStatusError as exc:
+            if exc.status_code == 404 and not (names_object and _is_openai_error(exc.body)):
+                raise self._batch_api_missing(route) from exc
             raise self._status_error(exc.status_code, exc.message, exc.response.headers.raw) from exc
         except openai.APIConnectionError as exc:
             raise self._sdk_connection_error(exc) from exc
+        except (httpx2.TimeoutException, TimeoutError, aiohttp.ServerTimeoutError):
+            raise self._timeout_error() from None
+        except (httpx2.RequestError, httpx2.StreamError, aiohttp.ClientError) as exc:
+            raise self._connection_error(exc) from exc
+
+    def _batch_api_missing(self, route: str) -> BatchApiMissingError:
+        message = (
+            f"the endpoint {self.base_url} has no Files/Batches API (HTTP 404 on {route}): give it one with "
+            f"`python -m engine serve --backend upstream --upstream-url {self.base_url}` and use that server's "
+            "URL as --base-url, or run in realtime mode (--mode realtime)"
+        )
+        return BatchApiMissingError(message, kind="no", reason="http_404", status_code=404)
 
     def _timeout_error(self) -> ProviderError:
         return ProviderError(f"timed out after {self._timeout_s:g} s", kind="transient", reason="timeout")
@@ -245,6 +281,15 @@ def _env_proxy(url: str) -> str | None:
     if urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return urllib.request.getproxies().get(parts.scheme)
+
+
+def _is_openai_error(body: object) -> bool:
+    """Whether an error reply's body is OpenAI's ``{"error": {...}}`` (the SDK passes either
+    the whole body or its ``error`` object)."""
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error", body)
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
 def _error_message(status: int, raw: bytes) -> str:

@@ -6,15 +6,29 @@ uploaded (``purpose="batch"``) and a batch created with ``metadata`` naming the 
 the file ("chunk") and the attempt; the file id and the batch id go into
 ``journal/batches.ndjson`` the moment they exist. Each batch is polled with backoff; when it ends,
 its output and error files are downloaded beside the request file and every line becomes an
-outcome for the pipeline. Lines that failed for a reason worth retrying (5xx, 429, expiry,
-cancellation, no line at all) are retried up to ``max_line_retries`` times: as realtime calls when
-fewer than ``realtime_retry_below`` remain, else in a new batch. The rest are recorded failures.
+outcome for the pipeline, carrying in ``attempts`` how many times the line was paid for (each
+batch it was in, plus each realtime call). Lines that failed for a reason worth retrying (5xx,
+429, expiry, cancellation, no line at all) are retried up to ``max_line_retries`` times: as
+realtime calls when fewer than ``realtime_retry_below`` remain, else in a new batch. The rest are
+recorded failures.
+
+Creating a batch is not idempotent: a create whose reply was lost (a reset, a timeout, a 5xx)
+may have created it. Before such a create is tried again, the endpoint's batches are searched for
+one made from the same file with the same tags, and that one is adopted. An upload whose reply
+was lost is looked for the same way among the endpoint's files (by its name, unique to the run
+and chunk, and its size), so no unjournaled copy is left behind.
+
+Every control-plane call (upload, create, poll, download, list, cancel) rides out an outage:
+transient failures are retried with capped backoff until ``outage_timeout_s`` has passed since
+the first failure of the streak (on the injectable clock); then the run stops with a
+``ProviderError`` naming what failed.
 
 On resume the stage first re-attaches: it lists the endpoint's batches, keeps those tagged with
 this run and stage (plus any the journal names), and every request line that has no outcome in the
 journal yet belongs to the newest such batch that carries it. Those rows wait for that batch
 (downloading a finished one again is free) instead of being submitted again; a file uploaded but
-never turned into a batch (a crash in between) becomes its batch now.
+never turned into a batch (a crash in between) becomes its batch now. A request file missing from
+``batches/`` is restored from the provider's copy of the batch's input file.
 """
 
 from __future__ import annotations
@@ -22,19 +36,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from openai.types import Batch
+from openai.types import Batch, FileObject
 
 from .config import BatchConfig
 from .errors import FatalError, ProviderError
 from .limits import Clock
+from .prompts import estimate_tokens
 from .realtime import Deliver, RealtimeRunner
 from .retry import RetryPolicy
 from .types import ChatRequest, ChatResult, Failure, Outcome, Row, StageName, Usage
@@ -43,12 +59,17 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 BATCHES_DIR = "batches"
 _CHUNK_NAME = re.compile(r"^(predict|judge)-(\d{5})$")
 _FINAL_ERROR_CODES = frozenset({"invalid_request", "invalid_request_error", "model_not_found", "batch_failed"})
+# How far the endpoint's clock (its batches' and files' ``created_at``) may be behind ours.
+_CLOCK_SKEW_S = 600.0
+
+T = TypeVar("T")
 
 
 class BatchClient(Protocol):
     """The control plane an adapter offers (``adapters.openai_compat.OpenAICompatClient``)."""
 
-    async def upload_batch_file(self, path: Path) -> str: ...
+    async def upload_batch_file(self, path: Path, filename: str) -> str: ...
+    def list_batch_files(self) -> AsyncIterator[FileObject]: ...
     async def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> Batch: ...
     async def retrieve_batch(self, batch_id: str) -> Batch: ...
     async def cancel_batch(self, batch_id: str) -> Batch: ...
@@ -161,10 +182,13 @@ class BatchStage:
         realtime: RealtimeRunner,
         journaled: Callable[[], set[str]],
         progress: dict[str, BatchProgress],
+        outage_timeout_s: float,
         after_batch: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``journaled`` gives the custom_ids that already have an outcome (read once, on start);
-        ``after_batch`` runs after each batch's outcomes are delivered (the judge stage's flush)."""
+        ``outage_timeout_s`` is how long a control-plane call keeps trying through transient
+        failures; ``after_batch`` runs after each batch's outcomes are delivered (the judge
+        stage's flush)."""
         self.stage: StageName = stage
         self._client = client
         self._dir = run_dir / BATCHES_DIR
@@ -172,7 +196,9 @@ class BatchStage:
         self._log = BatchLog(run_dir / "journal" / "batches.ndjson")
         self._run_id = run_id
         self._settings = settings
-        self._policy = policy
+        # The policy's backoff, without its limit on retries: an outage ends a call's tries.
+        self._backoff = replace(policy, max_retries=sys.maxsize, max_rate_limit_retries=sys.maxsize)
+        self._outage_timeout_s = outage_timeout_s
         self._clock = clock
         self._realtime = realtime
         self._journaled = journaled
@@ -180,9 +206,9 @@ class BatchStage:
         self.after_batch = after_batch
         self._owner: dict[str, _Chunk] = {}
         self._open: _Chunk | None = None
-        self._next_index = 1 + max(
-            (int(m.group(2)) for p in self._dir.glob("*.jsonl") if (m := _CHUNK_NAME.match(p.stem))), default=0
-        )
+        names = [path.stem for path in self._dir.glob("*.jsonl")]
+        names += [str(event.get("chunk")) for event in self._log.events()]  # their files may be gone
+        self._next_index = 1 + max((int(m.group(2)) for name in names if (m := _CHUNK_NAME.match(name))), default=0)
         self._uploads = anyio.Semaphore(settings.upload_concurrency)
         self._delivering = anyio.Lock()
         self._group: TaskGroup | None = None
@@ -253,15 +279,51 @@ class BatchStage:
     async def _submit_chunk(self, chunk: _Chunk, file_id: str | None = None) -> None:
         if file_id is None:
             async with self._uploads:
-                file_id = await self._control(self._client.upload_batch_file, chunk.path)
+                file_id = await self._upload(chunk)
             self._log.append({"event": "file", "stage": self.stage, "chunk": chunk.name, "file_id": file_id,
                               "attempt": chunk.attempt, "lines": len(chunk.custom_ids)})
-        metadata = {"engine_run": self._run_id, "engine_stage": self.stage, "engine_chunk": chunk.name,
-                    "engine_attempt": str(chunk.attempt)}
-        batch = await self._control(self._client.create_batch, file_id, metadata)
+        batch = await self._create(chunk, file_id)
         self._log.append({"event": "batch", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id,
                           "file_id": file_id})
         await self._follow(chunk, batch)
+
+    async def _upload(self, chunk: _Chunk) -> str:
+        """Upload the chunk's file once; after a lost reply, adopt the copy that arrived."""
+        filename = f"{self._run_id}.{chunk.name}.jsonl"
+        size = chunk.path.stat().st_size
+        since = time.time() - _CLOCK_SKEW_S
+        tried = False
+
+        async def upload_once() -> str:
+            nonlocal tried
+            if tried:
+                async for uploaded in self._client.list_batch_files():
+                    if uploaded.created_at < since:
+                        break  # newest first: the rest predate the first try
+                    if uploaded.filename == filename and uploaded.bytes == size:
+                        return uploaded.id
+            tried = True
+            return await self._client.upload_batch_file(chunk.path, filename)
+
+        return await self._control(f"uploading {chunk.path.name}", upload_once)
+
+    async def _create(self, chunk: _Chunk, file_id: str) -> Batch:
+        """Create the chunk's batch once; after a lost reply, adopt the batch that was created."""
+        tags = {"engine_run": self._run_id, "engine_stage": self.stage, "engine_chunk": chunk.name,
+                "engine_attempt": str(chunk.attempt)}
+        since = time.time() - _CLOCK_SKEW_S
+        tried = False
+
+        async def create_once() -> Batch:
+            nonlocal tried
+            if tried:
+                async for batch in self._tagged_batches(since):
+                    if batch.input_file_id == file_id and all(_tag(batch, key) == value for key, value in tags.items()):
+                        return batch
+            tried = True
+            return await self._client.create_batch(file_id, tags)
+
+        return await self._control(f"creating the batch of {chunk.name}", create_once)
 
     async def _follow(self, chunk: _Chunk, batch: Batch) -> None:
         """Poll ``batch`` to its end, then deliver or retry each of the chunk's lines."""
@@ -272,12 +334,12 @@ class BatchStage:
             if batch.status in TERMINAL:
                 break
             if batch.status == "validating" and self._clock.now() - first_seen > self._settings.validating_timeout_s:
-                batch = await self._control(self._client.cancel_batch, batch.id)
+                batch = await self._control(f"cancelling batch {batch.id} ({chunk.name})", self._client.cancel_batch, batch.id)
                 first_seen = float("inf")  # cancel once
                 continue
             await self._clock.sleep(delay)
             delay = min(delay * self._settings.poll_factor, self._settings.poll_max_s)
-            batch = await self._control(self._client.retrieve_batch, batch.id)
+            batch = await self._control(f"polling batch {batch.id} ({chunk.name})", self._client.retrieve_batch, batch.id)
         self._log.append({
             "event": "ended", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id, "status": batch.status,
             "created_at": batch.created_at, "in_progress_at": batch.in_progress_at,
@@ -290,7 +352,7 @@ class BatchStage:
             for custom_id in chunk.custom_ids:
                 if self._owner.get(custom_id, chunk) is not chunk:
                     continue  # a newer batch carries this line now
-                outcome = outcomes.get(custom_id) or self._missing(custom_id, batch)
+                outcome = replace(outcomes.get(custom_id) or self._missing(custom_id, batch), attempts=chunk.attempt + 1)
                 retryable = isinstance(outcome, Failure) and _is_retryable(outcome)
                 if retryable and chunk.attempt < self._settings.max_line_retries:
                     retry.append(custom_id)
@@ -317,7 +379,8 @@ class BatchStage:
                 continue
             path = self._dir / f"{chunk.name}.{kind}.jsonl"
             if not path.exists():
-                await self._control(self._client.download_file, file_id, path)
+                what = f"downloading the {kind} file {file_id} of batch {batch.id} ({chunk.name})"
+                await self._control(what, self._client.download_file, file_id, path)
             outcomes.update(await anyio.to_thread.run_sync(_read_outcomes, path))
         return outcomes
 
@@ -351,11 +414,15 @@ class BatchStage:
         self._seal(retry)
 
     async def _retry_realtime(self, chunk: _Chunk, custom_id: str, line: str) -> None:
-        body = json.loads(line)["body"]
+        """One line as a realtime call, paced like any request; its outcome counts the batches
+        the line was in besides the calls."""
+        body: dict[str, Any] = json.loads(line)["body"]
         row = chunk.rows.get(custom_id)
         row_id = row.row_id if row is not None else custom_id.partition(":")[2]
-        request = ChatRequest(custom_id, row_id, self.stage, body, estimated_tokens=0)
-        await self._settle(chunk, custom_id, await self._realtime.call(request))
+        reply_budget = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        request = ChatRequest(custom_id, row_id, self.stage, body, estimate_tokens(body["messages"], reply_budget))
+        outcome = await self._realtime.call(request)
+        await self._settle(chunk, custom_id, replace(outcome, attempts=chunk.attempt + 1 + outcome.attempts))
 
     def _note(self, chunk: _Chunk, batch: Batch) -> None:
         counts = batch.request_counts
@@ -364,20 +431,32 @@ class BatchStage:
             counts.total if counts else 0, counts.completed if counts else 0, counts.failed if counts else 0,
         )
 
-    async def _control(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """A control-plane call (upload, create, poll, download) with the engine's retries."""
-        attempt = 0
+    async def _control(self, what: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A control-plane call that rides out an outage (see the module doc); ``what`` names
+        it in the error that stops the run."""
+        streak_began: float | None = None
+        failures = 0
         while True:
-            attempt += 1
             try:
                 return await call(*args)
             except FatalError:
                 raise
             except ProviderError as error:
-                delay = self._policy.delay(error, attempt)
+                now = self._clock.now()
+                streak_began = now if streak_began is None else streak_began
+                failing_for = now - streak_began
+                delay = self._backoff.delay(error, failures + 1)
                 if delay is None:
-                    raise
-                await self._clock.sleep(delay)
+                    raise ProviderError(f"{what}: {error}", kind=error.kind, reason=error.reason,
+                                        status_code=error.status_code) from error
+                if failing_for >= self._outage_timeout_s:
+                    raise ProviderError(
+                        f"{what} failed for {failing_for:.0f} s (endpoint.outage_timeout_s = "
+                        f"{self._outage_timeout_s:g}): {error}",
+                        kind=error.kind, reason=error.reason, status_code=error.status_code,
+                    ) from error
+                failures += 1
+                await self._clock.sleep(min(delay, self._outage_timeout_s - failing_for))
 
     # -- resume ------------------------------------------------------------------------------
 
@@ -387,21 +466,24 @@ class BatchStage:
         if not events:
             return
         done = self._journaled()
-        since = min(float(event.get("at", 0)) for event in events) - 60
-        batches = {batch.id: batch async for batch in self._tagged_batches(since)}
+        since = min(float(event.get("at", 0)) for event in events) - _CLOCK_SKEW_S
+        listed = await self._control("listing the endpoint's batches", self._list_tagged, since)
+        batches = {batch.id: batch for batch in listed}
         for event in events:
             if event["event"] == "batch" and event["batch_id"] not in batches:
-                batches[event["batch_id"]] = await self._control(self._client.retrieve_batch, event["batch_id"])
+                what = f"retrieving batch {event['batch_id']} ({event['chunk']})"
+                batches[event["batch_id"]] = await self._control(what, self._client.retrieve_batch, event["batch_id"])
         chunks_with_batch = {_tag(batch, "engine_chunk") for batch in batches.values()}
         newest_first = sorted(batches.values(), key=lambda batch: batch.created_at, reverse=True)
         adopted: list[tuple[_Chunk, Batch | None, str | None]] = []
         for batch in newest_first:
-            chunk = self._adopt(_tag(batch, "engine_chunk"), int(_tag(batch, "engine_attempt") or 0), done)
+            name, attempt = _tag(batch, "engine_chunk"), int(_tag(batch, "engine_attempt") or 0)
+            chunk = await self._adopt(name, attempt, batch.input_file_id, done)
             if chunk is not None:
                 adopted.append((chunk, batch, None))
         for event in events:  # uploaded, but the batch was never created
             if event["event"] == "file" and event["chunk"] not in chunks_with_batch:
-                chunk = self._adopt(event["chunk"], int(event.get("attempt", 0)), done)
+                chunk = await self._adopt(event["chunk"], int(event.get("attempt", 0)), event["file_id"], done)
                 if chunk is not None:
                     adopted.append((chunk, None, event["file_id"]))
         assert self._group is not None
@@ -411,19 +493,35 @@ class BatchStage:
             else:
                 self._group.start_soon(self._submit_chunk, chunk, file_id)
 
-    def _adopt(self, name: str, attempt: int, done: set[str]) -> _Chunk | None:
-        """Claim the chunk's lines that have no outcome and no newer owner; None if none remain."""
+    async def _adopt(self, name: str, attempt: int, file_id: str, done: set[str]) -> _Chunk | None:
+        """Claim the chunk's lines that have no outcome and no newer owner; None if none remain.
+
+        A request file missing from ``batches/`` is restored from the provider's copy
+        (``file_id``, the batch's input file).
+        """
+        if not _CHUNK_NAME.match(name):
+            return None
         path = self._dir / f"{name}.jsonl"
-        if not _CHUNK_NAME.match(name) or not path.exists():
-            return None
+        if not path.exists():
+            what = f"restoring {path.name} from the endpoint's file {file_id}"
+            try:
+                await self._control(what, self._client.download_file, file_id, path)
+            except FatalError:
+                raise
+            except ProviderError as error:
+                if error.kind != "no":
+                    raise
+                return None  # the provider's copy is gone too: which lines it held is unknown
         chunk = _Chunk(name, path, attempt=attempt)
-        chunk.custom_ids = list(chunk.lines())
-        owned = [cid for cid in chunk.custom_ids if cid not in done and cid not in self._owner]
-        if not owned:
+        chunk.custom_ids = [cid for cid in chunk.lines() if cid not in done and cid not in self._owner]
+        if not chunk.custom_ids:
             return None
-        for custom_id in owned:
+        for custom_id in chunk.custom_ids:
             self._owner[custom_id] = chunk
         return chunk
+
+    async def _list_tagged(self, since: float) -> list[Batch]:
+        return [batch async for batch in self._tagged_batches(since)]
 
     async def _tagged_batches(self, since: float) -> AsyncIterator[Batch]:
         """This run's batches for this stage created after ``since``, from the endpoint's list."""

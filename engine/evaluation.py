@@ -198,6 +198,7 @@ class Evaluation:
                 realtime=runner,
                 journaled=partial(_journaled_ids, self.run_dir, name),
                 progress=self.stats.batches,
+                outage_timeout_s=self.config.endpoint.outage_timeout_s,
             )
         predict, judge = stages["predict"], stages["judge"]
         if isinstance(predict, BatchStage):
