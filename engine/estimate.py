@@ -1,8 +1,10 @@
 """``--dry-run``: what a run would send and cost, computed from the data set alone.
 
-Prompt tokens are the same estimate the rate limiter uses (about 4 characters a token);
-completion tokens are counted at ``max_tokens``, and the judge prompt with a prediction of
-``max_tokens`` tokens, so the figures are an upper bound. Nothing is sent and nothing is written.
+The requests are built as a run builds them. Prompt tokens are the same estimate the rate
+limiter uses (about 4 characters a token); completion tokens are counted at each request's
+``max_tokens`` as sent (a constrained request sends more than the config's, room for its JSON
+answer), and the judge prompt with a prediction as long as the predict request's ``max_tokens``,
+so the figures are an upper bound. Nothing is sent and nothing is written.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class StageEstimate:
     completion_tokens: int = 0
     request_bytes: int = 0
 
-    def add(self, request: ChatRequest, max_tokens: int) -> None:
+    def add(self, request: ChatRequest) -> None:
+        max_tokens = request.body["max_tokens"]
         self.requests += 1
         self.prompt_tokens += request.estimated_tokens - max_tokens
         self.completion_tokens += max_tokens
@@ -33,19 +36,20 @@ class StageEstimate:
 
 
 def estimate(config: TaskConfig) -> dict[str, Any]:
-    dataset = Dataset(config.dataset, label_set=config.labels)
+    dataset = Dataset(config.dataset, label_set=config.labels, where=config.where)
     builder = PromptBuilder(config, dataset.columns)
     columns = tuple(name for name in dataset.columns if name in builder.template_fields)
-    placeholder = "x" * (4 * config.predict.max_tokens)
     stages = {"predict": StageEstimate(), **{prefix: StageEstimate() for prefix in builder.judge_prefixes}}
     skipped = 0
     for row, _ in dataset.rows(columns):
         if not any(str(row.fields.get(name) or "").strip() for name in builder.text_fields):
             skipped += 1
             continue
-        stages["predict"].add(builder.predict(row), config.predict.max_tokens)
-        for index, judge in enumerate(config.judges):
-            stages[builder.judge_prefixes[index]].add(builder.judge(row, placeholder, index), judge.max_tokens)
+        predict = builder.predict(row)
+        stages["predict"].add(predict)
+        placeholder = "x" * (4 * predict.body["max_tokens"])  # the longest answer the predict call may give
+        for index, prefix in enumerate(builder.judge_prefixes):
+            stages[prefix].add(builder.judge(row, placeholder, index))
     result: dict[str, Any] = {"rows": dataset.n_rows, "skipped": skipped, "stages": {}}
     total_cost: float | None = None
     for name, stage_config in (("predict", config.predict), *zip(builder.judge_prefixes, config.judges)):
