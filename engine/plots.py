@@ -14,6 +14,7 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 STAGE_COLOURS = {"predict": "#4c72b0", "judge": "#dd8452"}
 _DPI = 100
@@ -25,17 +26,21 @@ def _figure(width: float = 6.4, height: float = 3.2) -> tuple[Figure, Axes]:
     return figure, figure.subplots()
 
 
+def _legend_beside(axes: Axes, handles: list[Patch] | None = None) -> None:
+    """The legend to the right of the axes, where it cannot cover what is drawn (the constrained
+    layout makes room for it)."""
+    axes.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=_DPI)
     return path
 
 
-def accuracy_plot(
-    path: Path,
-    bars: list[tuple[str, float, tuple[float, float] | None]],
-    baseline: tuple[str, float] | None,
-) -> Path:
+def accuracy_figure(
+    bars: list[tuple[str, float, tuple[float, float] | None]], baseline: tuple[str, float] | None
+) -> Figure:
     """Bars of accuracies ``(name, value, wilson_ci)`` with error bars and the baseline as a line."""
     figure, axes = _figure(5.2, 3.0)
     names = [name for name, _, _ in bars]
@@ -52,10 +57,16 @@ def accuracy_plot(
         axes.legend(loc="upper right", fontsize=8)
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("accuracy (95% Wilson CI)")
-    return _save(figure, path)
+    return figure
 
 
-def confusion_plot(path: Path, confusion: dict[str, int]) -> Path:
+def accuracy_plot(
+    path: Path, bars: list[tuple[str, float, tuple[float, float] | None]], baseline: tuple[str, float] | None
+) -> Path:
+    return _save(accuracy_figure(bars, baseline), path)
+
+
+def confusion_figure(confusion: dict[str, int]) -> Figure:
     """The judge-vs-truth 2x2 table as a heat map with counts (keys tp, fp, fn, tn)."""
     figure, axes = _figure(4.8, 2.8)
     cells = [[confusion["tp"], confusion["fp"]], [confusion["fn"], confusion["tn"]]]
@@ -66,10 +77,14 @@ def confusion_plot(path: Path, confusion: dict[str, int]) -> Path:
             axes.text(j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black")
     axes.set_xticks([0, 1], ["right by truth", "wrong by truth"])
     axes.set_yticks([0, 1], ["judge: correct", "judge: incorrect"])
-    return _save(figure, path)
+    return figure
 
 
-def label_plot(path: Path, breakdown: pl.DataFrame) -> Path:
+def confusion_plot(path: Path, confusion: dict[str, int]) -> Path:
+    return _save(confusion_figure(confusion), path)
+
+
+def label_figure(breakdown: pl.DataFrame) -> Figure:
     """Per predicted label: share of predictions, right by truth, judged right (columns of
     ``breakdown``: label, share, truth_rate, judge_rate; a null rate draws no bar)."""
     figure, axes = _figure(6.4, 1.2 + 0.32 * breakdown.height)
@@ -84,11 +99,15 @@ def label_plot(path: Path, breakdown: pl.DataFrame) -> Path:
     axes.set_yticks([p + height * (len(shown) - 1) / 2 for p in positions], breakdown["label"].to_list())
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
-    axes.legend(fontsize=8, loc="lower right")
-    return _save(figure, path)
+    _legend_beside(axes)
+    return figure
 
 
-def latency_plot(path: Path, edges: list[float], counts: dict[str, list[int]]) -> Path:
+def label_plot(path: Path, breakdown: pl.DataFrame) -> Path:
+    return _save(label_figure(breakdown), path)
+
+
+def latency_figure(edges: list[float], counts: dict[str, list[int]]) -> Figure:
     """Histogram of per-request latency (seconds) per stage: shared bin ``edges``, and each
     stage's count per bin."""
     figure, axes = _figure()
@@ -97,10 +116,14 @@ def latency_plot(path: Path, edges: list[float], counts: dict[str, list[int]]) -
     axes.set_xlabel("latency (s)")
     axes.set_ylabel("requests")
     axes.legend(fontsize=8)
-    return _save(figure, path)
+    return figure
 
 
-def throughput_plot(path: Path, rates: pl.DataFrame) -> Path:
+def latency_plot(path: Path, edges: list[float], counts: dict[str, list[int]]) -> Path:
+    return _save(latency_figure(edges, counts), path)
+
+
+def throughput_figure(rates: pl.DataFrame) -> Figure:
     """Completions per second over time per stage (columns stage, start, end, per_second; one
     row per time bin, in seconds since the run's first call)."""
     figure, axes = _figure()
@@ -111,10 +134,14 @@ def throughput_plot(path: Path, rates: pl.DataFrame) -> Path:
     axes.set_ylabel("completions / s")
     axes.set_ylim(bottom=0)
     axes.legend(fontsize=8)
-    return _save(figure, path)
+    return figure
 
 
-def batch_timeline_plot(path: Path, spans: pl.DataFrame) -> Path:
+def throughput_plot(path: Path, rates: pl.DataFrame) -> Path:
+    return _save(throughput_figure(rates), path)
+
+
+def batch_timeline_figure(spans: pl.DataFrame) -> Figure:
     """One bar per batch from creation to its end, coloured by stage, hatched unless completed
     (columns stage, chunk, status, start, end; seconds since the first batch was created)."""
     figure, axes = _figure(6.4, 1.2 + 0.25 * spans.height)
@@ -128,7 +155,14 @@ def batch_timeline_plot(path: Path, spans: pl.DataFrame) -> Path:
     axes.set_yticks(range(spans.height), spans["chunk"].to_list(), fontsize=7)
     axes.invert_yaxis()
     axes.set_xlabel("time since the first batch was created (s)")
-    for stage, colour in STAGE_COLOURS.items():
-        axes.barh([], [], color=colour, label=stage)
-    axes.legend(fontsize=8, loc="lower right")
-    return _save(figure, path)
+    # Swatches drawn as patches: an empty bar container has no patch to take a colour from.
+    stages = [stage for stage in STAGE_COLOURS if stage in spans["stage"]]
+    handles = [Patch(facecolor=STAGE_COLOURS[stage], edgecolor="black", linewidth=0.4, label=stage) for stage in stages]
+    if (spans["status"] != "completed").any():
+        handles.append(Patch(facecolor="white", edgecolor="black", linewidth=0.4, hatch="//", label="not completed"))
+    _legend_beside(axes, handles)
+    return figure
+
+
+def batch_timeline_plot(path: Path, spans: pl.DataFrame) -> Path:
+    return _save(batch_timeline_figure(spans), path)
