@@ -1,26 +1,39 @@
 """The engine inside an async web application: an evaluation streamed to the browser.
 
-    python examples/web_app.py            # then open http://127.0.0.1:8080
+    python examples/web_app.py [--host 127.0.0.1] [--port 8080] [--runs DIR]
+                                           # then open http://127.0.0.1:8080
 
 ``GET /`` is a page with a button; ``GET /evaluate?limit=N&backend=sim|local`` runs the shipped IMDB
 example and streams every joined row the moment it exists as a server-sent event (``event: row``),
-then the metrics (``event: metrics``). The evaluation runs inside the request's own task: when the
-browser goes away the run is cancelled, and what it finished stays in its run directory, ready for
-``python -m engine run --resume``.
+then the metrics (``event: metrics``), or why the run failed (``event: failed``); every event's data
+is JSON.
+
+The evaluation runs inside the request's own task and lives as long as the request. When the
+browser goes away the run stops where it is: nobody is left to read the rest, so no further call is
+paid for (a reload would start another run anyway). Every answer it had is journaled in its run
+directory, the server logs one line naming it, and ``python -m engine run --resume RUN_DIR`` (or
+``Evaluation(run_dir=..., resume=True)``) finishes it with no call paid twice.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
-import sys
+import logging
+import socket
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 from aiohttp import web
 
-from engine import EngineError, Evaluation, JoinedRow, load_config, with_overrides
+from engine import EngineError, Evaluation, JoinedRow, TaskConfig, load_config, with_overrides
+from engine.rundir import RUN_FILE
 from engine.shipped import example_config
 
 RUNS_ROOT = web.AppKey("runs_root", Path)
+_log = logging.getLogger(__name__)
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>judge-engine</title>
@@ -46,14 +59,29 @@ function run() {
     status.textContent = `judge accuracy ${metrics.judge_accuracy}, ground truth ${metrics.ground_truth_accuracy}`;
     source.close();
   });
-  source.addEventListener("failed", (event) => { status.textContent = event.data; source.close(); });
+  source.addEventListener("failed", (event) => { status.textContent = JSON.parse(event.data); source.close(); });
 }
 </script></body></html>
 """
 
 
-def _row_event(row: JoinedRow) -> bytes:
-    data = {
+class EventStream:
+    """Server-sent events to one client; a write that finds the client gone cancels ``scope``."""
+
+    def __init__(self, response: web.StreamResponse, scope: anyio.CancelScope) -> None:
+        self._response = response
+        self._scope = scope
+
+    async def send(self, name: str, data: object) -> None:
+        try:
+            await self._response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        except ConnectionResetError:  # aiohttp's "cannot write to closing transport" too
+            self._scope.cancel()
+            await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
+
+
+def _row_data(row: JoinedRow) -> dict[str, object]:
+    return {
         "row_id": row.row_id,
         "status": row.status,
         "prediction": row.prediction,
@@ -61,7 +89,25 @@ def _row_event(row: JoinedRow) -> bytes:
         "ground_truth_correct": row.ground_truth_correct,
         "labels": list(row.labels) if row.labels is not None else None,
     }
-    return f"event: row\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _requested_config(request: web.Request) -> TaskConfig:
+    """The shipped IMDB task with the query's ``limit`` and ``backend``; 400 when they are invalid."""
+    try:
+        limit = int(request.query.get("limit", "20"))
+        backend = request.query.get("backend", "sim")
+        return with_overrides(load_config(example_config("imdb")), {"dataset.limit": limit, "local.backend": backend})
+    except (ValueError, EngineError) as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+def _log_stopped(evaluation: Evaluation) -> None:
+    if evaluation.metrics is not None or not (evaluation.run_dir / RUN_FILE).exists():
+        return  # finished before the client left, or nothing started
+    _log.warning(
+        "the client left: run %s stopped with %d of %d rows done; finish it with: python -m engine run --resume %s",
+        evaluation.run_dir, evaluation.stats.done, evaluation.stats.total, evaluation.run_dir,
+    )
 
 
 async def page(request: web.Request) -> web.Response:
@@ -69,24 +115,28 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def evaluate(request: web.Request) -> web.StreamResponse:
-    """Run an evaluation and stream its rows as server-sent events."""
-    try:
-        limit = int(request.query.get("limit", "20"))
-        backend = request.query.get("backend", "sim")
-        config = with_overrides(
-            load_config(example_config("imdb")), {"dataset.limit": limit, "local.backend": backend}
-        )
-    except (ValueError, EngineError) as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from None
+    """Run an evaluation and stream its rows as server-sent events; the run stops if the client
+    leaves, whether aiohttp cancels the handler then or the next write finds the connection closed."""
+    config = _requested_config(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
+    evaluation = Evaluation(config, runs_root=request.app[RUNS_ROOT])
     try:
-        async with Evaluation(config, runs_root=request.app[RUNS_ROOT]) as evaluation:
-            async for row in evaluation:
-                await response.write(_row_event(row))
-        await response.write(f"event: metrics\ndata: {json.dumps(evaluation.metrics)}\n\n".encode())
-    except EngineError as exc:
-        await response.write(f"event: failed\ndata: {exc}\n\n".encode())
+        with anyio.CancelScope() as connection:
+            events = EventStream(response, connection)
+            try:
+                async with evaluation:
+                    async for row in evaluation:
+                        await events.send("row", _row_data(row))
+            except EngineError as exc:
+                await events.send("failed", str(exc))
+            else:
+                await events.send("metrics", evaluation.metrics)
+    except anyio.get_cancelled_exc_class():
+        _log_stopped(evaluation)
+        raise
+    if connection.cancelled_caught:
+        _log_stopped(evaluation)
     return response
 
 
@@ -98,5 +148,31 @@ def create_app(runs_root: Path = Path("runs")) -> web.Application:
     return app
 
 
+def _port(text: str) -> int:
+    """A TCP port number, for argparse: a wrong one is a usage error, not a traceback."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Serve the engine's web-app example: open the URL it prints and press the button."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=8080, help="port to listen on, 0 for any free one (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR",
+                        help="where run directories are made (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        listener = socket.create_server((args.host, args.port))
+    except OSError as exc:
+        parser.exit(1, f"{parser.prog}: cannot listen on {args.host}:{args.port}: {exc.strerror}; "
+                       "choose another --host or --port\n")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The handler is cancelled the moment its client disconnects, not at its next write.
+    web.run_app(create_app(args.runs), sock=listener, handler_cancellation=True, print=functools.partial(print, flush=True))
+
+
 if __name__ == "__main__":
-    web.run_app(create_app(), host="127.0.0.1", port=int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
+    main()
