@@ -7,6 +7,8 @@ directly, not through a proxy) and, per request body, the chat calls its backend
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,9 +26,11 @@ from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
 from adapters.openai_compat import BatchApiMissingError, OpenAICompatClient
 from benchmarks.faults import CountingBackend
+from benchmarks.proxy import FaultProxy
 from engine import Evaluation
 from engine.batch import BatchProgress, BatchStage
 from engine.config import BatchConfig
+from engine.errors import ProviderError
 from engine.journal import journal_path, scan_journal
 from engine.limits import Limiter
 from engine.prompts import estimate_tokens
@@ -39,6 +43,8 @@ from .test_batch_mode import CancelOnFirstPoll, batch_config, comparable, submit
 from .test_end_to_end import InstantClock
 
 PREDICT_MODEL = "klusterai/Meta-Llama-3.1-8B-Instruct-Turbo"
+CONTENT = r"/v1/files/[^/]+/content"
+POLL = r"/v1/batches/[^/]+"
 
 
 def body_key(body: dict[str, Any]) -> str:
@@ -96,6 +102,152 @@ def paid_per_custom_id(url: str, run_id: str, backend: PerRequestBackend) -> Cou
 def journaled_attempts(run_dir: Path) -> dict[str, int]:
     journal = scan_journal(journal_path(run_dir, "predict")).select("custom_id", "attempts").collect()
     return dict(zip(journal["custom_id"].to_list(), journal["attempts"].to_list()))
+
+
+class FastForwardClock:
+    """The engine's clock, run ahead: a sleep moves it on by the time asked but really waits at
+    most 10 ms, so backoff through a long outage takes no time while a batch at the server still
+    gets real time to finish (and polling it does not spin)."""
+
+    def __init__(self) -> None:
+        self._ahead = 0.0
+
+    def now(self) -> float:
+        return anyio.current_time() + self._ahead
+
+    async def sleep(self, seconds: float) -> None:
+        waited = min(seconds, 0.01)
+        self._ahead += seconds - waited
+        await anyio.sleep(waited)
+
+
+def batch_files(url: str) -> list[str]:
+    """The ids of the files of purpose batch the server holds."""
+    with openai.OpenAI(base_url=url, api_key="x", max_retries=0) as client:
+        return [uploaded.id for uploaded in client.files.list(purpose="batch")]
+
+
+def run_batches(url: str, run_id: str) -> list[str]:
+    """The input file ids of the run's batches, as the server holds them."""
+    with openai.OpenAI(base_url=url, api_key="x", max_retries=0) as client:
+        return [batch.input_file_id for batch in client.batches.list(limit=100)
+                if (batch.metadata or {}).get("engine_run") == run_id]
+
+
+# -- item 1: a lost reply to a create or an upload is not paid twice ---------------------------
+
+
+@pytest.mark.parametrize("lost", [1, 2])
+async def test_a_lost_reply_to_batch_create_adopts_the_batch_instead_of_creating_another(
+    tmp_path: Path, lost: int
+) -> None:
+    with EmbeddedServer(CountingBackend(SimSettings(seed=4)), data_dir=tmp_path / "server") as url:
+        proxy = FaultProxy(url)
+        with proxy as proxied:
+            proxy.drop_reply("POST", "/v1/batches", times=lost)  # the server creates, the client hears nothing
+            async with Evaluation(batch_config(proxied), run_dir=tmp_path / "run") as evaluation:
+                pass
+            creates = proxy.count("POST", "/v1/batches")
+        paid = submitted_custom_ids(url, "run")
+        batches = run_batches(url, "run")
+    assert evaluation.metrics is not None and evaluation.metrics["n_judged"] == 60
+    # 60 rows in files of 25: 3 predict and 3 judge batches, each created by one POST.
+    assert len(batches) == 6 and creates == 6
+    assert len(paid) == 120 and set(paid.values()) == {1}, "a request was paid twice"
+
+
+async def test_a_lost_reply_to_an_upload_adopts_the_uploaded_file(tmp_path: Path) -> None:
+    with EmbeddedServer(CountingBackend(SimSettings(seed=4)), data_dir=tmp_path / "server") as url:
+        proxy = FaultProxy(url)
+        with proxy as proxied:
+            proxy.drop_reply("POST", "/v1/files")
+            config = batch_config(proxied, limit=20, per_file=20, settings={"judge.mode": "realtime"})
+            async with Evaluation(config, run_dir=tmp_path / "run") as evaluation:
+                pass
+            uploads = proxy.count("POST", "/v1/files")
+        files = batch_files(url)
+        batches = run_batches(url, "run")
+    assert evaluation.metrics is not None and evaluation.metrics["n_judged"] == 20
+    assert uploads == 1 and files == batches and len(files) == 1, "a second copy was uploaded"
+    events = [json.loads(line) for line in (tmp_path / "run" / "journal" / "batches.ndjson").read_text().splitlines()]
+    assert [event["file_id"] for event in events if event["event"] == "file"] == files
+
+
+# -- item 9: polls and downloads ride out outages ----------------------------------------------
+
+
+async def test_a_reset_during_the_output_download_is_retried_and_leaves_no_half_file(tmp_path: Path) -> None:
+    with EmbeddedServer(CountingBackend(SimSettings(seed=4)), data_dir=tmp_path / "server") as url:
+        proxy = FaultProxy(url)
+        with proxy as proxied:
+            # 25 output lines are ~5.7 kB: 2,000 bytes of the reply are its headers and part of its body.
+            proxy.reset_reply("GET", CONTENT, after_bytes=2000)
+            async with Evaluation(batch_config(proxied), run_dir=tmp_path / "run") as evaluation:
+                pass
+            downloads = proxy.count("GET", CONTENT)
+        paid = submitted_custom_ids(url, "run")
+    assert evaluation.metrics is not None and evaluation.metrics["n_judged"] == 60
+    assert downloads == 7  # six output files, the first of them twice
+    assert not list((tmp_path / "run" / "batches").glob("*.part"))
+    assert len(paid) == 120 and set(paid.values()) == {1}
+
+
+def black_out_at_the_first_poll(proxy: FaultProxy, *, lift_after_resets: int | None) -> threading.Thread:
+    """Black the endpoint out once the engine polls a batch: for good (connections refused), or
+    until the proxy has reset ``lift_after_resets`` connections (accepted and reset at once, so
+    they are counted). Runs beside the engine in a thread; join it afterwards."""
+
+    def outage() -> None:
+        proxy.wait_for(lambda seen: seen.count("GET", POLL) >= 1)
+        proxy.blackout(refuse=lift_after_resets is None)
+        if lift_after_resets is not None:
+            proxy.wait_for(lambda seen: seen.refused >= lift_after_resets)
+            proxy.lift()
+
+    thread = threading.Thread(target=outage, name="outage")
+    thread.start()
+    return thread
+
+
+async def test_polling_rides_out_a_blackout_longer_than_the_retries(tmp_path: Path) -> None:
+    settings = SimSettings(seed=4, batch_min_seconds=2.0)  # the batch runs on through the outage
+    overrides = {"judge.mode": "realtime", "endpoint.max_retries": 2}
+    with EmbeddedServer(CountingBackend(settings), data_dir=tmp_path / "server") as url:
+        proxy = FaultProxy(url)
+        with proxy as proxied:
+            outage = black_out_at_the_first_poll(proxy, lift_after_resets=10)
+            config = batch_config(proxied, limit=20, per_file=20, settings=overrides)
+            async with Evaluation(config, run_dir=tmp_path / "run", clock=FastForwardClock()) as evaluation:
+                pass
+            outage.join()
+            resets = proxy.refused
+        paid = submitted_custom_ids(url, "run")
+    assert resets == 10 and evaluation.metrics is not None and evaluation.metrics["n_judged"] == 20
+    assert len(paid) == 20 and set(paid.values()) == {1}
+
+
+async def test_an_outage_longer_than_the_timeout_stops_the_run_naming_the_call(tmp_path: Path) -> None:
+    settings = SimSettings(seed=4, batch_min_seconds=2.0)
+    overrides = {"judge.mode": "realtime", "endpoint.outage_timeout_s": 120}
+    with EmbeddedServer(CountingBackend(settings), data_dir=tmp_path / "server") as url:
+        proxy = FaultProxy(url)
+        with proxy as proxied:
+            outage = black_out_at_the_first_poll(proxy, lift_after_resets=None)
+            config = batch_config(proxied, limit=20, per_file=20, settings=overrides)
+            with pytest.raises(ProviderError) as caught:
+                async with Evaluation(config, run_dir=tmp_path / "run", clock=FastForwardClock()):
+                    pass
+            outage.join()
+            proxy.lift()
+            async with Evaluation(run_dir=tmp_path / "run", resume=True) as resumed:  # the batch ran on
+                pass
+        paid = submitted_custom_ids(url, "run")
+    message = str(caught.value)
+    assert re.fullmatch(r"polling batch batch_\w+ \(predict-00001\) failed for 12\d s "
+                        r"\(endpoint\.outage_timeout_s = 120\): connection failed: .+", message), message
+    assert "\n" not in message
+    assert resumed.metrics is not None and resumed.metrics["n_judged"] == 20
+    assert len(paid) == 20 and set(paid.values()) == {1}
 
 
 # -- item 2: resume pays only for lines without a journaled outcome ------------------------------
