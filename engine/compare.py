@@ -127,7 +127,13 @@ def _served(metrics: dict[str, Any], stage: str) -> str:
 
 def _metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def rate(key: str, name: str, ci: bool = False) -> tuple[str, str, str, str]:
-        cells = [percent(m[key]) + (f" {interval_text(m[f'{key}_ci95'])}" if ci and m[key] is not None else "") for m in (a, b)]
+        """The rate, with its interval and its n where it has them."""
+        cells = [
+            percent(m[key])
+            + (f" {interval_text(m[f'{key}_ci95'])}" if ci and m[key] is not None else "")
+            + (f" n={m[f'{key}_n']:,}" if ci and m.get(f"{key}_n") is not None else "")
+            for m in (a, b)
+        ]
         both = a[key] is not None and b[key] is not None
         return name, cells[0], cells[1], _points(b[key] - a[key]) if both else ""
 
@@ -141,6 +147,8 @@ def _metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, s
         plain("rows", lambda m: f"{m['n_rows']:,}"),
         plain("judged / failed", lambda m: f"{m['n_judged']:,} / {m['n_failed']:,}"),
         rate("judge_accuracy", "judge accuracy", ci=True),
+        rate("judge_accuracy_conservative", "judge acc. (conservative)", ci=True),
+        rate("invalid_verdict_rate", "no recognised verdict"),
         rate("ground_truth_accuracy", "ground-truth accuracy", ci=True),
         rate("judge_vs_truth_agreement", "judge agrees with truth"),
         plain("judge vs truth kappa", lambda m: "n/a" if m["judge_vs_truth_kappa"] is None else f"{m['judge_vs_truth_kappa']:.3f}"),

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from engine import load_config, with_overrides
 from engine.compare import compare_runs, mcnemar_exact, print_comparison
+from engine.report import interval_text, percent
 from engine.shipped import example_config
 from tests.test_report import run_evaluation
 
@@ -93,4 +94,8 @@ def test_comparison_prints_both_runs(runs: dict[str, Path]) -> None:
     for expected in ("A: seed0", "B: batch", "realtime / realtime", "batch / batch", "not significant",
                      "paired on 60 shared rows", "agree on 100.0% of shared predictions"):
         assert expected in text
+    metrics = compare_runs(runs["seed0"], runs["batch"])["a"]["metrics"]
+    for key in ("judge_accuracy", "judge_accuracy_conservative"):  # both rates, each with its n
+        assert f"{percent(metrics[key])} {interval_text(metrics[key + '_ci95'])} n={metrics[key + '_n']}" in text
+    assert "judge acc. (conservative)" in text and "no recognised verdict" in text
     assert "different tasks" not in text
