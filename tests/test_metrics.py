@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
+from engine import Evaluation, load_config
+from engine.config import parse_config
 from engine.metrics import cohen_kappa, failure_reasons, fleiss_kappa, panel_metrics, quality_metrics, wilson_interval
+from engine.shipped import example_config
 
 SCHEMA: dict[str, pl.DataType] = {
     "row_id": pl.String(),
@@ -461,3 +466,26 @@ def test_failure_reasons_count_the_codes_of_failed_rows() -> None:
     # most frequent first, then by name; a failed row without an error is 'unknown'
     assert list(failure_reasons(frame).items()) == [("http_500", 2), ("connection", 1), ("timeout", 1), ("unknown", 1)]
     assert failure_reasons(frame.filter(pl.col("status") == "judged")) == {}
+
+
+async def test_a_run_with_empty_label_cells_counts_only_labelled_rows(tmp_path: Path) -> None:
+    """Item 16 end to end: rows whose label cell holds no label are no ground truth in the run."""
+    source = pl.read_csv(example_config("imdb").parent / "imdb_top_1000.csv", infer_schema=False).head(40)
+    empty = ["", "  ", ",,", " , "]
+    genres = [empty[i // 5 % 4] if i % 5 == 0 else genre for i, genre in enumerate(source["Genre"].to_list())]
+    source.with_columns(pl.Series("Genre", genres)).select("Overview", "Genre").write_csv(tmp_path / "data.csv")
+    data = load_config(example_config("imdb")).model_dump(mode="json")
+    data["dataset"] = {"path": "data.csv", "label_column": "Genre"}
+    data["local"]["backend"] = "sim"
+    async with Evaluation(parse_config(data, source="t.toml", base_dir=tmp_path), run_dir=tmp_path / "run") as run:
+        pass
+    rows = pl.read_parquet(tmp_path / "run" / "results.parquet").to_dicts()
+    assert [row["labels"] is None for row in rows] == [i % 5 == 0 for i in range(40)]
+    truth = [row for row in rows if row["labels"] is not None and row["prediction"] is not None]
+    assert all(row["ground_truth_correct"] is None for row in rows if row["labels"] is None)
+    assert all(row["ground_truth_correct"] == (row["prediction"].strip() in row["labels"]) for row in truth)
+    m = run.metrics
+    assert m is not None and m["ground_truth_accuracy_n"] == len(truth) == 32
+    assert m["ground_truth_accuracy"] == sum(row["ground_truth_correct"] for row in truth) / 32
+    counts = Counter(label for row in truth for label in set(row["labels"]))
+    assert m["majority_baseline_accuracy"] == max(counts.values()) / 32
