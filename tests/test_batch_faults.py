@@ -222,7 +222,7 @@ async def test_polling_rides_out_a_blackout_longer_than_the_retries(tmp_path: Pa
             outage.join()
             resets = proxy.refused
         paid = submitted_custom_ids(url, "run")
-    assert resets == 10 and evaluation.metrics is not None and evaluation.metrics["n_judged"] == 20
+    assert resets >= 10 and evaluation.metrics is not None and evaluation.metrics["n_judged"] == 20
     assert len(paid) == 20 and set(paid.values()) == {1}
 
 
