@@ -305,8 +305,9 @@ async def test_resume_restores_deleted_request_files_instead_of_paying_again(tmp
 
 @asynccontextmanager
 async def chat_only_server() -> AsyncIterator[tuple[str, list[str]]]:
-    """An endpoint that serves chat completions and nothing else (llama.cpp, Ollama): every
-    other path is a 404. Yields its base URL and the requests it saw."""
+    """An endpoint that serves chat completions and nothing else, and answers any other path
+    with aiohttp's plain-text 404 (llama.cpp's and Ollama's are not OpenAI error objects either).
+    Yields its base URL and the requests it saw."""
     seen: list[str] = []
 
     @web.middleware
@@ -337,15 +338,17 @@ async def chat_only_server() -> AsyncIterator[tuple[str, list[str]]]:
 
 
 async def test_batch_mode_without_a_batch_api_says_how_to_get_one(tmp_path: Path) -> None:
-    async with chat_only_server() as (url, seen):
-        with pytest.raises(BatchApiMissingError) as caught:
-            async with Evaluation(batch_config(url, limit=10), run_dir=tmp_path / "run"):
-                pass
+    with EmbeddedServer(CountingBackend(SimSettings(seed=1)), batch_api=False) as url:
+        proxy = FaultProxy(url)  # counts what the engine asked for
+        with proxy as proxied:
+            with pytest.raises(BatchApiMissingError) as caught:
+                async with Evaluation(batch_config(proxied, limit=10), run_dir=tmp_path / "run"):
+                    pass
+            requests = [request for request in proxy.requests if request[1] != "/v1/chat/completions"]
     message = str(caught.value)
-    assert "no Files/Batches API" in message and url in message
+    assert "no Files/Batches API" in message and proxied in message and "\n" not in message
     assert "python -m engine serve --backend upstream --upstream-url" in message and "realtime" in message
-    assert "\n" not in message
-    assert [request for request in seen if "chat" not in request] == ["POST /v1/files"], "retried a 404"
+    assert requests == [("POST", "/v1/files")], "the run went on after the 404"
 
 
 async def test_every_batch_call_that_finds_no_batch_api_says_so(tmp_path: Path) -> None:
