@@ -7,21 +7,28 @@ client. Every switch takes effect before the call that sets it returns.
 
 It reads only what it must of HTTP/1.1: a request starts at a connection's first client bytes or
 at the first client bytes after the server began its reply (these clients do not pipeline), and
-its request line gives the method and path recorded in ``requests``. Bodies pass untouched.
+its request line gives the method and path recorded in ``requests``. Bodies pass untouched. A
+client that closes its side ends the connection (the server's side is closed too).
 
 What each fault looks like to the client:
 
 - ``drop_reply``: the request reaches the server whole and the server does the work; at the first
   byte of its reply the client's connection is reset (RST), no byte of the reply forwarded.
 - ``reset_reply``: the first ``after_bytes`` bytes of the reply (status line and headers count)
-  arrive, then the connection is reset.
+  arrive, then the connection is reset. As on a real network, a reset discards what the client's
+  kernel had not yet taken in: keep ``after_bytes`` well under a socket buffer (~64 KB).
 - ``trickle_reply``: the reply arrives a byte at a time at ``bytes_per_second``.
 - ``stall_reply``: nothing of the reply arrives until ``release()``; the client waits or gives up.
+  ``held`` counts the replies held now (the server has answered them).
 - ``delay``: every chunk, both ways, is held that long before it is forwarded.
 - ``stall``: nothing is forwarded either way (new connections are accepted) until ``release()``.
 - ``blackout``: open connections are reset; new ones are refused (``refuse=True``: the port is
-  closed, ECONNREFUSED) or accepted and reset at once (``refuse=False``), until ``lift()`` or
-  ``seconds`` later, when the proxy listens again on the same port.
+  closed, ECONNREFUSED) or accepted and reset at once (``refuse=False``, counted in ``refused``),
+  until ``lift()`` or ``seconds`` later, when the proxy listens again on the same port. ``down``
+  says whether one is on.
+
+Tests wait for a state with ``wait_for``/``await_for`` (a predicate on the proxy, checked at each
+change of ``requests``, ``connections``, ``refused``, ``held`` or ``down``), never by sleeping.
 
 Reply faults name a request by ``method`` (exact) and ``path`` (a regex matched in full against
 the path without its query); a rule applies to the ``nth`` matching request counted from when it
@@ -283,7 +290,7 @@ class FaultProxy:
         self._in_loop(self._stall)
 
     def release(self) -> None:
-        """End a :meth:`stall`, and let go of every reply held by :meth:`stall_reply` so far."""
+        """End a :meth:`stall`; let go of the :meth:`stall_reply` replies of every request begun so far."""
         self._in_loop(self._release)
 
     def blackout(self, seconds: float | None = None, *, refuse: bool = True) -> None:
@@ -349,7 +356,7 @@ class FaultProxy:
         self._released.set()
         self._released = asyncio.Event()
 
-    def _start_blackout(self, seconds: float | None, mode: Literal["refuse", "reset"]) -> None:
+    async def _start_blackout(self, seconds: float | None, mode: Literal["refuse", "reset"]) -> None:
         assert self._loop is not None
         with self._changed:
             self._blackout = mode
@@ -357,6 +364,8 @@ class FaultProxy:
         if mode == "refuse" and self._server is not None:
             self._server.close()
             self._server = None
+        elif mode == "reset" and self._server is None:
+            await self._listen()
         for pipe in self._pipes:
             pipe.abort()
         if self._lift_timer is not None:
@@ -403,11 +412,18 @@ class FaultProxy:
             except OSError:
                 _reset(client.transport)
                 return
-            await self._proxy(_Pipe(client, upstream), client_reader, upstream_reader)
+            pipe = _Pipe(client, upstream)
+            assert self._stopping is not None
+            if self.down or self._stopping.is_set():  # began while this connection was being made
+                pipe.abort()
+                return
+            await self._proxy(pipe, client_reader, upstream_reader)
         finally:
             self._handlers.discard(task)
 
-    async def _proxy(self, pipe: _Pipe, client_reader: asyncio.StreamReader, upstream_reader: asyncio.StreamReader) -> None:
+    async def _proxy(
+        self, pipe: _Pipe, client_reader: asyncio.StreamReader, upstream_reader: asyncio.StreamReader
+    ) -> None:
         pipe.client.transport.set_write_buffer_limits(high=0)  # drain() means: all of it sent
         self._pipes.add(pipe)
         pumps = {

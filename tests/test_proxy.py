@@ -63,7 +63,8 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 
 def chat(client: openai.OpenAI, **options: Any) -> ChatCompletion:
-    return client.with_options(**options).chat.completions.create(model="m", messages=genre_messages())  # type: ignore[arg-type]
+    messages: Any = genre_messages()
+    return client.with_options(**options).chat.completions.create(model="m", messages=messages)
 
 
 def batch_input(lines: int) -> bytes:
@@ -144,7 +145,9 @@ def test_reset_reply_forwards_exactly_after_bytes_then_resets(proxy: FaultProxy,
     assert received.startswith(b"HTTP/1.1 200 ")
 
 
-def test_reset_reply_during_a_download_is_a_connection_error_for_the_sdk(proxy: FaultProxy, client: openai.OpenAI) -> None:
+def test_reset_reply_during_a_download_is_a_connection_error_for_the_sdk(
+    proxy: FaultProxy, client: openai.OpenAI
+) -> None:
     payload = batch_input(60)
     uploaded = client.files.create(file=("in.jsonl", payload), purpose="batch")
     proxy.reset_reply("GET", CONTENT, after_bytes=len(payload) // 2)
@@ -252,6 +255,15 @@ def test_blackout_without_refusing_accepts_and_resets_counting_them(proxy: Fault
     assert proxy.refused == 2 and proxy.connections == 3
 
 
+def test_a_refusing_blackout_can_turn_into_a_resetting_one(proxy: FaultProxy) -> None:
+    proxy.blackout()
+    proxy.blackout(refuse=False)
+
+    with socket.create_connection(("127.0.0.1", proxy_port(proxy))) as raw, pytest.raises(ConnectionResetError):
+        raw.recv(1)
+    assert proxy.refused == 1
+
+
 def test_a_timed_blackout_ends_by_itself(proxy: FaultProxy, client: openai.OpenAI) -> None:
     proxy.blackout(0.2)
 
@@ -335,7 +347,8 @@ def test_await_for_on_any_anyio_backend(proxy: FaultProxy, backend_name: str) ->
         async with openai.AsyncOpenAI(base_url=proxy.url, api_key="x", max_retries=0) as sdk:
 
             async def call() -> None:
-                results.append(await sdk.chat.completions.create(model="m", messages=genre_messages()))  # type: ignore[arg-type]
+                messages: Any = genre_messages()
+                results.append(await sdk.chat.completions.create(model="m", messages=messages))
 
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(call)
