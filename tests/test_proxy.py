@@ -92,9 +92,7 @@ def proxy_port(proxy: FaultProxy) -> int:
     return int(proxy.url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-def test_forwards_chat_upload_download_and_batch_create_untouched(
-    proxy: FaultProxy, client: openai.OpenAI, backend: CountingBackend
-) -> None:
+def test_forwards_chat_upload_download_and_batch_create_untouched(proxy: FaultProxy, client: openai.OpenAI) -> None:
     assert chat(client).choices[0].message.content in GENRE_SET
     payload = batch_input(1500)  # over a megabyte: many reads, bodies pass as they are
     uploaded = client.files.create(file=("in.jsonl", payload), purpose="batch")
@@ -111,8 +109,6 @@ def test_forwards_chat_upload_download_and_batch_create_untouched(
     ]
     assert proxy.count("GET", CONTENT) == 1
     assert proxy.count("POST", "/v1/.*") == 3
-    assert backend.calls >= 1
-    assert proxy.connections >= 1
 
 
 def test_drop_reply_to_batch_create_loses_the_reply_but_the_server_holds_the_batch(
@@ -210,7 +206,6 @@ def test_stall_forwards_nothing_either_way_until_release(
     proxy.release()
 
     assert call.result().choices[0].message.content in GENRE_SET
-    assert backend.calls >= 1
 
 
 def test_blackout_refuses_connections_resets_open_ones_and_lift_listens_on_the_same_port(
