@@ -497,6 +497,14 @@ SPEC_REJECTS = {
     "tool_calls not an array": ({"messages": [HI, {"role": "assistant", "tool_calls": CALL}]}, "messages[1].tool_calls"),
     "empty content parts": ({"messages": [{"role": "user", "content": []}]}, "messages[0].content"),
     "text part without text": ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content"),
+    "image in a system turn": (
+        {"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}, HI]},
+        "messages[0].content",
+    ),
+    "function content as parts": (
+        {"messages": [HI, {"role": "function", "name": "f", "content": [{"type": "text", "text": "x"}]}]},
+        "messages[1].content",
+    ),
     "name not a string": ({"messages": [{**HI, "name": 3}]}, "messages[0].name"),
     "n zero": ({"n": 0}, "n"),
     "n too many": ({"n": 129}, "n"),

@@ -3,7 +3,8 @@
 What the spec accepts passes: the six message roles with the fields each requires (an assistant
 turn that carries ``tool_calls`` or ``function_call`` may have a null or no ``content``; a tool
 turn needs ``tool_call_id``, a function turn ``name``), content as a string or a non-empty array
-of typed parts, and the options ``n``, ``logprobs``/``top_logprobs``, ``tools``/``tool_choice``/
+of the parts the role may send (text; a user's images, audio and files; an assistant's refusal),
+and the options ``n``, ``logprobs``/``top_logprobs``, ``tools``/``tool_choice``/
 ``parallel_tool_calls``, ``stop``, ``seed`` and ``response_format`` (``text``, ``json_object``,
 ``json_schema``; extra keys such as llama.cpp's ``json_object`` ``schema`` pass, as the spec lets
 them). What it rejects is a :class:`Problem` naming the field (``messages[1].tool_call_id``).
@@ -27,6 +28,15 @@ __all__ = ["Problem", "chat_problem"]
 _MAX_TOKENS = 2**31 - 1
 _MAX_SEED = 2**63
 _ROLES = ("developer", "system", "user", "assistant", "tool", "function")
+# The content parts each role may send (a part of type T carries its content under the key T).
+_PART_TYPES: dict[str, tuple[str, ...]] = {
+    "developer": ("text",),
+    "system": ("text",),
+    "user": ("text", "image_url", "input_audio", "file"),
+    "assistant": ("text", "refusal"),
+    "tool": ("text",),
+    "function": (),
+}
 _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 _TOOL_CHOICE_MODES = ("none", "auto", "required")
 _MAX_STOP = 4
@@ -115,21 +125,22 @@ def _message_problem(message: Any, where: str) -> Problem | None:
             return _bad(f"{where}.content", "must be a string or a non-empty array of content parts")
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             return _bad(f"{where}.tool_call_id", "is required: the id of the tool call this answers")
-    if content is not None and not _content_ok(content, text_only=role == "function"):
+    if content is not None and not _content_ok(content, role):
         return _bad(f"{where}.content", "must be a string or a non-empty array of content parts")
     return None
 
 
-def _content_ok(content: Any, *, text_only: bool) -> bool:
-    """Whether ``content`` is a string or (unless ``text_only``) a non-empty array of typed parts."""
+def _content_ok(content: Any, role: str) -> bool:
+    """Whether ``content`` is a string or a non-empty array of the parts ``role`` may send."""
     if isinstance(content, str):
         return True
-    if text_only or not isinstance(content, list) or not content:
+    kinds = _PART_TYPES[role]
+    if not isinstance(content, list) or not content:
         return False
     return all(
         isinstance(part, dict)
-        and isinstance(kind := part.get("type"), str)
-        and (kind not in ("text", "refusal") or isinstance(part.get(kind), str))
+        and (kind := part.get("type")) in kinds
+        and isinstance(part.get(kind), str if kind in ("text", "refusal") else dict)
         for part in content
     )
 
