@@ -34,7 +34,7 @@ import openai
 import sniffio
 from openai.types import Batch, FileObject
 
-from engine.errors import AuthError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
+from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.limits import RateLimits
 from engine.retry import parse_retry_after
 from engine.types import ChatRequest, Usage
@@ -60,10 +60,6 @@ class Completion:
     usage: Usage
     latency_s: float
     rate_limits: RateLimits | None = None
-
-
-class BatchApiMissingError(FatalError):
-    """The endpoint has no Files/Batches API: batch mode cannot run against it."""
 
 
 def _scrub(message: str, secret: str) -> str:

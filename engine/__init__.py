@@ -1,12 +1,23 @@
 """An async LLM-as-a-judge evaluation engine for any OpenAI-compatible endpoint."""
 
 from .config import TaskConfig, load_config, with_overrides
-from .errors import AuthError, ConfigError, EngineError, FatalError, JournalError, ModelNotFoundError, ProviderError
+from .errors import (
+    AuthError,
+    BatchApiMissingError,
+    ConfigError,
+    EngineError,
+    FatalError,
+    JournalError,
+    ModelNotFoundError,
+    ProviderError,
+    RunInUseError,
+)
 from .evaluation import Evaluation
 from .types import JoinedRow
 
 __all__ = [
     "AuthError",
+    "BatchApiMissingError",
     "ConfigError",
     "EngineError",
     "Evaluation",
@@ -15,6 +26,7 @@ __all__ = [
     "JournalError",
     "ModelNotFoundError",
     "ProviderError",
+    "RunInUseError",
     "TaskConfig",
     "load_config",
     "with_overrides",

@@ -1,4 +1,12 @@
-"""``python -m engine``: argument parsing only; the work is in the library."""
+"""``python -m engine``: argument parsing only; the work is in the library.
+
+``run`` exits with 0 when every row was judged (or skipped for an empty input), 1 when the run
+finished but judged no row, 2 when an error stopped it or kept it from starting (a bad config or
+data file, a rejected key, an unknown model, a run directory in use, an endpoint gone for good;
+what finished is kept, and the message says how to resume), 3 when it finished with some rows
+failed (``--resume`` tries the transient failures again, ``--retry-failed`` every one), and 130
+when interrupted.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +24,9 @@ import anyio
 from adapters.local.backends.base import Backend
 
 from .config import LocalServerConfig, TaskConfig, load_config, merge_tables, with_overrides
-from .errors import ConfigError, EngineError, FatalError
-from .evaluation import local_backend
+from .errors import ConfigError, EngineError, ProviderError
+from .evaluation import Evaluation, local_backend
+from .rundir import load_run
 from .progress import Style
 from .shipped import example_config
 
@@ -29,7 +38,13 @@ def _run_parser(commands: Any) -> None:
     run.add_argument("--dry-run", action="store_true", help="estimate requests, tokens and cost; send nothing")
     run.add_argument("--limit", type=int, help="evaluate at most N rows")
     run.add_argument("--out", type=Path, help="run directory (default: runs/<task>-<time>-<id>)")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    run.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR",
+        help="finish an earlier run: rows that failed for a transient reason, or changed in the data file, "
+        "are done again; endpoint, limits, mode and prices may change (flags, --set, or a CONFIG), "
+        "what the results depend on may not",
+    )
+    run.add_argument("--retry-failed", action="store_true", help="with --resume: try every failed row again")
     run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: the embedded server)")
     run.add_argument("--api-key-env", help="name of the environment variable holding the API key")
     run.add_argument("--model", help="base model (predict stage)")
@@ -107,7 +122,6 @@ def _progress_style(args: argparse.Namespace) -> Style:
 
 def _report(args: argparse.Namespace) -> int:
     from .report_doc import write_report
-    from .rundir import load_run
 
     load_run(args.run_dir)  # a clear error when it is not a run directory
     print(write_report(args.run_dir))
@@ -116,7 +130,6 @@ def _report(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare_runs, print_comparison
-    from .rundir import load_run
 
     for run_dir in (args.run_a, args.run_b):
         load_run(run_dir)
@@ -129,7 +142,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def config_from_args(args: argparse.Namespace) -> TaskConfig:
-    config = load_config(args.config or example_config("imdb"))
+    """CONFIG (the shipped example without one) with the flags applied."""
+    return _with_flags(load_config(args.config or example_config("imdb")), args)
+
+
+def _with_flags(config: TaskConfig, args: argparse.Namespace) -> TaskConfig:
     overrides = {
         "predict.mode": args.mode,
         "judge.mode": args.mode,
@@ -139,19 +156,36 @@ def config_from_args(args: argparse.Namespace) -> TaskConfig:
         "predict.model": args.model,
         "judge.model": args.judge_model,
         "local.latency_ms": args.sim_latency_ms,
+        "endpoint.concurrency": args.concurrency,
+        "endpoint.rpm": args.rpm,
+        "endpoint.tpm": args.tpm,
     }
     settings: dict[str, Any] = {}
     for key, table in args.set:  # merged first: two --set prices."m".… make one table
         merge_tables(settings, {key: table})
-    return with_overrides(config, {**overrides, **_limit_overrides(args), **settings})
+    return with_overrides(config, {**overrides, **settings})
 
 
-def _limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"endpoint.concurrency": args.concurrency, "endpoint.rpm": args.rpm, "endpoint.tpm": args.tpm}
+def _evaluation(args: argparse.Namespace) -> Evaluation:
+    """A new run, or ``--resume`` of one: its own config (or CONFIG) with the flags applied."""
+    if not args.resume:
+        if args.retry_failed:
+            raise ConfigError("--retry-failed goes with --resume RUN_DIR")
+        return Evaluation(config_from_args(args), run_dir=args.out)
+    if args.out is not None:
+        raise ConfigError("--resume finishes the run in RUN_DIR: leave out --out")
+    base = load_config(args.config) if args.config else load_run(args.resume)
+    return Evaluation(_with_flags(base, args), run_dir=args.resume, resume=True, retry_failed=args.retry_failed)
+
+
+def exit_status(metrics: dict[str, Any]) -> int:
+    """0: every row judged or skipped; 1: no row judged; 3: some rows failed (see the module doc)."""
+    if not metrics["n_judged"]:
+        return 1
+    return 3 if metrics["n_failed"] else 0
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .evaluation import Evaluation
     from .progress import show_progress
     from .report import print_summary
 
@@ -160,27 +194,42 @@ async def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(estimate(config_from_args(args)), indent=2))
         return 0
-    if args.resume:
-        evaluation = Evaluation(run_dir=args.resume, resume=True)
-        evaluation.config = with_overrides(evaluation.config, _limit_overrides(args))
-    else:
-        evaluation = Evaluation(config_from_args(args), run_dir=args.out)
-    print(f"run directory: {evaluation.run_dir}", file=sys.stderr)
+    evaluation = _evaluation(args)
     try:
         async with evaluation, anyio.create_task_group() as group:
+            args.started_run = evaluation
+            print(f"run directory: {evaluation.run_dir}", file=sys.stderr)
+            for note in evaluation.notes:
+                print(f"note: {note}", file=sys.stderr)
             group.start_soon(partial(show_progress, evaluation, style=_progress_style(args)))
             async for _ in evaluation:
                 pass
             group.cancel_scope.cancel()
-    except FatalError as exc:
+    except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if (evaluation.run_dir / "run.json").exists():
-            print(f"nothing done is lost: fix it and resume with --resume {evaluation.run_dir}", file=sys.stderr)
+        started = getattr(args, "started_run", None) is evaluation or isinstance(exc, ProviderError)
+        if started and (evaluation.run_dir / "run.json").exists():
+            print(f"nothing done is lost: fix it, then resume with: python -m engine run --resume {evaluation.run_dir}",
+                  file=sys.stderr)
         return 2
     assert evaluation.metrics is not None
     print_summary(evaluation.metrics, evaluation.run_dir)
     print(f"report  {evaluation.run_dir / 'report.html'}")
-    return 0
+    return exit_status(evaluation.metrics)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What to tell a user who interrupted a run: how to finish it, and what batches do meanwhile."""
+    evaluation: Evaluation | None = getattr(args, "started_run", None)
+    if evaluation is None:
+        return "interrupted before the run started: nothing was sent"
+    message = f"interrupted: what finished is in the journal; finish with: python -m engine run --resume {evaluation.run_dir}"
+    if evaluation.config.uses_batch:
+        message += (
+            "\nbatches already submitted keep running at the provider (and are paid for); "
+            "--resume re-attaches to them and collects their results"
+        )
+    return message
 
 
 def _serve_backend(args: argparse.Namespace) -> tuple[Backend, str]:
@@ -246,5 +295,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         if args.command == "run":
-            print("interrupted: what finished is in the journal; resume with --resume RUN_DIR", file=sys.stderr)
+            print(_interrupted(args), file=sys.stderr)
         return 130

@@ -7,7 +7,8 @@
     └── ProviderError              one call failed; ``kind`` says whether it may be retried
         └── FatalError             every other row would fail the same way: the run stops at once
             ├── AuthError          401: the endpoint rejected the key
-            └── ModelNotFoundError 404: the endpoint does not serve the model
+            ├── ModelNotFoundError 404: the endpoint does not serve the model
+            └── BatchApiMissingError  batch mode, but the endpoint has no Files/Batches API
 
 Adapters map their dependency's errors onto ``ProviderError`` once (``raise ... from exc``);
 the engine decides retries and limits from ``kind`` alone.
@@ -75,6 +76,10 @@ class AuthError(FatalError):
 
 class ModelNotFoundError(FatalError):
     """The endpoint does not serve the requested model."""
+
+
+class BatchApiMissingError(FatalError):
+    """The endpoint has no Files/Batches API: batch mode cannot run against it."""
 
 
 def engine_error_in(exc: BaseException) -> EngineError | None:

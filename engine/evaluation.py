@@ -33,7 +33,7 @@ from . import report, streams
 from .config import LocalServerConfig, TaskConfig
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
-from .journal import Journal, check_journal, has_records, journal_path, scan_journal
+from .journal import Journal, check_journal, has_records, journal_path, repair_torn_tail, scan_journal
 from .limits import AnyioClock, Clock, Limiter
 from .pipeline import JoinState, LiveStats, Pipeline
 from .prompts import PromptBuilder, VerdictParser
@@ -103,7 +103,9 @@ class Evaluation:
 
     async def __aenter__(self) -> Evaluation:
         config = self.config
-        dataset = await anyio.to_thread.run_sync(partial(Dataset, config.dataset, label_set=config.labels))
+        dataset = await anyio.to_thread.run_sync(
+            partial(Dataset, config.dataset, label_set=config.labels, where=config.where)
+        )
         builder = PromptBuilder(config, dataset.columns)
         fresh = not self.resume and not self.run_dir.exists()
         await self._stack.__aenter__()
@@ -139,7 +141,9 @@ class Evaluation:
         started = check_resumable(self.run_dir, self.config)
         check_mode_change(self.run_dir, TaskConfig.model_validate(started["config"]), self.config)
         for stage in STAGES:
-            check_journal(journal_path(self.run_dir, stage))
+            path = journal_path(self.run_dir, stage)
+            repair_torn_tail(path)  # a write cut short by a kill or a full disk: not damage
+            check_journal(path)
         return started
 
     def _redo_stale_rows(self, dataset: Dataset, results: ResultsWriter) -> None:

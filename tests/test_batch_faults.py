@@ -24,7 +24,8 @@ from aiohttp import web
 from adapters.local.backends.base import Completion, Hang
 from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
-from adapters.openai_compat import BatchApiMissingError, OpenAICompatClient
+from adapters.openai_compat import OpenAICompatClient
+from engine.errors import BatchApiMissingError
 from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
