@@ -244,8 +244,11 @@ class FaultProxy:
                 raise RuntimeError("FaultProxy.wait_for: the proxy stopped before the condition was met")
 
     async def await_for(self, predicate: Callable[[FaultProxy], bool], timeout: float = 30.0) -> None:
-        """:meth:`wait_for` for async code, on any anyio backend (in a worker thread)."""
-        await anyio.to_thread.run_sync(self.wait_for, predicate, timeout)
+        """:meth:`wait_for` for async code, on any anyio backend (in a worker thread).
+
+        Cancelling the caller abandons the thread, which ends at the timeout or at stop().
+        """
+        await anyio.to_thread.run_sync(self.wait_for, predicate, timeout, abandon_on_cancel=True)
 
     # -- faults on chosen replies -------------------------------------------------------------
 

@@ -332,6 +332,12 @@ def test_bad_arguments_are_refused() -> None:
         proxy.trickle_reply(*CHAT, bytes_per_second=0)
 
 
+async def test_await_for_gives_way_to_cancellation(proxy: FaultProxy) -> None:
+    with anyio.move_on_after(0.1) as scope:
+        await proxy.await_for(lambda p: p.connections > 0, timeout=60)
+    assert scope.cancelled_caught  # at once, not after the 60 s
+
+
 @pytest.mark.parametrize("backend_name", ["asyncio", "trio"])
 def test_await_for_on_any_anyio_backend(proxy: FaultProxy, backend_name: str) -> None:
     """Plain ``anyio.run``: pytest-asyncio would claim an ``@pytest.mark.anyio`` test (see test_server)."""
