@@ -92,9 +92,11 @@ class OpenAICompatClient:
         self._session: aiohttp.ClientSession | None = None
         if on_asyncio:
             # The engine's limiter bounds the connections in flight, so the pool does not.
+            # ``timeout_s`` bounds a chat call whole, reply included: a per-read limit would let a
+            # reply that trickles a byte at a time hold its call (and its slot) for ever.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s),
+                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s),
             )
         # HTTP(S)_PROXY and NO_PROXY, as the SDK honours them; looked up once, where aiohttp's
         # trust_env would look them (and ~/.netrc) up in a worker thread on every request.
@@ -138,7 +140,12 @@ class OpenAICompatClient:
     async def _post_with_sdk(self, body: bytes) -> tuple[int, RawHeaders, bytes]:
         """The chat call through ``AsyncOpenAI.post``, off asyncio; it raises for statuses >= 400."""
         try:
-            response = await self.sdk.post("/chat/completions", cast_to=httpx2.Response, content=body, options=self._options)
+            with anyio.fail_after(self._timeout_s):  # the whole call, as on asyncio (the SDK's is per read)
+                response = await self.sdk.post(
+                    "/chat/completions", cast_to=httpx2.Response, content=body, options=self._options
+                )
+        except TimeoutError:
+            raise self._timeout_error() from None
         except openai.APIStatusError as exc:
             return exc.status_code, exc.response.headers.raw, exc.response.content
         except openai.APIConnectionError as exc:

@@ -11,6 +11,7 @@ import pytest
 from adapters.local.backends import SimBackend, SimSettings
 from adapters.local.embedded import EmbeddedServer
 from adapters.openai_compat import Completion, OpenAICompatClient, _env_proxy
+from benchmarks.proxy import FaultProxy
 from engine.errors import AuthError, ModelNotFoundError, ProviderError
 from engine.types import ChatRequest
 
@@ -23,9 +24,9 @@ def request(model: str = "small") -> ChatRequest:
     return ChatRequest("predict:0", "0", "predict", body, estimated_tokens=10)
 
 
-def call(url: str, key: str, chat: ChatRequest, backend: str) -> Completion | ProviderError:
+def call(url: str, key: str, chat: ChatRequest, backend: str, timeout_s: float = 60.0) -> Completion | ProviderError:
     async def main() -> Completion | ProviderError:
-        async with OpenAICompatClient(url, key, api_key_env="TEST_KEY") as client:
+        async with OpenAICompatClient(url, key, api_key_env="TEST_KEY", timeout_s=timeout_s) as client:
             try:
                 return await client.complete(chat)
             except ProviderError as exc:
@@ -72,6 +73,19 @@ def test_a_closed_port_is_a_transient_connection_error(backend: str) -> None:
         pass
     error = call(closed, KEY, request(), backend)
     assert isinstance(error, ProviderError) and (error.kind, error.reason) == ("transient", "connection")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timeout_s_bounds_the_whole_call_not_each_read(url: str, backend: str) -> None:
+    """A reply trickling a byte every 50 ms never lets a read wait 0.3 s, but takes far longer than 0.3 s whole."""
+    proxy = FaultProxy(url)
+    proxied = proxy.start()
+    try:
+        proxy.trickle_reply("POST", "/v1/chat/completions", bytes_per_second=20)
+        error = call(proxied, KEY, request(), backend, timeout_s=0.3)
+    finally:
+        proxy.stop()
+    assert isinstance(error, ProviderError) and (error.kind, error.reason) == ("transient", "timeout"), error
 
 
 def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
