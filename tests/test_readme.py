@@ -7,8 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from adapters.local.backends.llama import LlamaBackend, ModelUnavailable
+
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
+# The example runs the real local model on the CPU: measured 100 s on 2 cores shared with a test
+# suite (load 3.6), 630 s with them oversubscribed (load 9, the test at low priority); llama.cpp's
+# threads slow down far more than the load when the cores are oversubscribed. Only a hung run
+# may reach these limits; the subprocess's comes first and kills it.
+LOCAL_MODEL_TEST_S = 1800
+LOCAL_MODEL_RUN_S = LOCAL_MODEL_TEST_S - 60
 
 
 def test_first_lines_install_and_run_then_test() -> None:
@@ -16,12 +26,18 @@ def test_first_lines_install_and_run_then_test() -> None:
     assert commands == ["pip install '.[local]' && python -m engine run", "pip install '.[test,local]' && python -m pytest"]
 
 
+@pytest.mark.local_model
+@pytest.mark.timeout(LOCAL_MODEL_TEST_S)
 def test_library_example_runs(tmp_path: Path) -> None:
+    try:
+        LlamaBackend()
+    except ModelUnavailable as exc:
+        pytest.skip(str(exc))
     example = re.search(r"```python\n(.*?)```", README, re.DOTALL)
     assert example is not None
     done = subprocess.run(
-        [sys.executable, "-c", example.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-c", example.group(1)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=LOCAL_MODEL_RUN_S, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
