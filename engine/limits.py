@@ -207,6 +207,11 @@ class Limiter:
         return self._in_flight
 
     @property
+    def concurrency(self) -> int:
+        """The most calls the window may ever hold."""
+        return self._max_window
+
+    @property
     def window(self) -> int:
         """How many calls may be in flight now (``concurrency`` unless adapting to latency)."""
         return max(1, math.floor(self._window))

@@ -1,9 +1,10 @@
 """Live progress: a rich table on a terminal, plain lines or JSON lines elsewhere.
 
 Everything shown comes from one ``snapshot`` of the evaluation's counters: rows done of the total,
-per stage the requests, their rate, retries, 429s and calls in flight, tokens per second, the
-running judge accuracy with its Wilson interval, an ETA from this session's pace, and batches by
-status (batch mode).
+per stage the requests, their rate, retries, 429s and calls in flight, the concurrency window
+(when latency has narrowed it), how long the endpoint has been down (during an outage), tokens
+per second, the running judge accuracy with its Wilson interval, an ETA from this session's pace,
+and batches by status (batch mode).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def snapshot(evaluation: Evaluation) -> dict[str, Any]:
         entry["lines_done"] += batch.completed + batch.failed
         entry["lines"] += batch.total
     interval = wilson_interval(stats.correct, stats.verdicts) if stats.verdicts else None
+    limiter, outage = evaluation.limiter, evaluation.outage
+    down_for = outage.down_for if outage is not None else None
     return {
         "elapsed_s": round(elapsed, 1),
         "rows": {"total": stats.total, "done": stats.done, "predicted": stats.predicted, "judged": stats.judged,
@@ -60,6 +63,8 @@ def snapshot(evaluation: Evaluation) -> dict[str, Any]:
         "judge_accuracy_ci95": list(interval) if interval else None,
         "eta_s": round(remaining / pace, 1) if pace > 0 and remaining else None,
         "batches": batches,
+        "window": None if limiter is None else {"now": limiter.window, "most": limiter.concurrency},
+        "endpoint_down_s": None if down_for is None else round(down_for, 1),
     }
 
 
@@ -80,6 +85,16 @@ def _batches(data: dict[str, Any]) -> str:
     return "batches " + ", ".join(parts) if parts else ""
 
 
+def _endpoint(data: dict[str, Any]) -> str:
+    """The endpoint's state when it is not plain: down, or answering slowly enough to narrow the window."""
+    if data["endpoint_down_s"] is not None:
+        return f"endpoint down for {data['endpoint_down_s']:.0f} s: calls wait for it"
+    window = data["window"]
+    if window is not None and window["now"] < window["most"]:
+        return f"window {window['now']}/{window['most']}"
+    return ""
+
+
 def _eta(data: dict[str, Any]) -> str:
     return "ETA n/a" if data["eta_s"] is None else f"ETA {data['eta_s']:.0f} s"
 
@@ -97,6 +112,7 @@ def plain_line(data: dict[str, Any]) -> str:
         f"{data['tokens_per_second']:.0f} tok/s",
         _accuracy(data),
         _eta(data),
+        _endpoint(data),
         _batches(data),
     ]
     return " | ".join(part for part in parts if part)
@@ -114,6 +130,8 @@ def live_view(data: dict[str, Any]) -> Group:
     summary = (f"rows {rows['done']}/{rows['total']} · failed {rows['failed']} · skipped {rows['skipped']} · "
                f"{data['tokens_per_second']:.0f} tok/s · {_accuracy(data)} · {_eta(data)}")
     lines: list[Any] = [table, Text(summary)]
+    if endpoint := _endpoint(data):
+        lines.append(Text(endpoint))
     if data["batches"]:
         lines.append(Text(_batches(data)))
     return Group(*lines)

@@ -16,6 +16,7 @@ from benchmarks.proxy import FaultProxy
 from engine import Evaluation
 from engine.limits import INITIAL_WINDOW, Limiter
 from engine.outage import EndpointDown, Outage
+from engine.progress import plain_line, snapshot
 
 from .conftest import imdb_config
 from .test_limits import FakeClock, finishes
@@ -150,3 +151,15 @@ async def test_a_one_slot_server_is_not_stormed_with_timeouts(tmp_path: Path, ap
     metrics = evaluation.metrics
     assert metrics is not None and metrics["n_judged"] == 80
     assert metrics["retries"] <= 3, metrics["retries"]
+
+
+async def test_the_progress_line_shows_an_outage_and_a_narrowed_window() -> None:
+    clock = FakeClock()
+    evaluation = Evaluation(imdb_config("http://127.0.0.1:9/v1"))  # never entered: only its counters are read
+    evaluation.limiter = Limiter(concurrency=64, clock=clock, latency_target_s=1.0)
+    evaluation.outage = Outage(clock, timeout_s=60.0, threshold=1)
+    assert "window 8/64" in plain_line(snapshot(evaluation))
+    evaluation.outage.unreachable(probe=False)
+    clock.time += 12
+    line = plain_line(snapshot(evaluation))
+    assert "endpoint down for 12 s: calls wait for it" in line and snapshot(evaluation)["endpoint_down_s"] == 12.0
