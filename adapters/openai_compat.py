@@ -275,8 +275,22 @@ class OpenAICompatClient:
                 retry_after=parse_retry_after(_header_map(headers)),
                 rate_limits=_rate_limits(headers),
             )
+        if status >= 500 and _is_validation_error(detail):
+            # A server that reports a request it cannot parse as a 5xx (llama-cpp-python does):
+            # the same request would be refused again, however often it is sent.
+            return ProviderError(message, kind="no", reason="rejected_request", status_code=status)
         kind: ErrorKind = "transient" if status >= 500 or status in (408, 409) else "no"
         return ProviderError(message, kind=kind, reason=f"http_{status}", status_code=status)
+
+
+_VALIDATION_MARKERS = ("validation error", "input should be", "field required", "extra inputs are not permitted")
+
+
+def _is_validation_error(detail: str) -> bool:
+    """Whether an error message is a request validation error (pydantic's wording, which the
+    Python servers answer with)."""
+    lowered = detail.lower()
+    return any(marker in lowered for marker in _VALIDATION_MARKERS)
 
 
 def _env_proxy(url: str) -> str | None:

@@ -43,6 +43,7 @@ from .realtime import RealtimeRunner, RealtimeStage
 from .report_doc import write_report
 from .results import ResultsWriter
 from .retry import RetryPolicy
+from .formats import DESCRIBED, StructuredOutput
 from .outage import Outage
 from .resume import check_mode_change, stale_rows
 from .rundir import METRICS_FILE, RUN_FILE, check_resumable, claim_run_dir, load_run, new_run_dir, write_json, write_run
@@ -92,6 +93,7 @@ class Evaluation:
         self.base_url: str | None = config.endpoint.base_url
         self.limiter: Limiter | None = None
         self.outage: Outage | None = None
+        self.formats: StructuredOutput | None = None
         self.predict_runner: RealtimeRunner | None = None
         self.judge_runner: RealtimeRunner | None = None
         self._clock = clock or AnyioClock()
@@ -125,9 +127,10 @@ class Evaluation:
                     timeout_s=config.endpoint.timeout_s,
                 )
             )
-            await preflight(client, config)
+            await preflight(client, config, builder)
+            self._note_formats(builder.formats)
             write_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded", started=started)
-            self._make_runners(client)
+            self._make_runners(client, builder.formats)
             await self._start(dataset, builder, client, results)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
@@ -157,7 +160,14 @@ class Evaluation:
             why = "failed" if self.retry_failed else "failed for a reason worth trying again"
             self.notes.append(f"{len(stale)} finished rows are done again: they {why}, or changed in the data file")
 
-    def _make_runners(self, client: openai_compat.OpenAICompatClient) -> None:
+    def _note_formats(self, formats: StructuredOutput) -> None:
+        for caller, format in formats.formats.items():
+            self.notes.append(
+                f"{caller}: the endpoint refused its structured-output format ({formats.refusals[caller][:160]}); "
+                f"its answers are constrained by {DESCRIBED[format]}"
+            )
+
+    def _make_runners(self, client: openai_compat.OpenAICompatClient, formats: StructuredOutput) -> None:
         """One limiter, retry policy and outage for both stages: they share the endpoint.
 
         The limiter's latency target is a quarter of the timeout: a server that queues calls it
@@ -175,8 +185,9 @@ class Evaluation:
         )
         self.outage = Outage(self._clock, timeout_s=endpoint.outage_timeout_s)
         policy = RetryPolicy(max_retries=endpoint.max_retries)
-        self.predict_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage)
-        self.judge_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage)
+        self.predict_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
+        self.judge_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
+        self.formats = formats
 
     def _make_stages(self, client: openai_compat.OpenAICompatClient) -> tuple[Stage, Stage]:
         """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
@@ -333,6 +344,10 @@ class Evaluation:
             figures=run_figures(self.run_dir, now=time.time()),
             backend=self.config.local.backend if self.config.endpoint.base_url is None else None,
         )
+        formats = self.formats or StructuredOutput()
+        metrics["structured_output"] = {
+            caller: {"format": format, "refused": formats.refusals[caller]} for caller, format in formats.formats.items()
+        }
         write_json(self.run_dir / METRICS_FILE, metrics)
         try:
             write_report(self.run_dir)
@@ -358,23 +373,29 @@ def _journaled_ids(run_dir: Path, stage: StageName) -> set[str]:
     return set(frame.to_series().to_list())
 
 
-async def preflight(client: openai_compat.OpenAICompatClient, config: TaskConfig) -> None:
-    """One tiny call per batch-mode model before anything is submitted.
+async def preflight(client: openai_compat.OpenAICompatClient, config: TaskConfig, builder: PromptBuilder) -> None:
+    """One tiny call per batch-mode caller before anything is submitted, in its structured-output
+    format: a format the endpoint refuses moves to the next one here (``engine.formats``).
 
-    A batch only reports a rejected key or an unknown model hours later, line by line; this
-    asks once, with ``max_tokens=1``, and stops the run before it starts. Realtime stages need
-    no preflight: their first call stops the run the same way.
+    A batch only reports a rejected key, an unknown model or a refused format hours later, line
+    by line; this asks once and stops the run (or settles the format) before it starts. Realtime
+    stages need no preflight: their first call does the same.
     """
-    models = {stage.model for stage in (config.predict, *config.judges) if stage.mode == "batch"}
-    for model in sorted(models):
-        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-        try:
-            await client.complete(ChatRequest("preflight:0", "0", "predict", body, estimated_tokens=0))
-        except FatalError:
-            raise
-        except ProviderError as error:
-            if error.kind == "no":
-                raise ConfigError(f"the endpoint rejected a test request for model {model!r}: {error}") from None
+    for caller, stage in zip(builder.callers, (config.predict, *config.judges)):
+        if stage.mode != "batch":
+            continue
+        while True:
+            request = builder.preflight(caller)
+            try:
+                await client.complete(request)
+            except FatalError:
+                raise
+            except ProviderError as error:
+                if builder.formats.refused(request, error):
+                    continue
+                if error.kind == "no":
+                    raise ConfigError(f"the endpoint rejected a test request for model {stage.model!r}: {error}") from None
+            break
 
 
 def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import StageConfig, TaskConfig, VerdictConfig
 from .errors import ConfigError
+from .formats import StructuredOutput
 from .types import ChatRequest, Row, StageName
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_ -]*)\}|\{|\}")
@@ -99,9 +100,11 @@ class PromptBuilder:
             for judge in config.judges
         ]
         self.judge_prefixes = judge_prefixes(config)
+        self.formats = StructuredOutput()
         # Per constrained caller, built once: its response_format and its reply budget, with room
         # for the whole JSON answer (a token is at least a character).
         self._constrained: dict[str, tuple[dict[str, Any], int]] = {}
+        self._choices: dict[str, tuple[str, ...]] = {}
         if config.predict.constrain:
             if not config.labels:
                 raise ConfigError(f"{config.where('predict.constrain')} needs the task's `labels` to choose from")
@@ -123,10 +126,30 @@ class PromptBuilder:
 
     def _constrain(self, caller: str, choices: tuple[str, ...], max_tokens: int) -> None:
         self._constrained[caller] = (choice_format(choices), max(max_tokens, 16 + max(map(len, choices))))
+        self._choices[caller] = choices
 
     def answer(self, caller: str, content: str) -> str:
-        """The answer in a reply: the chosen value of a constrained (JSON) reply, else the text."""
-        return unwrap_choice(content) if caller in self._constrained else content
+        """The answer in a reply: the chosen value of a constrained reply (in whichever format
+        ``engine.formats`` sent it), else the text."""
+        choices = self._choices.get(caller)
+        return content if choices is None else unwrap_choice(content, choices)
+
+    def preflight(self, caller: str) -> ChatRequest:
+        """A one-word request of ``caller``'s model in its structured-output format, if any: what
+        a batch-mode caller sends before its batches (a rejected key, model or format shows now)."""
+        stage_config = self._config.predict if caller == "predict" else self._config.judges[self.judge_prefixes.index(caller)]
+        body: dict[str, Any] = {"model": stage_config.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        constrained = self._constrained.get(caller)
+        if constrained is not None:
+            body["response_format"], body["max_tokens"] = constrained
+        request = ChatRequest(f"{caller}:preflight", "preflight", "predict" if caller == "predict" else "judge", body,
+                              estimated_tokens=estimate_tokens(body["messages"], body["max_tokens"]))
+        return self.formats.current(request)
+
+    @property
+    def callers(self) -> tuple[str, ...]:
+        """``predict`` and each judge's ``custom_id`` prefix."""
+        return ("predict", *self.judge_prefixes)
 
     @staticmethod
     def _check_fields(template: Template, where: str, columns: list[str], extra: tuple[str, ...]) -> None:
@@ -161,13 +184,14 @@ class PromptBuilder:
         constrained = self._constrained.get(prefix or stage)
         if constrained is not None:
             body["response_format"], body["max_tokens"] = constrained
-        return ChatRequest(
+        request = ChatRequest(
             custom_id=f"{prefix or stage}:{row.row_id}",
             row_id=row.row_id,
             stage=stage,
             body=body,
             estimated_tokens=estimate_tokens(messages, body["max_tokens"]),
         )
+        return self.formats.current(request)
 
     def predict(self, row: Row) -> ChatRequest:
         messages = self._predict.messages({**row.fields, "labels": self._labels_text})
@@ -191,16 +215,23 @@ def choice_format(choices: tuple[str, ...]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}
 
 
-def unwrap_choice(content: str) -> str:
-    """``{"answer": "Drama"}`` -> ``Drama``; anything else is returned as it is (and will count
-    as invalid if it is not an allowed answer)."""
+def unwrap_choice(content: str, choices: tuple[str, ...] = ()) -> str:
+    """The chosen value of a constrained reply: ``{"answer": "Drama"}`` (json_schema or
+    json_object) -> ``Drama``; a plain-text reply (the prompt fallback) -> the choice it names,
+    whatever its case, quotes or final full stop; anything else as it is (it counts as invalid
+    unless it is an allowed answer)."""
     try:
         value = json.loads(content)
     except ValueError:
-        return content
+        value = content
     if isinstance(value, dict) and isinstance(value.get("answer"), str):
-        return str(value["answer"])
-    return value if isinstance(value, str) else content
+        value = value["answer"]
+    if not isinstance(value, str):
+        return content
+    if value in choices:
+        return value
+    wanted = _normalise(value)
+    return next((choice for choice in choices if _normalise(choice) == wanted), value)
 
 
 def judge_prefixes(config: TaskConfig) -> tuple[str, ...]:

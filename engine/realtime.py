@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .errors import FatalError, ProviderError
 from .limits import Clock, Limiter, RateLimits
+from .formats import StructuredOutput
 from .outage import EndpointDown, Outage
 from .retry import RetryPolicy
 from .types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
@@ -74,13 +75,22 @@ class RealtimeRunner:
     """
 
     def __init__(
-        self, client: ChatClient, limiter: Limiter, policy: RetryPolicy, clock: Clock, outage: Outage | None = None
+        self,
+        client: ChatClient,
+        limiter: Limiter,
+        policy: RetryPolicy,
+        clock: Clock,
+        outage: Outage | None = None,
+        formats: StructuredOutput | None = None,
     ) -> None:
+        """``formats``: constrained requests go in the format the endpoint accepts (see
+        ``engine.formats``); a refused format is tried again at once in the next one."""
         self._client = client
         self._limiter = limiter
         self._policy = policy
         self._clock = clock
         self._outage = outage
+        self._formats = formats
         self.stats = CallStats()
 
     async def call(self, request: ChatRequest) -> Outcome:
@@ -96,14 +106,17 @@ class RealtimeRunner:
             counted += 1
             self.stats.requests += 1
             self.stats.in_flight += 1
+            sent = self._formats.current(request) if self._formats is not None else request
             try:
-                completion = await self._client.complete(request)
+                completion = await self._client.complete(sent)
             except ProviderError as exc:
                 error = exc
                 self._limiter.settle(request.estimated_tokens, 0)
                 rate_limited += error.kind == "rate_limit"
-                if self._endpoint_down(error, sent_at, probe):
-                    counted -= 1  # the endpoint's fault: this attempt spends nothing
+                if self._endpoint_down(error, sent_at, probe) or (
+                    self._formats is not None and self._formats.refused(sent, error)
+                ):
+                    counted -= 1  # the endpoint was down, or refused the format: this attempt spends nothing
                     delay: float | None = 0.0
                 else:
                     delay = self._after_error(error, counted, sent_at)

@@ -21,6 +21,7 @@ from .types import STAGES
 from .metrics import failure_reasons, panel_metrics, quality_metrics
 from .prompts import judge_prefixes
 from .results import RESULTS_FILE
+from .formats import DESCRIBED, FORMATS
 from .sessions import RunFigures
 
 
@@ -219,6 +220,12 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
             console.print(f"[yellow]no price for {escape(named)}: the cost total leaves it out; {advice}[/]")
     served = ", ".join(f"{stage}: {', '.join(info['served']) or info['requested']}" for stage, info in models.items())
     console.print(f"models  {served}")
+    for caller, fallback in metrics.get("structured_output", {}).items():
+        refused = " and ".join(FORMATS[: FORMATS.index(fallback["format"])])
+        console.print(
+            f"[yellow]{caller}: the endpoint refused {refused} response formats; its answers were constrained by "
+            f"{escape(DESCRIBED[fallback['format']])}[/]"
+        )
     backends = {info["backend"] for info in models.values()}
     simulated = any(name.startswith("sim:") for info in models.values() for name in info["served"])
     if "sim" in backends or simulated:

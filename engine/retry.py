@@ -29,6 +29,8 @@ _TRANSIENT_REASONS = frozenset({
 
 def is_transient(reason: str, status_code: int | None = None) -> bool:
     """Whether a failure (its ``reason`` code and HTTP status) may succeed when tried again."""
+    if reason == "rejected_request":  # a server's validation error, even one sent as a 5xx
+        return False
     if status_code is not None:
         return status_code >= 500 or status_code in _TRANSIENT_STATUS
     return reason in _TRANSIENT_REASONS or reason.startswith("http_5") or reason in ("http_408", "http_409", "http_429")

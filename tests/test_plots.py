@@ -37,7 +37,9 @@ def legend_outside_the_axes(figure: Figure) -> None:
 def test_the_batch_legend_has_a_colour_per_stage() -> None:
     figure = batch_timeline_figure(SPANS)
     legend = figure.axes[0].get_legend()
-    swatches = {text.get_text(): handle.get_facecolor() for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+    assert legend is not None
+    swatches = {text.get_text(): handle.get_facecolor()  # type: ignore[union-attr]
+                for text, handle in zip(legend.get_texts(), legend.legend_handles)}
     assert swatches["predict"] == to_rgba(STAGE_COLOURS["predict"])
     assert swatches["judge"] == to_rgba(STAGE_COLOURS["judge"])
     assert swatches["predict"] != swatches["judge"]
@@ -50,4 +52,5 @@ def test_the_label_legend_covers_no_bar() -> None:
     figure = label_figure(BREAKDOWN)
     legend_outside_the_axes(figure)
     legend = figure.axes[0].get_legend()
+    assert legend is not None
     assert [text.get_text() for text in legend.get_texts()] == ["share of predictions", "right by truth", "judge says right"]

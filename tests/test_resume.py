@@ -176,7 +176,8 @@ async def test_an_edited_row_alone_is_redone(tmp_path: Path, api_key: str) -> No
     data = movies(tmp_path, rows=20)
     backend = CountingBackend(SimSettings(seed=3))
     with EmbeddedServer(backend) as url:
-        async with Evaluation(task(url, data, **{"dataset.id_column": "Series_Title"}), run_dir=tmp_path / "run"):
+        by_title: dict[str, Any] = {"dataset.id_column": "Series_Title"}
+        async with Evaluation(task(url, data, **by_title), run_dir=tmp_path / "run"):
             pass
         frame = pl.read_csv(data, infer_schema=False)
         frame.with_columns(
