@@ -140,3 +140,59 @@ def test_json_progress_lines(tmp_path: Path) -> None:
     assert last["rows"] == {"total": 10, "done": 10, "predicted": 10, "judged": 10, "failed": 0, "skipped": 0}
     assert set(last["stages"]) == {"predict", "judge"} and last["stages"]["judge"]["requests"] == 10
     assert last["judge_accuracy_ci95"] is not None and last["tokens_per_second"] > 0
+
+
+# -- exit codes, interrupts and damaged run directories ---------------------------------------
+
+
+@pytest.mark.parametrize(("error_rate", "status"), [(1.0, 1), (0.3, 3)])
+def test_the_exit_code_says_whether_rows_were_judged(tmp_path: Path, error_rate: float, status: int) -> None:
+    """1 when no row was judged, 3 when some failed; the summary names the failure reasons."""
+    with EmbeddedServer(CountingBackend(SimSettings(seed=5, error_rate=error_rate))) as url:
+        done = engine("run", "--limit", "12", "--base-url", url, "--set", "endpoint.max_retries=0",
+                      "--out", str(tmp_path / "run"), "--quiet")
+    assert done.returncode == status, done.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["n_judged"] == 0) == (status == 1) and metrics["n_failed"] > 0
+    assert "failed rows by reason: http_50" in done.stdout
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+def test_an_interrupt_says_how_to_finish_the_run(tmp_path: Path, mode: str) -> None:
+    run_dir = tmp_path / "run"
+    backend = CountingBackend(SimSettings(seed=5, latency_ms=200, batch_min_seconds=30), signal_after=3)
+    with EmbeddedServer(backend, data_dir=tmp_path / "server") as url:
+        command = [sys.executable, "-m", "engine", "run", "--limit", "20", "--base-url", url, "--mode", mode,
+                   "--out", str(run_dir), "--quiet", "--set", "batch.poll_initial_s=0.05"]
+        with subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+            assert backend.reached.wait(timeout=120), "the run never got going"
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"finish with: python -m engine run --resume {run_dir}" in stderr
+    assert ("batches already submitted keep running at the provider" in stderr) == (mode == "batch")
+    assert "Traceback" not in stderr
+
+
+def test_a_damaged_journal_line_is_named_and_a_damaged_part_rebuilt(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with EmbeddedServer(CountingBackend(SimSettings(seed=5))) as url:
+        first = engine("run", "--limit", "20", "--base-url", url, "--out", str(run_dir), "--quiet")
+        assert first.returncode == 0, first.stderr
+        expected = results(run_dir)
+        journal = run_dir / "journal" / "predict.ndjson"
+        lines = journal.read_text().splitlines(keepends=True)
+        journal.write_text("".join([*lines[:2], '{"custom_id": "predict:3", "ok": tr\n', *lines[2:]]))
+        damaged = engine("run", "--resume", str(run_dir), "--quiet")
+        assert damaged.returncode == 2
+        assert damaged.stderr.strip().splitlines() == [
+            f"error: {journal}: line 3 is not a journal record ('{{\"custom_id\": \"predict:3\", \"ok\": tr'): "
+            "delete that line (its call is made again) or restore the file, then resume"
+        ]
+        journal.write_text("".join(lines))
+        (part,) = (run_dir / "results.parts").glob("part-*.parquet")
+        part.write_bytes(part.read_bytes()[:-100])  # cut short: its footer is gone
+        rebuilt = engine("run", "--resume", str(run_dir), "--quiet")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"note: {part.with_suffix('.damaged')}: a damaged results part, set aside" in rebuilt.stderr
+    assert results(run_dir).equals(expected)
