@@ -275,6 +275,11 @@ class Evaluation:
         try:
             suppressed = await self._stack.__aexit__(*exc_info)
         except BaseExceptionGroup as group:
+            # What the caller's own block raised comes back as it was raised, then an engine error
+            # as itself: a task group wraps both in a group the caller did not ask for.
+            body = exc_info[1]
+            if body is not None and group.subgroup(lambda error: error is body) is not None:
+                raise body from None
             cause = engine_error_in(group)
             if cause is None:
                 raise

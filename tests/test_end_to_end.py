@@ -169,3 +169,13 @@ async def test_constrained_answers_use_a_json_schema_enum_and_are_unwrapped(
     journal = [json.loads(line) for line in (tmp_path / "run" / "journal" / "predict.ndjson").read_text().splitlines()]
     replies = {record["row_id"]: json.loads(record["content"])["answer"] for record in journal}  # raw replies kept
     assert replies == dict(zip(results["row_id"].to_list(), results["prediction"].to_list()))
+
+
+async def test_an_error_raised_in_the_callers_block_comes_out_as_itself(tmp_path: Path, api_key: str, sim_url: str) -> None:
+    with pytest.raises(ValueError, match="the caller's own"):
+        async with Evaluation(imdb_config(sim_url, limit=40), run_dir=tmp_path / "run") as evaluation:
+            async for _ in evaluation:
+                raise ValueError("the caller's own")
+    async with Evaluation(run_dir=tmp_path / "run", resume=True) as resumed:  # and the run is resumable
+        pass
+    assert resumed.metrics is not None and resumed.metrics["n_judged"] == 40
