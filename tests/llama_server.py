@@ -38,7 +38,7 @@ from adapters.local.backends.llama import ModelUnavailable, shipped_model_path
 
 __all__ = ["llama_server", "running_llama_server"]
 
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 300.0
 _POLL_S = 0.1
 _STOP_TIMEOUT_S = 10.0
 

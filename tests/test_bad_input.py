@@ -56,7 +56,7 @@ CASES = {
 
 
 def engine(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300,
                           cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
@@ -97,7 +97,7 @@ def test_a_bad_key(tmp_path: Path) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "engine", "run", "task.toml", "--base-url", url, "--api-key-env", "MY_KEY",
              "--out", "run", "--quiet"],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "MY_KEY": "sk-wrong-0123456789"},
         )
     assert done.returncode == 2
@@ -127,7 +127,7 @@ def test_a_full_disk_stops_cleanly_and_the_journal_resumes(tmp_path: Path) -> No
         # PYTHONDONTWRITEBYTECODE: the size limit would truncate a .pyc it writes for the next run.
         env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
         full = subprocess.run([sys.executable, "-m", "engine", *args, "--out", "cut"], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path, env=env, preexec_fn=small_disk)
+                              timeout=300, cwd=tmp_path, env=env, preexec_fn=small_disk)
         assert full.returncode == 2 and "Traceback" not in full.stderr
         assert "cannot write the journal" in full.stderr and "File too large" in full.stderr
         resumed = engine("run", "--resume", "cut", "--quiet", cwd=tmp_path)
@@ -150,6 +150,6 @@ def test_no_room_for_the_staged_data_set_says_so(tmp_path: Path) -> None:
 
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
     run = subprocess.run([sys.executable, "-m", "engine", "run", "--limit", "200", "--dry-run"], capture_output=True,
-                         text=True, timeout=120, cwd=tmp_path, env=env, preexec_fn=tiny_disk)
+                         text=True, timeout=300, cwd=tmp_path, env=env, preexec_fn=tiny_disk)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "File too large" in run.stderr and "staged copy" in run.stderr, run.stderr

@@ -164,10 +164,10 @@ def test_sigkill_during_batches_then_resume(tmp_path: Path) -> None:
                 "--set", "batch.poll_initial_s=0.05", "--set", "batch.poll_max_s=0.1", "--set", "batch.max_requests_per_file=25"]
         with subprocess.Popen([sys.executable, "-m", "engine", "run", *args], cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
-            assert backend.reached.wait(timeout=60), "no batch started"
+            assert backend.reached.wait(timeout=300), "no batch started"
             os.kill(process.pid, signal.SIGKILL)
         resumed = subprocess.run([sys.executable, "-m", "engine", "run", "--resume", str(run_dir), "--quiet"],
-                                 cwd=REPO, capture_output=True, text=True, timeout=120)
+                                 cwd=REPO, capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr
         paid = submitted_custom_ids(url, "run")
     assert len(paid) == 120 and set(paid.values()) == {1}

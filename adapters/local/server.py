@@ -35,7 +35,7 @@ __all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "api_key_from_env", "create_
 
 API_KEY_ENV = "ENGINE_SERVER_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-_SHUTDOWN_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 5.0
 _HANG_POLL_S = 0.1
 _BACKEND = web.AppKey("backend", Backend)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
@@ -120,7 +120,7 @@ async def serve_forever(
         batch_api=batch_api,
     )
     runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, logger=_ProtocolLog(_log, {})
+        app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, logger=_ProtocolLog(_log, {})
     )
     await runner.setup()
     try:
