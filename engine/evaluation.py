@@ -163,7 +163,7 @@ class Evaluation:
     def _note_formats(self, formats: StructuredOutput) -> None:
         for caller, format in formats.formats.items():
             self.notes.append(
-                f"{caller}: the endpoint refused its structured-output format ({formats.refusals[caller][:160]}); "
+                f"{caller}: the endpoint refused its structured-output format ({one_line(formats.refusals[caller])}); "
                 f"its answers are constrained by {DESCRIBED[format]}"
             )
 
@@ -364,6 +364,12 @@ class Evaluation:
                 stacklevel=1,
             )
         return metrics
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """``text`` on one line (an endpoint's error may span several), cut to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _input_columns(builder: PromptBuilder, dataset: Dataset) -> tuple[str, ...]:

@@ -183,6 +183,7 @@ class Limiter:
         self._window = float(concurrency if latency_target_s is None else min(concurrency, INITIAL_WINDOW))
         self._slots_taken = 0
         self._slot_waiters: deque[anyio.Event] = deque()
+        self.narrowed = False  # a slow answer cut the window, and it has not grown back yet
         self._budget_lock = anyio.Lock()
         self._burst_seconds = burst_seconds
         self._rpm, self._tpm = rpm, tpm
@@ -300,9 +301,13 @@ class Limiter:
         if target is None:
             return
         if latency_s > target:
-            self._window = max(1.0, min(self._window, self._in_flight * target / latency_s))
+            fit = self._in_flight * target / latency_s
+            if fit < self._window:
+                self._window = max(1.0, fit)
+                self.narrowed = True
         elif latency_s < target / 2 and self._in_flight >= self.window - 1 and self._window < self._max_window:
             self._window = min(float(self._max_window), self._window + 1.0)
+            self.narrowed = self.narrowed and self._window < self._max_window
             self._hand_out_slots()
 
     def settle(self, estimated: int, actual: int) -> None:

@@ -63,7 +63,9 @@ def snapshot(evaluation: Evaluation) -> dict[str, Any]:
         "judge_accuracy_ci95": list(interval) if interval else None,
         "eta_s": round(remaining / pace, 1) if pace > 0 and remaining else None,
         "batches": batches,
-        "window": None if limiter is None else {"now": limiter.window, "most": limiter.concurrency},
+        "window": None if limiter is None else {
+            "now": limiter.window, "most": limiter.concurrency, "narrowed_by_latency": limiter.narrowed
+        },
         "endpoint_down_s": None if down_for is None else round(down_for, 1),
     }
 
@@ -90,8 +92,8 @@ def _endpoint(data: dict[str, Any]) -> str:
     if data["endpoint_down_s"] is not None:
         return f"endpoint down for {data['endpoint_down_s']:.0f} s: calls wait for it"
     window = data["window"]
-    if window is not None and window["now"] < window["most"]:
-        return f"window {window['now']}/{window['most']}"
+    if window is not None and window["narrowed_by_latency"]:
+        return f"window {window['now']}/{window['most']} (slow answers)"
     return ""
 
 

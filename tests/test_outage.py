@@ -158,7 +158,11 @@ async def test_the_progress_line_shows_an_outage_and_a_narrowed_window() -> None
     evaluation = Evaluation(imdb_config("http://127.0.0.1:9/v1"))  # never entered: only its counters are read
     evaluation.limiter = Limiter(concurrency=64, clock=clock, latency_target_s=1.0)
     evaluation.outage = Outage(clock, timeout_s=60.0, threshold=1)
-    assert "window 8/64" in plain_line(snapshot(evaluation))
+    assert "window" not in plain_line(snapshot(evaluation))  # starting small is not news
+    for _ in range(8):
+        await evaluation.limiter.acquire(0)
+    evaluation.limiter.on_latency(4.0)
+    assert "window 2/64 (slow answers)" in plain_line(snapshot(evaluation))
     evaluation.outage.unreachable(probe=False)
     clock.time += 12
     line = plain_line(snapshot(evaluation))
