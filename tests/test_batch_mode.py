@@ -68,6 +68,7 @@ async def test_batch_mode_gives_the_realtime_results_with_one_batch_per_file(tmp
     assert metrics is not None and metrics["mode"] == {"predict": "batch", "judge": "batch"}
     # 60 rows in files of 25: 3 predict batches, and the judge stage flushed after each of them.
     assert metrics["batches_created"] == 6
+    assert metrics["requests"] == 120 and metrics["requests_per_second"] > 0  # every batch line is a request
     assert len(paid) == 120 and set(paid.values()) == {1}
     events = [json.loads(line) for line in (tmp_path / "batch" / "journal" / "batches.ndjson").read_text().splitlines()]
     assert [event["event"] for event in events].count("batch") == 6
