@@ -33,6 +33,7 @@ from .types import STAGES, row_fingerprint
 _FAILED = ("predict_failed", "judge_failed")
 _REASONS = r"(?:^|; )([A-Za-z0-9_]+):"
 _SLICE = 20_000
+_DONE = "__done."
 
 
 def stale_rows(
@@ -41,8 +42,8 @@ def stale_rows(
     """Ids of the rows in ``parts`` that must be done again (see the module docstring)."""
     if not parts:
         return set()
-    done = pl.scan_parquet(parts).select(
-        pl.col("row_id").alias(ROW_ID), pl.col("inputs"), pl.col("labels").alias("done_labels"), "status", "error"
+    done = pl.scan_parquet(parts).select(  # renamed apart from any column of the data set
+        pl.col("row_id").alias(ROW_ID), *(pl.col(name).alias(f"{_DONE}{name}") for name in ("inputs", "labels", "status", "error"))
     )
     current = dataset.frame.select(ROW_ID, *columns, *([LABELS] if dataset.has_labels else []))
     joined = done.join(current, on=ROW_ID, how="left")
@@ -60,19 +61,19 @@ def stale_rows(
 
 
 def _changed(record: dict[str, Any], columns: tuple[str, ...], has_labels: bool) -> bool:
-    inputs = record["inputs"] or {}
+    inputs = record[f"{_DONE}inputs"] or {}
     labels = record[LABELS] if has_labels else None
-    then = row_fingerprint({name: inputs.get(name) for name in columns}, record["done_labels"])
+    then = row_fingerprint({name: inputs.get(name) for name in columns}, record[f"{_DONE}labels"])
     now = row_fingerprint({name: record[name] for name in columns}, labels)
     return then != now
 
 
 def _retry(record: dict[str, Any], retry_failed: bool) -> bool:
-    if record["status"] not in _FAILED:
+    if record[f"{_DONE}status"] not in _FAILED:
         return False
     if retry_failed:
         return True
-    return any(is_transient(reason) for reason in re.findall(_REASONS, record["error"] or ""))
+    return any(is_transient(reason) for reason in re.findall(_REASONS, record[f"{_DONE}error"] or ""))
 
 
 def check_mode_change(run_dir: Path, started: TaskConfig, now: TaskConfig) -> None:
