@@ -423,7 +423,8 @@ async def test_outcomes_of_lines_retried_in_batches_count_every_batch_they_were_
             pass
         paid = submitted_custom_ids(url, "run")
     attempts = journaled_attempts(tmp_path / "run")
-    assert set(attempts.values()) == {1, 3}  # answered in the first batch, or failed in all three
+    # Answered in the first batch, in a retry batch, or failed in all three.
+    assert set(attempts.values()) <= {1, 2, 3} and max(attempts.values()) > 1
     assert attempts == dict(paid)
 
 

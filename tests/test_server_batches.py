@@ -295,7 +295,7 @@ async def test_every_line_failing_completes_without_an_output_file() -> None:
 
 
 async def test_partial_failures_split_between_the_two_files() -> None:
-    settings = SimSettings(batch_fail_rate=0.3, models=("m",), seed=3)
+    settings = SimSettings(batch_fail_rate=0.3, models=("m",), seed=6)
     lines = [request_line(i) for i in range(40)]
     lines.append(request_line(40, body={"model": "unknown", "messages": genre_messages()}))
     lines.append(request_line(41, body={"model": "m", "messages": []}))
@@ -304,8 +304,8 @@ async def test_partial_failures_split_between_the_two_files() -> None:
         output = await lines_of(client, batch.output_file_id)
         errors = await lines_of(client, batch.error_file_id)
     policy = settings.batch_policy
-    expected_failures = {line["custom_id"] for line in lines[:40] if policy.fails(line["custom_id"])}
-    assert 0 < len(expected_failures) < 40
+    expected_failures = {line["custom_id"] for line in lines if policy.fails(line["custom_id"])}
+    assert 0 < len(expected_failures) < 40 and not {"row-40", "row-41"} & expected_failures  # (seed 6)
     statuses = {e["custom_id"]: e["response"]["status_code"] for e in errors}
     assert statuses == {**{cid: 500 for cid in expected_failures}, "row-40": 404, "row-41": 400}
     unknown_model = next(e for e in errors if e["custom_id"] == "row-40")
@@ -313,6 +313,27 @@ async def test_partial_failures_split_between_the_two_files() -> None:
     assert {o["custom_id"] for o in output} == {line["custom_id"] for line in lines} - set(statuses)
     assert batch.status == "completed" and batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (len(output), len(errors))
+
+
+async def test_a_line_carried_again_gets_its_own_draw_the_same_in_every_run() -> None:
+    """The failing share is drawn per line and attempt: a retried line may succeed, and two
+    servers fed the same batches fail the same lines."""
+    settings = SimSettings(batch_fail_rate=0.5, seed=2)
+    data = jsonl([request_line(i) for i in range(40)])
+    failed: list[list[set[str]]] = []
+    for _ in range(2):  # two servers, the same two batches each
+        async with batch_client(SimBackend(settings)) as client:
+            runs = []
+            for _ in range(2):
+                batch = await settle(client, (await submit(client, data)).id)
+                runs.append({line["custom_id"] for line in await lines_of(client, batch.error_file_id)})
+            failed.append(runs)
+    assert failed[0] == failed[1]
+    first, second = failed[0]
+    assert 0 < len(first) < 40 and first != second  # the second batch drew again
+    policy = settings.batch_policy
+    assert first == {f"row-{i}" for i in range(40) if policy.fails(f"row-{i}", 1)}
+    assert second == {f"row-{i}" for i in range(40) if policy.fails(f"row-{i}", 2)}
 
 
 async def test_rate_limited_lines_are_waited_out_not_failed() -> None:

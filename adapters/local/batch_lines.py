@@ -168,14 +168,15 @@ def _parse(raw: bytes) -> Line:
     return Line(request["custom_id"], request["body"])
 
 
-async def run_line(backend: Backend, policy: BatchPolicy, line: Line) -> dict[str, Any]:
-    """Run ``line`` against ``backend`` and return its output line; never raises but cancellation.
+async def run_line(backend: Backend, policy: BatchPolicy, line: Line, attempt: int = 1) -> dict[str, Any]:
+    """Run ``line`` (the ``attempt``-th run of its custom_id) against ``backend`` and return its
+    output line; never raises but cancellation.
 
     A 429 is waited out (its ``retry-after-ms`` or ``Retry-After``) and tried again, as a
     provider's batch does; every other failure is a failed output line.
     """
     request_id = secrets.token_hex(12)
-    if policy.fails(line.custom_id):
+    if policy.fails(line.custom_id, attempt):
         body = wire.error_body("Simulated failure of a batch line.", type="server_error")
         return _response(line, request_id, 500, body)
     if (problem := chat_problem(line.body, backend.models)) is not None:

@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -169,6 +170,7 @@ class BatchManager:
         self._settings = settings
         self._batches: dict[str, Batch] = {}
         self._controls: dict[str, _Control] = {}
+        self._line_runs: Counter[str] = Counter()  # by custom_id: the attempt a batch line's faults are drawn for
         self._save_lock = anyio.Lock()
         self._stopping = False
         self._stopped = anyio.Event()
@@ -324,7 +326,8 @@ class BatchManager:
     ) -> None:
         async with lines:
             async for line in lines:
-                output = await run_line(self._backend, self._policy, line)
+                self._line_runs[line.custom_id] += 1
+                output = await run_line(self._backend, self._policy, line, self._line_runs[line.custom_id])
                 log.append(output)
                 batch = self._batches[batch_id]
                 if succeeded(output):

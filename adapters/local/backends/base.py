@@ -78,7 +78,8 @@ class BatchPolicy:
     No batch completes sooner than ``min_seconds`` after its creation; one still running
     ``expire_after_s`` after creation expires with partial output (``None``: never). A share
     ``fail_rate`` of lines fails with a 500 error line without reaching the backend, chosen by a
-    hash of ``(seed, custom_id)`` so the same lines fail in every run. ``stall_validating`` keeps
+    hash of ``(seed, custom_id, attempt)`` (the attempt: how many batches on this server have
+    carried the line), so the same lines fail in every run and a retried line may succeed. ``stall_validating`` keeps
     every batch in ``validating`` until it is cancelled.
     """
 
@@ -96,11 +97,12 @@ class BatchPolicy:
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ValueError(f"batch fail_rate must be in [0, 1], got {self.fail_rate}")
 
-    def fails(self, custom_id: str) -> bool:
-        """Whether the line ``custom_id`` is one of the failing share."""
+    def fails(self, custom_id: str, attempt: int = 1) -> bool:
+        """Whether the ``attempt``-th run of the line ``custom_id`` (1 for its first batch, 2 when
+        a later batch carries it again) is one of the failing share: the same in every run."""
         if not self.fail_rate:
             return False
-        digest = hashlib.blake2b(f"{self.seed}:{custom_id}".encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(f"{self.seed}:{custom_id}:{attempt}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2.0**64 < self.fail_rate
 
 
