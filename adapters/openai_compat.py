@@ -34,7 +34,7 @@ import openai
 import sniffio
 from openai.types import Batch, FileObject
 
-from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
+from engine.errors import AuthError, BatchApiMissingError, ErrorKind, ModelNotFoundError, ProviderError
 from engine.limits import RateLimits
 from engine.retry import parse_retry_after
 from engine.types import ChatRequest, Usage

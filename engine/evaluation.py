@@ -48,7 +48,7 @@ from .outage import Outage
 from .resume import check_mode_change, stale_rows
 from .rundir import METRICS_FILE, RUN_FILE, check_resumable, claim_run_dir, load_run, new_run_dir, write_json, write_run
 from .sessions import SessionLog, run_figures
-from .types import STAGES, ChatRequest, JoinedRow, StageName
+from .types import STAGES, JoinedRow, StageName
 
 
 LOCAL_MODEL_CONCURRENCY = 2

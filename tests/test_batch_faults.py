@@ -26,10 +26,11 @@ from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
 from adapters.openai_compat import OpenAICompatClient
 from engine.errors import BatchApiMissingError
+from benchmarks.clocks import FastForwardClock, InstantClock
 from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
-from engine.batch import BatchProgress, BatchStage
+from engine.batch import BatchStage
 from engine.config import BatchConfig
 from engine.errors import ProviderError
 from engine.journal import journal_path, scan_journal
@@ -41,7 +42,6 @@ from engine.retry import RetryPolicy
 from engine.types import ChatRequest, Outcome, Row
 
 from .test_batch_mode import CancelOnFirstPoll, batch_config, comparable, submitted_custom_ids
-from .test_end_to_end import InstantClock
 
 PREDICT_MODEL = "klusterai/Meta-Llama-3.1-8B-Instruct-Turbo"
 CONTENT = r"/v1/files/[^/]+/content"
@@ -104,23 +104,6 @@ def paid_per_custom_id(url: str, run_id: str, backend: PerRequestBackend) -> Cou
 def journaled_attempts(run_dir: Path) -> dict[str, int]:
     journal = scan_journal(journal_path(run_dir, "predict")).select("custom_id", "attempts").collect()
     return dict(zip(journal["custom_id"].to_list(), journal["attempts"].to_list()))
-
-
-class FastForwardClock:
-    """The engine's clock, run ahead: a sleep moves it on by the time asked but really waits at
-    most 10 ms, so backoff through a long outage takes no time while a batch at the server still
-    gets real time to finish (and polling it does not spin)."""
-
-    def __init__(self) -> None:
-        self._ahead = 0.0
-
-    def now(self) -> float:
-        return anyio.current_time() + self._ahead
-
-    async def sleep(self, seconds: float) -> None:
-        waited = min(seconds, 0.01)
-        self._ahead += seconds - waited
-        await anyio.sleep(waited)
 
 
 def batch_files(url: str) -> list[str]:

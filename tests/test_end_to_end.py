@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from adapters.local.backends.sim import SimSettings
+from benchmarks.clocks import InstantClock
 from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.errors import AuthError
@@ -85,16 +86,6 @@ async def test_an_unannounced_rate_limit_is_backed_off_and_finished(tmp_path: Pa
     assert evaluation.metrics["n_judged"] == 60 and evaluation.metrics["n_failed"] == 0
     # Every call the backend saw was either answered once per request or refused with a 429.
     assert backend.calls == 120 + evaluation.metrics["rate_limited"]
-
-
-class InstantClock:
-    """Backoff without waiting: tests of retries don't sleep."""
-
-    def now(self) -> float:
-        return anyio.current_time()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.lowlevel.checkpoint()
 
 
 async def test_a_bad_key_stops_the_run_at_once_naming_the_variable(

@@ -11,6 +11,7 @@ import pytest
 
 from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
+from benchmarks.clocks import InstantClock
 from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
@@ -22,16 +23,6 @@ from .conftest import imdb_config
 from .test_limits import FakeClock, finishes
 
 CHAT = "/v1/chat/completions"
-
-
-class InstantClock:
-    """Backoff and probe waits without waiting: the event loop's time, and sleeps that only yield."""
-
-    def now(self) -> float:
-        return anyio.current_time()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.lowlevel.checkpoint()
 
 
 # -- the outage, alone -----------------------------------------------------------------------------

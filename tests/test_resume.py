@@ -16,6 +16,7 @@ import pytest
 from adapters.local.backends.base import BackendError, Completion
 from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
+from benchmarks.clocks import InstantClock
 from benchmarks.faults import CountingBackend
 from engine import ConfigError, Evaluation
 from engine.config import TaskConfig
@@ -269,9 +270,3 @@ async def test_resume_retries_transient_failures_and_retry_failed_the_others(tmp
     assert results.height == 12 and results["row_id"].n_unique() == 12
 
 
-class InstantClock:
-    def now(self) -> float:
-        return anyio.current_time()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.lowlevel.checkpoint()
