@@ -36,7 +36,7 @@ PROBE_GAIN = 0.1
 PROBE_SCALE_S = 10.0
 # With a latency target the concurrency window starts here and grows by one per answered call
 # (doubling every round trip) while answers come back in under half the target.
-INITIAL_WINDOW = 8
+INITIAL_WINDOW = 16
 
 
 class Clock(Protocol):
@@ -305,7 +305,7 @@ class Limiter:
             if fit < self._window:
                 self._window = max(1.0, fit)
                 self.narrowed = True
-        elif latency_s < target / 2 and self._in_flight >= self.window - 1 and self._window < self._max_window:
+        elif latency_s < target / 2 and self._slots_taken >= self.window - 1 and self._window < self._max_window:
             self._window = min(float(self._max_window), self._window + 1.0)
             self.narrowed = self.narrowed and self._window < self._max_window
             self._hand_out_slots()
