@@ -77,10 +77,11 @@ class Evaluation:
         clock: Clock | None = None,
         row_buffer: int = 64,
     ) -> None:
-        if resume and run_dir is None:
-            raise ValueError("resume=True needs the run_dir to resume")
-        if resume and config is None:
-            config = load_run(Path(run_dir))  # type: ignore[arg-type]
+        if resume:
+            if run_dir is None:
+                raise ValueError("resume=True needs the run_dir to resume")
+            if config is None:
+                config = load_run(Path(run_dir))
         if config is None:
             raise ValueError("an Evaluation needs a config (or resume=True with a run_dir)")
         self.config = config
@@ -140,7 +141,7 @@ class Evaluation:
         return self
 
     def _check_resume(self) -> dict[str, Any]:
-        """The run's first ``run.json``, once this session may finish it (see ``engine.resume``)."""
+        """The run's ``run.json``, once this session may finish the run (see ``engine.resume``)."""
         started = check_resumable(self.run_dir, self.config)
         check_mode_change(self.run_dir, TaskConfig.model_validate(started["config"]), self.config)
         for stage in STAGES:
