@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine import Evaluation
-from engine.batch import BatchLog
+from engine.batch import batch_log
 from engine.rundir import METRICS_FILE
 
 from .memory import synthetic_csv, synthetic_task
@@ -69,7 +69,7 @@ def run_one(data: Path, url: str, mode: str, price: float, workdir: Path) -> dic
 
 def finish_seconds(run_dir: Path) -> float:
     """From the last batch seen complete to ``metrics.json`` written."""
-    log = BatchLog(run_dir / "journal" / "batches.ndjson")
+    log = batch_log(run_dir)
     ended = [float(event["at"]) for event in log.events() if event["event"] == "ended"]
     return (run_dir / METRICS_FILE).stat().st_mtime - max(ended)
 

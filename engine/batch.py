@@ -34,7 +34,6 @@ never turned into a batch (a crash in between) becomes its batch now. A request 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -49,16 +48,16 @@ from openai.types import Batch, FileObject
 
 from .config import BatchConfig
 from .errors import FatalError, ProviderError
+from .journal import EventLog
 from .limits import Clock
 from .prompts import estimate_tokens
 from .realtime import Deliver, RealtimeRunner
-from .retry import RetryPolicy
+from .retry import RetryPolicy, is_transient
 from .types import ChatRequest, ChatResult, Failure, Outcome, Row, StageName, Usage
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 BATCHES_DIR = "batches"
 _CHUNK_NAME = re.compile(r"^(predict|judge)-(\d{5})$")
-_FINAL_ERROR_CODES = frozenset({"invalid_request", "invalid_request_error", "model_not_found", "batch_failed"})
 # How far the endpoint's clock (its batches' and files' ``created_at``) may be behind ours.
 _CLOCK_SKEW_S = 600.0
 
@@ -108,35 +107,10 @@ class _Chunk:
             return {json.loads(line)["custom_id"]: line for line in source if line.strip()}
 
 
-class BatchLog:
-    """``journal/batches.ndjson``: file and batch ids, appended and synced the moment they exist."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, event: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps({**event, "at": time.time()}) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        events = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:  # a torn last line from a crash mid-write
-                continue
-        return events
-
-
-def _is_retryable(outcome: Failure) -> bool:
-    if outcome.status_code is not None:
-        return outcome.status_code >= 500 or outcome.status_code in (408, 409, 429)
-    return outcome.reason not in _FINAL_ERROR_CODES
+def batch_log(run_dir: Path) -> EventLog:
+    """``journal/batches.ndjson``: every batch file id and batch id the moment it exists, and
+    each batch's end."""
+    return EventLog(run_dir / "journal" / "batches.ndjson")
 
 
 def parse_output_line(line: dict[str, Any]) -> Outcome:
@@ -193,7 +167,7 @@ class BatchStage:
         self._client = client
         self._dir = run_dir / BATCHES_DIR
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._log = BatchLog(run_dir / "journal" / "batches.ndjson")
+        self._log = batch_log(run_dir)
         self._run_id = run_id
         self._settings = settings
         # The policy's backoff, without its limit on retries: an outage ends a call's tries.
@@ -353,7 +327,7 @@ class BatchStage:
                 if self._owner.get(custom_id, chunk) is not chunk:
                     continue  # a newer batch carries this line now
                 outcome = replace(outcomes.get(custom_id) or self._missing(custom_id, batch), attempts=chunk.attempt + 1)
-                retryable = isinstance(outcome, Failure) and _is_retryable(outcome)
+                retryable = isinstance(outcome, Failure) and is_transient(outcome.reason, outcome.status_code)
                 if retryable and chunk.attempt < self._settings.max_line_retries:
                     retry.append(custom_id)
                 else:

@@ -128,6 +128,7 @@ class Evaluation:
                     timeout_s=config.endpoint.timeout_s,
                 )
             )
+            self.formats = builder.formats
             await preflight(client, config, builder)
             self._note_formats(builder.formats)
             write_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded", started=started)
@@ -188,7 +189,6 @@ class Evaluation:
         policy = RetryPolicy(max_retries=endpoint.max_retries)
         self.predict_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
         self.judge_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
-        self.formats = formats
 
     def _make_stages(self, client: openai_compat.OpenAICompatClient) -> tuple[Stage, Stage]:
         """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
@@ -350,9 +350,10 @@ class Evaluation:
             figures=run_figures(self.run_dir, now=time.time()),
             backend=self.config.local.backend if self.config.endpoint.base_url is None else None,
         )
-        formats = self.formats or StructuredOutput()
+        assert self.formats is not None
         metrics["structured_output"] = {
-            caller: {"format": format, "refused": formats.refusals[caller]} for caller, format in formats.formats.items()
+            caller: {"format": format, "refused": self.formats.refusals[caller]}
+            for caller, format in self.formats.formats.items()
         }
         write_json(self.run_dir / METRICS_FILE, metrics)
         try:

@@ -65,6 +65,21 @@ class StructuredOutput:
         return True
 
 
+def choice_format(choices: tuple[str, ...]) -> dict[str, Any]:
+    """An OpenAI structured-output ``response_format`` whose only answer is one of ``choices``."""
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": list(choices)}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    return _json_schema_format(schema)
+
+
+def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}
+
+
 def refuses_response_format(error: ProviderError) -> bool:
     """An answer that refuses the request's ``response_format``: a 400 or 422 saying so, or a
     server's validation error (llama-cpp-python answers those with a 500) naming it."""
@@ -77,7 +92,7 @@ def converted(body: dict[str, Any], target: Format) -> dict[str, Any]:
     response_format = body["response_format"]
     schema = response_format["schema"] if "schema" in response_format else response_format["json_schema"]["schema"]
     if target == "json_schema":
-        return {**body, "response_format": {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}}
+        return {**body, "response_format": _json_schema_format(schema)}
     if target == "json_object":
         return {**body, "response_format": {"type": "json_object", "schema": schema}}
     choices = ", ".join(str(choice) for choice in schema["properties"]["answer"]["enum"])

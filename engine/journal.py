@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,33 @@ def journal_frames(path: Path, columns: tuple[str, ...], *, block_bytes: int = 4
                 yield pl.read_ndjson(io.BytesIO(data[:end]), schema=schema)
         if rest.strip():
             yield pl.read_ndjson(io.BytesIO(rest), schema=schema)
+
+
+class EventLog:
+    """An append-only NDJSON file of events (batch file and batch ids, session starts and ends):
+    each line is stamped ``at`` and synced to disk before ``append`` returns. Reading skips a
+    torn last line left by a crash mid-write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, event: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({**event, "at": time.time()}) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        events = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
 
 
 def has_records(path: Path) -> bool:

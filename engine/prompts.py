@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import StageConfig, TaskConfig, VerdictConfig
 from .errors import ConfigError
-from .formats import StructuredOutput
+from .formats import StructuredOutput, choice_format
 from .types import ChatRequest, Row, StageName
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_ -]*)\}|\{|\}")
@@ -202,17 +202,6 @@ class PromptBuilder:
         values = {**row.fields, "labels": self._labels_text, "prediction": prediction}
         messages = self._judges[index].messages(values)
         return self._request("judge", self._config.judges[index], row, messages, prefix=self.judge_prefixes[index])
-
-
-def choice_format(choices: tuple[str, ...]) -> dict[str, Any]:
-    """An OpenAI structured-output ``response_format`` whose only answer is one of ``choices``."""
-    schema = {
-        "type": "object",
-        "properties": {"answer": {"type": "string", "enum": list(choices)}},
-        "required": ["answer"],
-        "additionalProperties": False,
-    }
-    return {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}
 
 
 def unwrap_choice(content: str, choices: tuple[str, ...] = ()) -> str:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .batch import BatchLog
+from .batch import batch_log
 from .config import TaskConfig
 from .journal import journal_frames, journal_path
 from .types import STAGES
@@ -116,7 +116,7 @@ def tokens_by_caller(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def batches_created(run_dir: Path) -> int:
     """Batches the run created, all sessions together (the ``batch`` events of its journal)."""
-    return sum(1 for event in BatchLog(run_dir / "journal" / "batches.ndjson").events() if event["event"] == "batch")
+    return sum(1 for event in batch_log(run_dir).events() if event["event"] == "batch")
 
 
 def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str, float | None] | None:

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from . import plots
-from .batch import BatchLog
+from .batch import batch_log
 from .journal import journal_frames, journal_path
 from .report import interval_text, percent
 from .results import RESULTS_FILE
@@ -324,7 +324,7 @@ def throughput(run_dir: Path) -> pl.DataFrame | None:
 def batch_spans(run_dir: Path) -> pl.DataFrame | None:
     """Every batch that ended (journal ``ended`` events, the last per batch id) with start and end
     in seconds since the first batch was created; ``None`` when the run made no batch."""
-    ended = [event for event in BatchLog(run_dir / "journal" / "batches.ndjson").events() if event["event"] == "ended"]
+    ended = [event for event in batch_log(run_dir).events() if event["event"] == "ended"]
     if not ended:
         return None
     frame = pl.DataFrame(

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from .batch import BatchLog
+from .batch import batch_log
 from .config import TaskConfig
 from .dataset import LABELS, ROW_ID, Dataset
 from .errors import ConfigError
@@ -78,7 +78,7 @@ def _retry(record: dict[str, Any], retry_failed: bool) -> bool:
 
 def check_mode_change(run_dir: Path, started: TaskConfig, now: TaskConfig) -> None:
     """Refuse to take a stage out of batch mode while its batches may still be running."""
-    events = BatchLog(run_dir / "journal" / "batches.ndjson").events()
+    events = batch_log(run_dir).events()
     ended = {event.get("batch_id") for event in events if event.get("event") == "ended"}
     for stage in STAGES:
         if started.stage_mode(stage) != "batch" or now.stage_mode(stage) == "batch":

@@ -11,6 +11,7 @@ allowance (``max_rate_limit_retries``).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -18,22 +19,28 @@ from datetime import datetime, timezone
 
 from .errors import ProviderError
 
-# Failures worth another try later: the endpoint, not the request, was at fault. A row that
-# failed this way is sent again by ``--resume``; any other failure only by ``--retry-failed``.
+# What makes a failure final: an HTTP status the same request would get again, or one of these
+# reasons (a request the endpoint refused, a model it lacks, a batch file it rejected). Every other
+# failure (a connection or timeout, a 5xx or 429, an unreadable reply, an expired or cancelled
+# batch line, an outage, a code the provider has not documented) is transient: retried within
+# the run while its allowance lasts, and again by ``--resume``; ``--retry-failed`` retries any.
 _TRANSIENT_STATUS = frozenset({408, 409, 429})
-_TRANSIENT_REASONS = frozenset({
-    "connection", "timeout", "endpoint_down", "malformed_body", "empty_response",
-    "batch_expired", "batch_cancelled", "batch_cancelling", "malformed_line",
+_FINAL_REASONS = frozenset({
+    "rejected_request", "invalid_request", "invalid_request_error", "model_not_found", "batch_failed",
 })
+_HTTP_REASON = re.compile(r"http_(\d{3})")
 
 
 def is_transient(reason: str, status_code: int | None = None) -> bool:
-    """Whether a failure (its ``reason`` code and HTTP status) may succeed when tried again."""
-    if reason == "rejected_request":  # a server's validation error, even one sent as a 5xx
+    """Whether a failure (its ``reason`` code and HTTP status) may succeed when tried again;
+    ``http_NNN`` reasons carry their status when ``status_code`` is not known."""
+    if reason in _FINAL_REASONS:
         return False
+    if status_code is None and (match := _HTTP_REASON.fullmatch(reason)):
+        status_code = int(match.group(1))
     if status_code is not None:
         return status_code >= 500 or status_code in _TRANSIENT_STATUS
-    return reason in _TRANSIENT_REASONS or reason.startswith("http_5") or reason in ("http_408", "http_409", "http_429")
+    return True
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:

@@ -14,47 +14,34 @@ are summed from the journal, so they cover every session, killed ones included:
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from .journal import journal_frames, journal_path
+from .batch import batch_log
+from .journal import EventLog, journal_frames, journal_path
 from .types import STAGES
 
 SESSIONS_FILE = "sessions.ndjson"
-BATCH_EVENTS_FILE = "batches.ndjson"
 
 
 class SessionLog:
     """``journal/sessions.ndjson``: when each session of the run started and ended."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "journal" / SESSIONS_FILE
+        self._log = EventLog(run_dir / "journal" / SESSIONS_FILE)
 
     def start(self) -> None:
-        self._append("start")
+        self._log.append({"event": "start"})
 
     def end(self) -> None:
-        self._append("end")
-
-    def _append(self, event: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps({"event": event, "at": time.time()}) + "\n")
+        self._log.append({"event": "end"})
 
     def spans(self) -> list[tuple[float, float | None]]:
         """``(start, end)`` of each session in order; ``end`` None for one that did not end."""
         spans: list[tuple[float, float | None]] = []
-        if not self.path.exists():
-            return spans
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:  # a torn last line
-                continue
+        for event in self._log.events():
             if event.get("event") == "start":
                 spans.append((float(event["at"]), None))
             elif event.get("event") == "end" and spans and spans[-1][1] is None:
@@ -86,7 +73,7 @@ def run_figures(run_dir: Path, *, now: float | None = None) -> RunFigures:
             retries += int((attempts - 1).clip(lower_bound=0).sum())
             rate_limited += int(frame["rate_limited"].fill_null(0).sum())
             activity.append(frame["finished_at"].drop_nulls())
-    activity.append(pl.Series(_batch_event_times(run_dir / "journal" / BATCH_EVENTS_FILE), dtype=pl.Float64()))
+    activity.append(pl.Series([float(event["at"]) for event in batch_log(run_dir).events()], dtype=pl.Float64()))
     times = pl.concat(activity) if activity else pl.Series(dtype=pl.Float64())
     spans = SessionLog(run_dir).spans()
     wall = 0.0
@@ -101,15 +88,3 @@ def run_figures(run_dir: Path, *, now: float | None = None) -> RunFigures:
                 end = float(within.max()) if within.len() else start  # type: ignore[arg-type]
         wall += max(0.0, end - start)
     return RunFigures(len(spans), round(wall, 3), requests, retries, rate_limited)
-
-
-def _batch_event_times(path: Path) -> list[float]:
-    if not path.exists():
-        return []
-    times = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            times.append(float(json.loads(line)["at"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return times

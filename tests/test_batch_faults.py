@@ -41,7 +41,7 @@ from engine.realtime import RealtimeRunner
 from engine.retry import RetryPolicy
 from engine.types import ChatRequest, Outcome, Row
 
-from .test_batch_mode import CancelOnFirstPoll, batch_config, comparable, submitted_custom_ids
+from .test_batch_mode import batch_config, submitted_custom_ids
 
 PREDICT_MODEL = "klusterai/Meta-Llama-3.1-8B-Instruct-Turbo"
 CONTENT = r"/v1/files/[^/]+/content"
@@ -258,31 +258,6 @@ async def test_resume_does_not_pay_again_for_lines_answered_before_the_stop(tmp_
     assert resumed.metrics is not None and resumed.metrics["n_judged"] == 10
     # One batch line each, one realtime retry each; the held row's retry was sent once more.
     assert sorted(paid.values()) == [2] * 9 + [3], paid
-
-
-# -- item 3: a deleted request file is restored from the provider's copy -------------------------
-
-
-async def test_resume_restores_deleted_request_files_instead_of_paying_again(tmp_path: Path) -> None:
-    settings = SimSettings(seed=8, batch_min_seconds=0.3)
-    with EmbeddedServer(CountingBackend(settings), data_dir=tmp_path / "server") as url:
-        async with Evaluation(batch_config(url), run_dir=tmp_path / "whole"):
-            pass
-        with anyio.CancelScope() as scope:
-            async with Evaluation(batch_config(url), run_dir=tmp_path / "cut", clock=CancelOnFirstPoll(scope)):
-                pass
-        assert scope.cancelled_caught
-        requests = [path for path in (tmp_path / "cut" / "batches").glob("predict-?????.jsonl")]
-        assert requests
-        for path in requests:
-            path.unlink()
-        async with Evaluation(run_dir=tmp_path / "cut", resume=True) as resumed:
-            pass
-        paid = submitted_custom_ids(url, "cut")
-    assert resumed.metrics is not None and resumed.metrics["n_judged"] == 60
-    assert comparable(tmp_path / "cut").equals(comparable(tmp_path / "whole"))
-    assert len(paid) == 120 and set(paid.values()) == {1}, "a request was submitted twice"
-    assert (tmp_path / "cut" / "batches" / "predict-00001.jsonl").exists()
 
 
 # -- item 14: an endpoint without a Batch API --------------------------------------------------

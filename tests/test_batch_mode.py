@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import openai
 import polars as pl
+import pytest
 
 from adapters.local.backends.sim import SimSettings
 from adapters.local.embedded import EmbeddedServer
@@ -139,7 +140,9 @@ class CancelOnFirstPoll:
         await anyio.sleep(seconds)
 
 
-async def test_a_run_stopped_mid_batch_resumes_without_paying_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("request_files_deleted", [False, True])
+async def test_a_run_stopped_mid_batch_resumes_without_paying_twice(tmp_path: Path, request_files_deleted: bool) -> None:
+    """Also when the request files in batches/ are gone: they are restored from the provider's copy."""
     settings = SimSettings(seed=8, batch_min_seconds=0.3)
     with EmbeddedServer(CountingBackend(settings), data_dir=tmp_path / "server") as url:
         async with Evaluation(batch_config(url), run_dir=tmp_path / "whole"):
@@ -148,12 +151,18 @@ async def test_a_run_stopped_mid_batch_resumes_without_paying_twice(tmp_path: Pa
             async with Evaluation(batch_config(url), run_dir=tmp_path / "cut", clock=CancelOnFirstPoll(scope)):
                 pass
         assert scope.cancelled_caught
+        if request_files_deleted:
+            requests = list((tmp_path / "cut" / "batches").glob("predict-?????.jsonl"))
+            assert requests
+            for path in requests:
+                path.unlink()
         async with Evaluation(run_dir=tmp_path / "cut", resume=True) as resumed:
             pass
         paid = submitted_custom_ids(url, "cut")
     assert resumed.metrics is not None and resumed.metrics["n_judged"] == 60
     assert comparable(tmp_path / "cut").equals(comparable(tmp_path / "whole"))
     assert len(paid) == 120 and set(paid.values()) == {1}, "a request was submitted twice"
+    assert (tmp_path / "cut" / "batches" / "predict-00001.jsonl").exists()
 
 
 def test_sigkill_during_batches_then_resume(tmp_path: Path) -> None:

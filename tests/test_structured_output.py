@@ -15,9 +15,9 @@ from adapters.openai_compat import OpenAICompatClient
 from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.errors import ProviderError
-from engine.formats import StructuredOutput, converted
+from engine.formats import StructuredOutput, choice_format, converted
 from engine.journal import journal_path, scan_journal
-from engine.prompts import choice_format, unwrap_choice
+from engine.prompts import unwrap_choice
 from engine.retry import is_transient
 from engine.types import ChatRequest
 
