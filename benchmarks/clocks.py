@@ -1,4 +1,4 @@
-"""Clocks for the engine's ``clock=`` (``engine.limits.Clock``) that let backoff through a long
+"""Clocks for the engine's ``clock=`` (``engine.run.limits.Clock``) that let backoff through a long
 outage take no real time, so a test or a scenario of one does not wait it out."""
 
 from __future__ import annotations

@@ -44,16 +44,16 @@ import anyio
 import openai
 import polars as pl
 
-from adapters.local.backends.base import BackendError, Completion, Hang
-from adapters.local.backends.sim import SimBackend, SimSettings
-from adapters.local.batches import BatchSettings
-from adapters.local.embedded import EmbeddedServer
+from adapters.server.backends.base import BackendError, Completion, Hang
+from adapters.server.backends.sim import SimBackend, SimSettings
+from adapters.server.batch_jobs import BatchSettings
+from adapters.server.embedded import EmbeddedServer
 from engine import Evaluation, TaskConfig, load_config, with_overrides
 from engine.dataset import Dataset
 from engine.errors import RunInUseError
 from engine.journal import JOURNAL_SCHEMA, has_records, journal_path
-from engine.limits import Clock
 from engine.prompts import PromptBuilder
+from engine.run.limits import Clock
 from engine.shipped import example_config
 from engine.types import STAGES
 

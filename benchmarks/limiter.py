@@ -24,15 +24,15 @@ from typing import Any
 
 import anyio
 
-from adapters.local.backends.base import BackendError, Completion
-from adapters.local.backends.sim import SimBackend, SimSettings
-from adapters.local.embedded import EmbeddedServer
-from adapters.openai_compat import OpenAICompatClient
+from adapters.openai.client import OpenAICompatClient
+from adapters.server.backends.base import BackendError, Completion
+from adapters.server.backends.sim import SimBackend, SimSettings
+from adapters.server.embedded import EmbeddedServer
 from engine import load_config
-from engine.limits import AnyioClock, Limiter
 from engine.prompts import estimate_tokens
-from engine.realtime import RealtimeRunner
-from engine.retry import RetryPolicy
+from engine.run.limits import AnyioClock, Limiter
+from engine.run.realtime import RealtimeRunner
+from engine.run.retry import RetryPolicy
 from engine.shipped import example_config
 from engine.types import ChatRequest
 

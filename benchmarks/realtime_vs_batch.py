@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine import Evaluation
-from engine.batch import batch_log
+from engine.run.batch_stage import batch_log
 from engine.rundir import METRICS_FILE
 
 from .memory import synthetic_csv, synthetic_task

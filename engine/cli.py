@@ -21,13 +21,19 @@ from typing import Any
 
 import anyio
 
-from adapters.local.backends.base import Backend
+from adapters.server.backends.base import Backend
 
-from .config import LocalServerConfig, TaskConfig, load_config, merge_tables, with_overrides
+from .config import (
+    LocalServerConfig,
+    TaskConfig,
+    load_config,
+    merge_tables,
+    with_overrides,
+)
 from .errors import ConfigError, EngineError, ProviderError
 from .evaluation import Evaluation, local_backend
-from .rundir import load_run
 from .progress import Style
+from .rundir import load_run
 from .shipped import example_config
 
 
@@ -121,7 +127,7 @@ def _progress_style(args: argparse.Namespace) -> Style:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report_doc import write_report
+    from .report.document import write_report
 
     load_run(args.run_dir)  # a clear error when it is not a run directory
     print(write_report(args.run_dir))
@@ -129,7 +135,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs, print_comparison
+    from .report.compare import compare_runs, print_comparison
 
     for run_dir in (args.run_a, args.run_b):
         load_run(run_dir)
@@ -187,7 +193,7 @@ def exit_status(metrics: dict[str, Any]) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from .progress import show_progress
-    from .report import print_summary
+    from .report.summary import print_summary
 
     if args.dry_run:
         from .estimate import estimate
@@ -235,7 +241,7 @@ def _interrupted(args: argparse.Namespace) -> str:
 def _serve_backend(args: argparse.Namespace) -> tuple[Backend, str]:
     """The backend ``serve`` runs, and how to describe it."""
     if args.backend == "upstream":
-        from adapters.local.backends.upstream import UpstreamBackend
+        from adapters.server.backends.upstream import UpstreamBackend
 
         if not args.upstream_url:
             raise ConfigError("serve --backend upstream needs --upstream-url URL")
@@ -258,9 +264,7 @@ def _serve_backend(args: argparse.Namespace) -> tuple[Backend, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from adapters.local.server import serve_forever
-
-    from adapters.local.server import api_key_from_env
+    from adapters.server.server import api_key_from_env, serve_forever
 
     api_key = None
     if args.api_key_env:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from .limits import RateLimits
+    from .run.limits import RateLimits
 
 ErrorKind = Literal["no", "transient", "rate_limit"]
 

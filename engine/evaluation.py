@@ -26,30 +26,46 @@ import polars as pl
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from adapters import openai_compat
-from adapters.local.backends.base import Backend
+from adapters.openai.client import OpenAICompatClient
+from adapters.server.backends.base import Backend
 
-from . import report, streams
 from .config import LocalServerConfig, TaskConfig
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
-from .journal import Journal, check_journal, has_records, journal_path, repair_torn_tail, scan_journal
-from .limits import AnyioClock, Clock, Limiter
-from .pipeline import JoinState, LiveStats, Pipeline
-from .prompts import PromptBuilder, VerdictParser
-from .batch import BatchStage
-from .pipeline import Stage
-from .realtime import RealtimeRunner, RealtimeStage
-from .report_doc import write_report
-from .results import ResultsWriter
-from .retry import RetryPolicy
 from .formats import DESCRIBED, StructuredOutput
-from .outage import Outage
+from .journal import (
+    Journal,
+    check_journal,
+    has_records,
+    journal_path,
+    repair_torn_tail,
+    scan_journal,
+)
+from .prompts import PromptBuilder, VerdictParser
+from .report import summary
+from .report.document import write_report
+from .results import ResultsWriter
 from .resume import check_mode_change, stale_rows
-from .rundir import METRICS_FILE, RUN_FILE, check_resumable, claim_run_dir, load_run, new_run_dir, write_json, write_run
+from .run import streams
+from .run.batch_stage import BatchStage
+from .run.limits import AnyioClock, Clock, Limiter
+from .run.outage import Outage
+from .run.pipeline import JoinState, LiveStats, Pipeline
+from .run.realtime import RealtimeRunner, RealtimeStage
+from .run.retry import RetryPolicy
+from .run.stage import Stage
+from .rundir import (
+    METRICS_FILE,
+    RUN_FILE,
+    check_resumable,
+    claim_run_dir,
+    load_run,
+    new_run_dir,
+    write_json,
+    write_run,
+)
 from .sessions import SessionLog, run_figures
 from .types import STAGES, JoinedRow, StageName
-
 
 LOCAL_MODEL_CONCURRENCY = 2
 
@@ -121,7 +137,7 @@ class Evaluation:
                 await anyio.to_thread.run_sync(self._redo_stale_rows, dataset, results)
             self.base_url = await self._endpoint()
             client = await self._stack.enter_async_context(
-                openai_compat.OpenAICompatClient(
+                OpenAICompatClient(
                     self.base_url,
                     config.api_key(),
                     api_key_env=config.endpoint.api_key_env,
@@ -169,7 +185,7 @@ class Evaluation:
                 f"its answers are constrained by {DESCRIBED[format]}"
             )
 
-    def _make_runners(self, client: openai_compat.OpenAICompatClient, formats: StructuredOutput) -> None:
+    def _make_runners(self, client: OpenAICompatClient, formats: StructuredOutput) -> None:
         """One limiter, retry policy and outage for both stages: they share the endpoint.
 
         The limiter's latency target is a quarter of the timeout: a server that queues calls it
@@ -190,7 +206,7 @@ class Evaluation:
         self.predict_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
         self.judge_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
 
-    def _make_stages(self, client: openai_compat.OpenAICompatClient) -> tuple[Stage, Stage]:
+    def _make_stages(self, client: OpenAICompatClient) -> tuple[Stage, Stage]:
         """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
         stage after each batch, so a finished batch's rows are judged at once."""
         assert self.predict_runner is not None and self.judge_runner is not None
@@ -222,7 +238,7 @@ class Evaluation:
         return predict, judge
 
     async def _start(
-        self, dataset: Dataset, builder: PromptBuilder, client: openai_compat.OpenAICompatClient, results: ResultsWriter
+        self, dataset: Dataset, builder: PromptBuilder, client: OpenAICompatClient, results: ResultsWriter
     ) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
         assert self.predict_runner is not None and self.judge_runner is not None
@@ -303,7 +319,7 @@ class Evaluation:
     async def _endpoint(self) -> str:
         if self.config.endpoint.base_url:
             return self.config.endpoint.base_url
-        from adapters.local.embedded import embedded_server
+        from adapters.server.embedded import embedded_server
 
         # The server keeps its files and batches in the run directory, so a resumed run finds
         # the batches its killed predecessor had in progress.
@@ -344,7 +360,7 @@ class Evaluation:
             self.metrics = await anyio.to_thread.run_sync(self._final_metrics)
 
     def _final_metrics(self) -> dict[str, Any]:
-        metrics = report.build_metrics(
+        metrics = summary.build_metrics(
             self.run_dir,
             self.config,
             figures=run_figures(self.run_dir, now=time.time()),
@@ -386,7 +402,7 @@ def _journaled_ids(run_dir: Path, stage: StageName) -> set[str]:
     return set(frame.to_series().to_list())
 
 
-async def preflight(client: openai_compat.OpenAICompatClient, config: TaskConfig, builder: PromptBuilder) -> None:
+async def preflight(client: OpenAICompatClient, config: TaskConfig, builder: PromptBuilder) -> None:
     """One tiny call per batch-mode caller before anything is submitted, in its structured-output
     format: a format the endpoint refuses moves to the next one here (``engine.formats``).
 
@@ -427,7 +443,11 @@ def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str
 def local_backend(local: LocalServerConfig) -> Backend:
     """The embedded server's backend as configured; the local model is loaded here, once."""
     if local.backend == "local":
-        from adapters.local.backends.llama import LlamaBackend, LlamaSettings, ModelUnavailable
+        from adapters.server.backends.llama import (
+            LlamaBackend,
+            LlamaSettings,
+            ModelUnavailable,
+        )
 
         try:
             model = LlamaBackend(LlamaSettings(n_threads=local.threads, seed=local.seed))
@@ -438,7 +458,7 @@ def local_backend(local: LocalServerConfig) -> Backend:
                 "or point --base-url at a hosted model)"
             ) from None
         return model
-    from adapters.local.backends.sim import SimBackend, SimSettings
+    from adapters.server.backends.sim import SimBackend, SimSettings
 
     settings = SimSettings(
         latency_ms=local.latency_ms,

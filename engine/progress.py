@@ -20,9 +20,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .batch import TERMINAL
 from .evaluation import Evaluation
-from .metrics import wilson_interval
+from .report.metrics import wilson_interval
+from .run.batch_stage import TERMINAL
 
 Style = Literal["live", "plain", "json"]
 

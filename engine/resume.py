@@ -23,11 +23,11 @@ from typing import Any
 
 import polars as pl
 
-from .batch import batch_log
 from .config import TaskConfig
 from .dataset import LABELS, ROW_ID, Dataset
 from .errors import ConfigError
-from .retry import is_transient
+from .run.batch_stage import batch_log
+from .run.retry import is_transient
 from .types import STAGES, row_fingerprint
 
 _FAILED = ("predict_failed", "judge_failed")

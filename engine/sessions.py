@@ -19,8 +19,8 @@ from pathlib import Path
 
 import polars as pl
 
-from .batch import batch_log
 from .journal import EventLog, journal_frames, journal_path
+from .run.batch_stage import batch_log
 from .types import STAGES
 
 SESSIONS_FILE = "sessions.ndjson"

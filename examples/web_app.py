@@ -28,7 +28,14 @@ import anyio
 import anyio.lowlevel
 from aiohttp import web
 
-from engine import EngineError, Evaluation, JoinedRow, TaskConfig, load_config, with_overrides
+from engine import (
+    EngineError,
+    Evaluation,
+    JoinedRow,
+    TaskConfig,
+    load_config,
+    with_overrides,
+)
 from engine.rundir import RUN_FILE
 from engine.shipped import example_config
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from adapters.local.backends.sim import SimSettings
-from adapters.local.embedded import EmbeddedServer
+from adapters.server.backends.sim import SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.faults import CountingBackend
 from engine.config import TaskConfig, load_config, with_overrides
 from engine.shipped import example_config

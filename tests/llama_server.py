@@ -34,7 +34,7 @@ from typing import IO
 
 import pytest
 
-from adapters.local.backends.llama import ModelUnavailable, shipped_model_path
+from adapters.server.backends.llama import ModelUnavailable, shipped_model_path
 
 __all__ = ["llama_server", "running_llama_server"]
 

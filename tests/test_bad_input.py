@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.local.backends.sim import SimSettings
-from adapters.local.embedded import EmbeddedServer
+from adapters.server.backends.sim import SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.faults import CountingBackend
-
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = 'Overview,Genre\n"A heist goes wrong.",Crime\n"Two friends.",Comedy\n'

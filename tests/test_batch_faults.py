@@ -21,24 +21,23 @@ import polars as pl
 import pytest
 from aiohttp import web
 
-from adapters.local.backends.base import Completion, Hang
-from adapters.local.backends.sim import SimSettings
-from adapters.local.embedded import EmbeddedServer
-from adapters.openai_compat import OpenAICompatClient
-from engine.errors import BatchApiMissingError
+from adapters.openai.client import OpenAICompatClient
+from adapters.server.backends.base import Completion, Hang
+from adapters.server.backends.sim import SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import FastForwardClock, InstantClock
 from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
-from engine.batch import BatchStage
 from engine.config import BatchConfig
-from engine.errors import ProviderError
+from engine.errors import BatchApiMissingError, ProviderError
 from engine.journal import journal_path, scan_journal
-from engine.limits import Limiter
 from engine.prompts import estimate_tokens
-from engine.realtime import Completion as ChatCompletion
-from engine.realtime import RealtimeRunner
-from engine.retry import RetryPolicy
+from engine.run.batch_stage import BatchStage
+from engine.run.limits import Limiter
+from engine.run.realtime import Completion as ChatCompletion
+from engine.run.realtime import RealtimeRunner
+from engine.run.retry import RetryPolicy
 from engine.types import ChatRequest, Outcome, Row
 
 from .test_batch_mode import batch_config, submitted_custom_ids

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.batch import parse_output_line
-from engine.retry import is_transient
+from engine.run.batch_stage import parse_output_line
+from engine.run.retry import is_transient
 from engine.types import ChatResult, Failure, Usage
 
 

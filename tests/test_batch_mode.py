@@ -17,8 +17,8 @@ import openai
 import polars as pl
 import pytest
 
-from adapters.local.backends.sim import SimSettings
-from adapters.local.embedded import EmbeddedServer
+from adapters.server.backends.sim import SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.config import TaskConfig

@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from engine import load_config, with_overrides
-from engine.compare import compare_runs, mcnemar_exact, print_comparison
-from engine.report import interval_text, percent
+from engine.report.compare import compare_runs, mcnemar_exact, print_comparison
+from engine.report.summary import interval_text, percent
 from engine.shipped import example_config
 from tests.test_report import run_evaluation
 

@@ -9,7 +9,7 @@ import anyio
 import polars as pl
 import pytest
 
-from adapters.local.backends.sim import SimSettings
+from adapters.server.backends.sim import SimSettings
 from benchmarks.clocks import InstantClock
 from benchmarks.faults import CountingBackend
 from engine import Evaluation

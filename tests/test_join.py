@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from engine.config import VerdictConfig
-from engine.pipeline import JoinState, LiveStats
 from engine.prompts import VerdictParser
+from engine.run.pipeline import JoinState, LiveStats
 from engine.types import ChatResult, Failure, Row, Usage
 
 LABELS = ("Drama", "Crime", "Comedy")

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
-
-import json
-
 import pytest
 
 from engine.errors import JournalError
-from engine.journal import Journal, check_journal, journal_path, record_to_outcome, repair_torn_tail, scan_journal
+from engine.journal import (
+    Journal,
+    check_journal,
+    journal_path,
+    record_to_outcome,
+    repair_torn_tail,
+    scan_journal,
+)
 from engine.types import ChatResult, Failure, Row, Usage, row_fingerprint
 
 ROW = Row("1", 0, {"text": "a film"}, ("Drama",), row_fingerprint({"text": "a film"}, ("Drama",)))

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.limits import Limiter, RateLimits, TokenBucket, regrown
+from engine.run.limits import Limiter, RateLimits, TokenBucket, regrown
 
 
 class FakeClock:

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.local.backends import SimBackend, SimSettings
-from adapters.local.backends.llama import LlamaBackend, ModelUnavailable
-from adapters.local.backends.upstream import UpstreamBackend
-from adapters.local.embedded import EmbeddedServer, embedded_server
+from adapters.server.backends import SimBackend, SimSettings
+from adapters.server.backends.llama import LlamaBackend, ModelUnavailable
+from adapters.server.backends.upstream import UpstreamBackend
+from adapters.server.embedded import EmbeddedServer, embedded_server
 from tests.test_server import LLAMA_CPP_JSON_SCHEMA_REFUSAL, genre_messages
 
 pytestmark = pytest.mark.local_model

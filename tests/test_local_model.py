@@ -15,14 +15,14 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from adapters.local.backends.llama import (
+from adapters.server.backends.llama import (
     INSTALL_HINT,
     LlamaBackend,
     LlamaSettings,
     ModelUnavailable,
     shipped_model_path,
 )
-from adapters.local.embedded import embedded_server
+from adapters.server.embedded import embedded_server
 from tests.test_server import GENRE_SET, genre_messages
 
 COUNT = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]

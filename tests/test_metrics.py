@@ -15,7 +15,14 @@ import pytest
 
 from engine import Evaluation, load_config
 from engine.config import parse_config
-from engine.metrics import cohen_kappa, failure_reasons, fleiss_kappa, panel_metrics, quality_metrics, wilson_interval
+from engine.report.metrics import (
+    cohen_kappa,
+    failure_reasons,
+    fleiss_kappa,
+    panel_metrics,
+    quality_metrics,
+    wilson_interval,
+)
 from engine.shipped import example_config
 
 SCHEMA: dict[str, pl.DataType] = {

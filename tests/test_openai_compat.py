@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from adapters.local.backends import SimBackend, SimSettings
-from adapters.local.embedded import EmbeddedServer
-from adapters.openai_compat import Completion, OpenAICompatClient, _env_proxy
+from adapters.openai.client import Completion, OpenAICompatClient, _env_proxy
+from adapters.server.backends import SimBackend, SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.proxy import FaultProxy
 from engine.errors import AuthError, ModelNotFoundError, ProviderError
 from engine.types import ChatRequest

@@ -9,15 +9,15 @@ import anyio
 import polars as pl
 import pytest
 
-from adapters.local.backends.sim import SimSettings
-from adapters.local.embedded import EmbeddedServer
+from adapters.server.backends.sim import SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import InstantClock
 from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
-from engine.limits import INITIAL_WINDOW, Limiter
-from engine.outage import EndpointDown, Outage
 from engine.progress import plain_line, snapshot
+from engine.run.limits import INITIAL_WINDOW, Limiter
+from engine.run.outage import EndpointDown, Outage
 
 from .conftest import imdb_config
 from .test_limits import FakeClock, finishes

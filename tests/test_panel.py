@@ -10,7 +10,7 @@ import pytest
 from engine import Evaluation, load_config
 from engine.config import TaskConfig, parse_config
 from engine.errors import ConfigError
-from engine.metrics import fleiss_kappa
+from engine.report.metrics import fleiss_kappa
 from engine.shipped import example_config
 
 from .conftest import TEST_KEY_ENV

@@ -6,7 +6,7 @@ import polars as pl
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from engine.plots import STAGE_COLOURS, batch_timeline_figure, label_figure
+from engine.report.plots import STAGE_COLOURS, batch_timeline_figure, label_figure
 
 SPANS = pl.DataFrame({
     "stage": ["predict", "predict", "judge", "judge"],

@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from adapters.local.backends.sim import SimSettings
+from adapters.server.backends.sim import SimSettings
 from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 

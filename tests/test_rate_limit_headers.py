@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.local.backends import SimBackend, SimSettings
-from adapters.local.embedded import embedded_server
-from adapters.openai_compat import OpenAICompatClient
+from adapters.openai.client import OpenAICompatClient
+from adapters.server.backends import SimBackend, SimSettings
+from adapters.server.embedded import embedded_server
 from engine import Evaluation
 from engine.errors import ProviderError
 from engine.types import ChatRequest

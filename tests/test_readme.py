@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.local.backends.llama import LlamaBackend, ModelUnavailable
+from adapters.server.backends.llama import LlamaBackend, ModelUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")

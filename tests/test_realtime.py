@@ -9,9 +9,9 @@ import anyio
 import pytest
 
 from engine.errors import AuthError, ProviderError
-from engine.limits import Limiter, RateLimits
-from engine.realtime import RealtimeRunner
-from engine.retry import RetryPolicy
+from engine.run.limits import Limiter, RateLimits
+from engine.run.realtime import RealtimeRunner
+from engine.run.retry import RetryPolicy
 from engine.types import ChatRequest, ChatResult, Failure, Usage
 
 

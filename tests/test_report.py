@@ -7,10 +7,9 @@ import html
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
-
-from collections import Counter
 
 import anyio
 import polars as pl
@@ -19,8 +18,8 @@ from rich.console import Console
 
 from engine import Evaluation, TaskConfig, load_config, with_overrides
 from engine.config import parse_config
-from engine.report import cost_usd, percent, print_summary, tokens_by_caller
-from engine.report_doc import INVALID_LABEL, label_breakdown, write_report
+from engine.report.document import INVALID_LABEL, label_breakdown, write_report
+from engine.report.summary import cost_usd, percent, print_summary, tokens_by_caller
 from engine.shipped import example_config
 
 from .conftest import imdb_config

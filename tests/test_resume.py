@@ -13,9 +13,9 @@ import anyio
 import polars as pl
 import pytest
 
-from adapters.local.backends.base import BackendError, Completion
-from adapters.local.backends.sim import SimSettings
-from adapters.local.embedded import EmbeddedServer
+from adapters.server.backends.base import BackendError, Completion
+from adapters.server.backends.sim import SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import InstantClock
 from benchmarks.faults import CountingBackend
 from engine import ConfigError, Evaluation

@@ -4,7 +4,7 @@ import random
 from datetime import datetime, timezone
 
 from engine.errors import ProviderError
-from engine.retry import RetryPolicy, parse_retry_after
+from engine.run.retry import RetryPolicy, parse_retry_after
 
 
 def error(kind: str, retry_after: float | None = None) -> ProviderError:

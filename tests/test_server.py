@@ -20,8 +20,8 @@ import openai
 import pytest
 import trio
 
-from adapters.local.backends import BackendError, Completion, SimBackend, SimSettings
-from adapters.local.embedded import EmbeddedServer, embedded_server
+from adapters.server.backends import BackendError, Completion, SimBackend, SimSettings
+from adapters.server.embedded import EmbeddedServer, embedded_server
 
 GENRES = (
     "Action, Adventure, Animation, Biography, Comedy, Crime, Drama, Family, Fantasy, Film-Noir, "
@@ -102,7 +102,7 @@ async def test_answers_are_deterministic_and_spread_over_options() -> None:
 def test_answers_are_stable_across_processes() -> None:
     code = (
         "import asyncio, json, sys\n"
-        "from adapters.local.backends import SimBackend, SimSettings\n"
+        "from adapters.server.backends import SimBackend, SimSettings\n"
         "body = json.loads(sys.argv[1])\n"
         "print(asyncio.run(SimBackend(SimSettings()).complete(body)).content)\n"
     )

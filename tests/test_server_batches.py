@@ -23,9 +23,9 @@ import yarl
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from adapters.local.backends import Backend, Completion, SimBackend, SimSettings
-from adapters.local.batches import BatchSettings
-from adapters.local.embedded import embedded_server
+from adapters.server.backends import Backend, Completion, SimBackend, SimSettings
+from adapters.server.batch_jobs import BatchSettings
+from adapters.server.embedded import embedded_server
 
 from .test_server import GENRE_SET, genre_messages
 

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from adapters.local.backends import SimBackend, SimSettings
-from adapters.local.batches import BatchSettings
-from adapters.local.embedded import EmbeddedServer
+from adapters.server.backends import SimBackend, SimSettings
+from adapters.server.batch_jobs import BatchSettings
+from adapters.server.embedded import EmbeddedServer
 
 from .test_server import genre_messages
 from .test_server_batches import jsonl, request_line

@@ -11,10 +11,10 @@ import openai
 import pytest
 import yarl
 
-from adapters.local.backends import SimBackend, SimSettings
-from adapters.local.batches import BatchSettings
-from adapters.local.embedded import embedded_server
-from adapters.local.server import API_KEY_ENV, api_key_from_env
+from adapters.server.backends import SimBackend, SimSettings
+from adapters.server.batch_jobs import BatchSettings
+from adapters.server.embedded import embedded_server
+from adapters.server.server import API_KEY_ENV, api_key_from_env
 
 from .test_server import GENRE_SET, ask, genre_messages
 from .test_server_batches import jsonl, request_line, settle, submit

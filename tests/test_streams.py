@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from engine import streams
+from engine.run import streams
 
 
 async def test_items_pass_at_once_and_buffered_drains_without_waiting() -> None:

@@ -9,16 +9,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from adapters.local.backends.sim import SimSettings
-from adapters.local.embedded import EmbeddedServer
-from adapters.openai_compat import OpenAICompatClient
+from adapters.openai.client import OpenAICompatClient
+from adapters.server.backends.sim import SimSettings
+from adapters.server.embedded import EmbeddedServer
 from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.errors import ProviderError
 from engine.formats import StructuredOutput, choice_format, converted
 from engine.journal import journal_path, scan_journal
 from engine.prompts import unwrap_choice
-from engine.retry import is_transient
+from engine.run.retry import is_transient
 from engine.types import ChatRequest
 
 from .conftest import imdb_config

@@ -14,11 +14,18 @@ import pytest
 from aiohttp import web
 from openai.types.chat import ChatCompletion
 
-from adapters.local.backends import SimBackend, SimSettings
-from adapters.local.backends.upstream import UpstreamBackend
-from adapters.local.embedded import embedded_server
+from adapters.server.backends import SimBackend, SimSettings
+from adapters.server.backends.upstream import UpstreamBackend
+from adapters.server.embedded import embedded_server
 from tests.test_server import GENRE_SET, genre_messages
-from tests.test_server_batches import batch_client, jsonl, lines_of, request_line, settle, submit
+from tests.test_server_batches import (
+    batch_client,
+    jsonl,
+    lines_of,
+    request_line,
+    settle,
+    submit,
+)
 
 
 @asynccontextmanager

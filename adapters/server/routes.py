@@ -25,7 +25,7 @@ from aiohttp import BodyPartReader, web
 
 from . import wire
 from .backends.base import Backend
-from .batches import BatchManager, BatchSettings, BatchStateError
+from .batch_jobs import BatchManager, BatchSettings, BatchStateError
 from .files import FileStore, StoredFile, UploadTooLarge
 
 __all__ = ["install"]

@@ -34,9 +34,15 @@ import openai
 import sniffio
 from openai.types import Batch, FileObject
 
-from engine.errors import AuthError, BatchApiMissingError, ErrorKind, ModelNotFoundError, ProviderError
-from engine.limits import RateLimits
-from engine.retry import parse_retry_after
+from engine.errors import (
+    AuthError,
+    BatchApiMissingError,
+    ErrorKind,
+    ModelNotFoundError,
+    ProviderError,
+)
+from engine.run.limits import RateLimits
+from engine.run.retry import parse_retry_after
 from engine.types import ChatRequest, Usage
 
 RawHeaders = Sequence[tuple[bytes, bytes]]

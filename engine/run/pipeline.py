@@ -11,20 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ..journal import Journal, record_to_outcome
+from ..prompts import PromptBuilder, VerdictParser, judge_index, prediction_is_valid
+from ..types import (
+    ChatResult,
+    Failure,
+    JoinedRow,
+    Outcome,
+    Row,
+    RowStatus,
+    Usage,
+)
 from . import streams
-from .batch import BatchProgress
-from .journal import Journal, record_to_outcome
-from .prompts import PromptBuilder, VerdictParser, judge_index, prediction_is_valid
-from .realtime import Deliver
+from .batch_stage import BatchProgress
 from .retry import is_transient
-from .types import ChatRequest, ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Usage
-
+from .stage import Stage
 
 
 @dataclass(slots=True)
@@ -178,23 +184,6 @@ def skipped_row(row: Row, reason: str) -> JoinedRow:
 
 
 OwedRow = tuple[Row, dict[str, dict[str, Any] | None]]
-
-
-class Stage(Protocol):
-    """Where one stage's requests go: realtime calls (``RealtimeStage``) or provider batches
-    (``BatchStage``). Outcomes come back through ``deliver``, in any order."""
-
-    async def run(self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve submissions; returns once closed and every submitted request is delivered."""
-
-    async def submit(self, row: Row, request: ChatRequest) -> None:
-        """Queue one request; may wait for capacity, never for the answer."""
-
-    async def flush(self) -> None:
-        """Send whatever is queued now (a batch stage seals its open file)."""
-
-    async def close(self) -> None:
-        """No more submissions: flush, and let ``run`` end when the last outcome is delivered."""
 
 
 class Pipeline:

@@ -18,9 +18,9 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .report import interval_text, percent
-from .results import RESULTS_FILE
-from .rundir import METRICS_FILE, RUN_FILE
+from ..results import RESULTS_FILE
+from ..rundir import METRICS_FILE, RUN_FILE
+from .summary import interval_text, percent
 
 ALPHA = 0.05
 _PAIRED = {"judge_accuracy": "verdict", "ground_truth_accuracy": "ground_truth_correct"}

@@ -10,21 +10,20 @@ a ``FatalError`` (a rejected key, an unknown model) escapes, because it dooms ev
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .errors import FatalError, ProviderError
+from ..errors import FatalError, ProviderError
+from ..formats import StructuredOutput
+from ..types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
 from .limits import Clock, Limiter, RateLimits
-from .formats import StructuredOutput
 from .outage import EndpointDown, Outage
 from .retry import RetryPolicy
-from .types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
+from .stage import Deliver
 
-Deliver = Callable[[Row, Outcome], Awaitable[None]]
 UNREACHABLE = frozenset({"connection", "timeout"})  # failure reasons that say the endpoint may be down
 
 
@@ -42,7 +41,7 @@ class Completion(Protocol):
 
 
 class ChatClient(Protocol):
-    """What an adapter offers the runner (``adapters.openai_compat.OpenAICompatClient``)."""
+    """What an adapter offers the runner (``adapters.openai.client.OpenAICompatClient``)."""
 
     async def complete(self, request: ChatRequest) -> Completion: ...
 
@@ -71,7 +70,7 @@ class RealtimeRunner:
     """Makes one call at a time per request, with the endpoint's limiter, retry policy and outage.
 
     Without an ``outage`` every failed attempt spends the retry allowance; with one, attempts
-    that found the endpoint down do not (they wait for it instead, see ``engine.outage``).
+    that found the endpoint down do not (they wait for it instead, see ``engine.run.outage``).
     """
 
     def __init__(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import anyio
 
-from .errors import ProviderError
+from ..errors import ProviderError
 from .limits import Clock
 
 

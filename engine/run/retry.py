@@ -14,10 +14,10 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
-from .errors import ProviderError
+from ..errors import ProviderError
 
 # What makes a failure final: an HTTP status the same request would get again, or one of these
 # reasons (a request the endpoint refused, a model it lacks, a batch file it rejected). Every other

@@ -16,7 +16,7 @@ import anyio
 import anyio.to_thread
 
 from .backends.base import Backend
-from .batches import BatchSettings
+from .batch_jobs import BatchSettings
 from .server import DEFAULT_MAX_BODY_BYTES, serve_forever
 
 __all__ = ["EmbeddedServer", "embedded_server"]
@@ -26,7 +26,7 @@ class EmbeddedServer:
     """The OpenAI-compatible server on a daemon thread; ``start()`` returns its base URL.
 
     Not restartable: make a new one (on the same ``data_dir`` it resumes the batches). ``port=0``
-    picks a free port; the options are :func:`~adapters.local.server.create_app`'s.
+    picks a free port; the options are :func:`~adapters.server.server.create_app`'s.
     """
 
     def __init__(
@@ -137,7 +137,7 @@ async def embedded_server(
 ) -> AsyncIterator[str]:
     """Serve ``backend`` for the block's duration and yield the base URL; works on asyncio and trio.
 
-    The options are :func:`~adapters.local.server.create_app`'s.
+    The options are :func:`~adapters.server.server.create_app`'s.
     """
     server = EmbeddedServer(
         backend,

@@ -46,14 +46,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from openai.types import Batch, FileObject
 
-from .config import BatchConfig
-from .errors import FatalError, ProviderError
-from .journal import EventLog
+from ..config import BatchConfig
+from ..errors import FatalError, ProviderError
+from ..journal import EventLog
+from ..prompts import estimate_tokens
+from ..types import ChatRequest, ChatResult, Failure, Outcome, Row, StageName, Usage
 from .limits import Clock
-from .prompts import estimate_tokens
-from .realtime import Deliver, RealtimeRunner
+from .realtime import RealtimeRunner
 from .retry import RetryPolicy, is_transient
-from .types import ChatRequest, ChatResult, Failure, Outcome, Row, StageName, Usage
+from .stage import Deliver
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 BATCHES_DIR = "batches"
@@ -65,7 +66,7 @@ T = TypeVar("T")
 
 
 class BatchClient(Protocol):
-    """The control plane an adapter offers (``adapters.openai_compat.OpenAICompatClient``)."""
+    """The control plane an adapter offers (``adapters.openai.client.OpenAICompatClient``)."""
 
     async def upload_batch_file(self, path: Path, filename: str) -> str: ...
     def list_batch_files(self) -> AsyncIterator[FileObject]: ...

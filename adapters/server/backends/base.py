@@ -57,7 +57,7 @@ class Backend(Protocol):
 
     ``models`` are the model ids the backend knows; ``None`` accepts any model name (and
     ``/v1/models`` then lists ``name``). ``complete`` gets a body the server has already
-    checked against OpenAI's spec (:mod:`adapters.local.chat_request`): ``model`` is a known
+    checked against OpenAI's spec (:mod:`adapters.server.chat_request`): ``model`` is a known
     non-empty string and ``messages`` a non-empty list of messages with a known ``role``;
     ``content`` is a string, an array of typed parts, or (an assistant turn with tool calls, a
     function turn) null or absent.

@@ -14,15 +14,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .batch import batch_log
-from .config import TaskConfig
-from .journal import journal_frames, journal_path
-from .types import STAGES
+from ..config import TaskConfig
+from ..formats import DESCRIBED, FORMATS
+from ..journal import journal_frames, journal_path
+from ..prompts import judge_prefixes
+from ..results import RESULTS_FILE
+from ..run.batch_stage import batch_log
+from ..sessions import RunFigures
+from ..types import STAGES
 from .metrics import failure_reasons, panel_metrics, quality_metrics
-from .prompts import judge_prefixes
-from .results import RESULTS_FILE
-from .formats import DESCRIBED, FORMATS
-from .sessions import RunFigures
 
 
 def stage_overlap(run_dir: Path) -> dict[str, Any]:

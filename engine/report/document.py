@@ -19,13 +19,13 @@ from typing import Any
 
 import polars as pl
 
+from ..journal import journal_frames, journal_path
+from ..results import RESULTS_FILE
+from ..run.batch_stage import batch_log
+from ..rundir import METRICS_FILE, RUN_FILE
+from ..types import STAGES, StageName
 from . import plots
-from .batch import batch_log
-from .journal import journal_frames, journal_path
-from .report import interval_text, percent
-from .results import RESULTS_FILE
-from .rundir import METRICS_FILE, RUN_FILE
-from .types import STAGES, StageName
+from .summary import interval_text, percent
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

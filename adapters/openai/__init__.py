@@ -1,0 +1,1 @@
+"""OpenAI's API (chat completions, Files, Batches) for any OpenAI-compatible endpoint."""
