@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from .run.limits import RateLimits
+    from .provider import RateLimits
 
 ErrorKind = Literal["no", "transient", "rate_limit"]
 

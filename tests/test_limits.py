@@ -8,7 +8,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.run.limits import Limiter, RateLimits, TokenBucket, regrown
+from engine.provider import RateLimits
+from engine.run.limits import Limiter, TokenBucket, regrown
 
 
 class FakeClock:

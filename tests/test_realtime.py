@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from engine.errors import AuthError, ProviderError
-from engine.run.limits import Limiter, RateLimits
+from engine.provider import RateLimits
+from engine.run.limits import Limiter
 from engine.run.realtime import RealtimeRunner
 from engine.run.retry import RetryPolicy
 from engine.types import ChatRequest, ChatResult, Failure, Usage

@@ -41,7 +41,7 @@ from engine.errors import (
     ModelNotFoundError,
     ProviderError,
 )
-from engine.run.limits import RateLimits
+from engine.provider import RateLimits
 from engine.run.retry import parse_retry_after
 from engine.types import ChatRequest, Usage
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+
+from ..provider import RateLimits
 
 # Waits shorter than this (seconds) count as none: float rounding must not leave a waiter sleeping,
 # again and again, for an interval too small to move the clock.
@@ -115,20 +116,6 @@ class TokenBucket:
     def _set(self, level: float, now: float) -> None:
         self._level = level
         self._updated = max(self._updated, now)
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    """What a response said about the endpoint's budgets (OpenAI's ``x-ratelimit-*`` headers).
-
-    Limits are per minute; ``remaining_*`` is what the server had left once it had admitted (or
-    refused) the call. ``None``: the response did not say.
-    """
-
-    limit_requests: float | None = None
-    limit_tokens: float | None = None
-    remaining_requests: float | None = None
-    remaining_tokens: float | None = None
 
 
 class Limiter:

@@ -18,8 +18,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..errors import FatalError, ProviderError
 from ..formats import StructuredOutput
+from ..provider import RateLimits
 from ..types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
-from .limits import Clock, Limiter, RateLimits
+from .limits import Clock, Limiter
 from .outage import EndpointDown, Outage
 from .retry import RetryPolicy
 from .stage import Deliver
