@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from adapters.openai.client import OpenAICompatClient
+from adapters.openai import OpenAIProvider
 from adapters.server.backends.base import BackendError, Completion
 from adapters.server.backends.sim import SimBackend, SimSettings
 from adapters.server.embedded import EmbeddedServer
@@ -99,7 +99,7 @@ async def _drive(url: str, scenario: Scenario, seconds: float, concurrency: int)
     clock = AnyioClock()
     limiter = Limiter(concurrency=concurrency, rpm=scenario.client_rpm, tpm=scenario.client_tpm, clock=clock)
     deadline = clock.now() + seconds
-    async with OpenAICompatClient(url, "bench") as client:
+    async with OpenAIProvider(url, "bench") as client:
         runner = RealtimeRunner(client, limiter, RetryPolicy(rng=random.Random(0)), clock)
 
         async def worker(offset: int) -> None:

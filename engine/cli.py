@@ -30,8 +30,9 @@ from .config import (
     merge_tables,
     with_overrides,
 )
+from .connect import local_backend
 from .errors import ConfigError, EngineError, ProviderError
-from .evaluation import Evaluation, local_backend
+from .evaluation import Evaluation
 from .progress import Style
 from .rundir import load_run
 from .shipped import example_config

@@ -95,6 +95,7 @@ class JudgeConfig(StageConfig):
 
 class EndpointConfig(_Strict):
     base_url: str | None = Field(None, description="None: start the embedded server")
+    provider: Literal["openai"] = Field("openai", description="the API the endpoint speaks (see engine.connect)")
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(64, ge=1, le=10_000)
     rpm: float | None = Field(None, gt=0)

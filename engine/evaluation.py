@@ -26,10 +26,8 @@ import polars as pl
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from adapters.openai.client import OpenAICompatClient
-from adapters.server.backends.base import Backend
-
-from .config import LocalServerConfig, TaskConfig
+from .config import TaskConfig
+from .connect import open_provider
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
 from .formats import DESCRIBED, StructuredOutput
@@ -42,6 +40,7 @@ from .journal import (
     scan_journal,
 )
 from .prompts import PromptBuilder, VerdictParser
+from .provider import ChatProvider, Provider
 from .report import summary
 from .report.document import write_report
 from .results import ResultsWriter
@@ -92,7 +91,11 @@ class Evaluation:
         retry_failed: bool = False,
         clock: Clock | None = None,
         row_buffer: int = 64,
+        provider: Provider | None = None,
     ) -> None:
+        """``provider``: the endpoint to run against (an ``engine.provider.Provider``, such as
+        ``MockProvider`` in tests), entered and closed by the evaluation; None for the one the
+        config's endpoint names, or the embedded server when it has no base URL."""
         if resume:
             if run_dir is None:
                 raise ValueError("resume=True needs the run_dir to resume")
@@ -108,6 +111,8 @@ class Evaluation:
         self.metrics: dict[str, Any] | None = None
         self.notes: list[str] = []
         self.base_url: str | None = config.endpoint.base_url
+        self._provider = provider
+        self._embedded = provider is None and not config.endpoint.base_url
         self.limiter: Limiter | None = None
         self.outage: Outage | None = None
         self.formats: StructuredOutput | None = None
@@ -135,21 +140,13 @@ class Evaluation:
             results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
             if self.resume:
                 await anyio.to_thread.run_sync(self._redo_stale_rows, dataset, results)
-            self.base_url = await self._endpoint()
-            client = await self._stack.enter_async_context(
-                OpenAICompatClient(
-                    self.base_url,
-                    config.api_key(),
-                    api_key_env=config.endpoint.api_key_env,
-                    timeout_s=config.endpoint.timeout_s,
-                )
-            )
+            provider = await self._connect()
             self.formats = builder.formats
-            await preflight(client, config, builder)
+            await preflight(provider, config, builder)
             self._note_formats(builder.formats)
-            write_run(self.run_dir, config, endpoint=config.endpoint.base_url or "embedded", started=started)
-            self._make_runners(client, builder.formats)
-            await self._start(dataset, builder, client, results)
+            write_run(self.run_dir, config, endpoint=self._endpoint_name(), started=started)
+            self._make_runners(provider, builder.formats)
+            await self._start(dataset, builder, provider, results)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
             if fresh and not (self.run_dir / RUN_FILE).exists():
@@ -185,7 +182,7 @@ class Evaluation:
                 f"its answers are constrained by {DESCRIBED[format]}"
             )
 
-    def _make_runners(self, client: OpenAICompatClient, formats: StructuredOutput) -> None:
+    def _make_runners(self, provider: Provider, formats: StructuredOutput) -> None:
         """One limiter, retry policy and outage for both stages: they share the endpoint.
 
         The limiter's latency target is a quarter of the timeout: a server that queues calls it
@@ -193,7 +190,7 @@ class Evaluation:
         """
         endpoint = self.config.endpoint
         concurrency = endpoint.concurrency
-        if endpoint.base_url is None and self.config.local.backend == "local":
+        if self._embedded and self.config.local.backend == "local":
             # The local model answers one request at a time: more in flight only queue at the
             # server, where their time counts against the client's timeout.
             concurrency = min(concurrency, LOCAL_MODEL_CONCURRENCY)
@@ -203,10 +200,10 @@ class Evaluation:
         )
         self.outage = Outage(self._clock, timeout_s=endpoint.outage_timeout_s)
         policy = RetryPolicy(max_retries=endpoint.max_retries)
-        self.predict_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
-        self.judge_runner = RealtimeRunner(client, self.limiter, policy, self._clock, self.outage, formats)
+        self.predict_runner = RealtimeRunner(provider, self.limiter, policy, self._clock, self.outage, formats)
+        self.judge_runner = RealtimeRunner(provider, self.limiter, policy, self._clock, self.outage, formats)
 
-    def _make_stages(self, client: OpenAICompatClient) -> tuple[Stage, Stage]:
+    def _make_stages(self, provider: Provider) -> tuple[Stage, Stage]:
         """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
         stage after each batch, so a finished batch's rows are judged at once."""
         assert self.predict_runner is not None and self.judge_runner is not None
@@ -221,7 +218,7 @@ class Evaluation:
                 continue
             stages[name] = BatchStage(
                 stage=name,
-                client=client,
+                provider=provider,
                 run_dir=self.run_dir,
                 run_id=self.run_dir.name,
                 settings=self.config.batch,
@@ -238,7 +235,7 @@ class Evaluation:
         return predict, judge
 
     async def _start(
-        self, dataset: Dataset, builder: PromptBuilder, client: OpenAICompatClient, results: ResultsWriter
+        self, dataset: Dataset, builder: PromptBuilder, provider: Provider, results: ResultsWriter
     ) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
         assert self.predict_runner is not None and self.judge_runner is not None
@@ -257,7 +254,7 @@ class Evaluation:
         self._account_for_earlier_rows(results)
         emit, joined = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
         rows_in, self._rows_out = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
-        predict, judge = self._make_stages(client)
+        predict, judge = self._make_stages(provider)
         rows_in_flight = 2 * self.config.endpoint.concurrency
         if self.config.uses_batch:
             rows_in_flight = max(rows_in_flight, self.config.batch.max_rows_in_flight)
@@ -316,16 +313,20 @@ class Evaluation:
                     for _ in streams.buffered(self._rows_out):
                         pass
 
-    async def _endpoint(self) -> str:
+    def _endpoint_name(self) -> str:
+        """What ``run.json`` records as the endpoint: its URL, ``embedded``, or the class of a
+        provider handed in without one."""
         if self.config.endpoint.base_url:
             return self.config.endpoint.base_url
-        from adapters.server.embedded import embedded_server
+        return "embedded" if self._provider is None else type(self._provider).__name__
 
-        # The server keeps its files and batches in the run directory, so a resumed run finds
-        # the batches its killed predecessor had in progress.
-        backend = await anyio.to_thread.run_sync(local_backend, self.config.local)
-        server = embedded_server(backend, data_dir=self.run_dir / "server")
-        return await self._stack.enter_async_context(server)
+    async def _connect(self) -> Provider:
+        """The provider handed in, or the one the config names (and the embedded server when
+        the config has no base URL): entered on the evaluation's stack."""
+        if self._provider is not None:
+            return await self._stack.enter_async_context(self._provider)
+        provider, self.base_url = await open_provider(self.config, self._stack, server_dir=self.run_dir / "server")
+        return provider
 
     # -- the collector: joined rows -> parquet parts, live stats, the caller's stream --------
 
@@ -364,7 +365,7 @@ class Evaluation:
             self.run_dir,
             self.config,
             figures=run_figures(self.run_dir, now=time.time()),
-            backend=self.config.local.backend if self.config.endpoint.base_url is None else None,
+            backend=self.config.local.backend if self._embedded else None,
         )
         assert self.formats is not None
         metrics["structured_output"] = {
@@ -402,7 +403,7 @@ def _journaled_ids(run_dir: Path, stage: StageName) -> set[str]:
     return set(frame.to_series().to_list())
 
 
-async def preflight(client: OpenAICompatClient, config: TaskConfig, builder: PromptBuilder) -> None:
+async def preflight(provider: ChatProvider, config: TaskConfig, builder: PromptBuilder) -> None:
     """One tiny call per batch-mode caller before anything is submitted, in its structured-output
     format: a format the endpoint refuses moves to the next one here (``engine.formats``).
 
@@ -416,7 +417,7 @@ async def preflight(client: OpenAICompatClient, config: TaskConfig, builder: Pro
         while True:
             request = builder.preflight(caller)
             try:
-                await client.complete(request)
+                await provider.complete(request)
             except FatalError:
                 raise
             except ProviderError as error:
@@ -438,34 +439,3 @@ def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str
         for prefix in judge_prefixes:
             frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
     return frames
-
-
-def local_backend(local: LocalServerConfig) -> Backend:
-    """The embedded server's backend as configured; the local model is loaded here, once."""
-    if local.backend == "local":
-        from adapters.server.backends.llama import (
-            LlamaBackend,
-            LlamaSettings,
-            ModelUnavailable,
-        )
-
-        try:
-            model = LlamaBackend(LlamaSettings(n_threads=local.threads, seed=local.seed))
-            model.load()
-        except ModelUnavailable as exc:
-            raise ConfigError(
-                f"local.backend = \"local\": {exc} (or evaluate with the simulator: --set local.backend=sim, "
-                "or point --base-url at a hosted model)"
-            ) from None
-        return model
-    from adapters.server.backends.sim import SimBackend, SimSettings
-
-    settings = SimSettings(
-        latency_ms=local.latency_ms,
-        rpm=local.rpm,
-        tpm=local.tpm,
-        error_rate=local.error_rate,
-        batch_min_seconds=local.batch_min_seconds,
-        seed=local.seed,
-    )
-    return SimBackend(settings)

@@ -21,8 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .evaluation import Evaluation
+from .provider import TERMINAL_BATCH_STATUSES
 from .report.metrics import wilson_interval
-from .run.batch_stage import TERMINAL
 
 Style = Literal["live", "plain", "json"]
 
@@ -81,7 +81,7 @@ def _batches(data: dict[str, Any]) -> str:
     parts = []
     for status, entry in sorted(data["batches"].items()):
         text = f"{entry['batches']} {status}"
-        if status not in TERMINAL:
+        if status not in TERMINAL_BATCH_STATUSES:
             text += f" ({entry['lines_done']}/{entry['lines']})"
         parts.append(text)
     return "batches " + ", ".join(parts) if parts else ""

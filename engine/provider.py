@@ -69,7 +69,8 @@ class BatchCounts:
 @dataclass(frozen=True, slots=True)
 class BatchJob:
     """A provider batch as the engine sees it. Times are Unix seconds; ``errors`` says, line by
-    line, why a ``failed`` batch was refused; ``tags`` are the ones it was created with."""
+    line, why a ``failed`` batch was refused; ``tags`` are the ones it was created with;
+    ``results`` are the provider's handles of its result files by kind, opaque to the engine."""
 
     id: str
     status: str
@@ -80,6 +81,7 @@ class BatchJob:
     in_progress_at: float | None = None
     finished_at: float | None = None
     errors: tuple[str, ...] = ()
+    results: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 from aiohttp import web
 
-from adapters.openai.client import OpenAICompatClient
+from adapters.openai import OpenAIProvider
 from adapters.server.backends.base import Completion, Hang
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
@@ -33,9 +33,9 @@ from engine.config import BatchConfig
 from engine.errors import BatchApiMissingError, ProviderError
 from engine.journal import journal_path, scan_journal
 from engine.prompts import estimate_tokens
+from engine.provider import ChatReply
 from engine.run.batch_stage import BatchStage
 from engine.run.limits import Limiter
-from engine.run.realtime import Completion as ChatCompletion
 from engine.run.realtime import RealtimeRunner
 from engine.run.retry import RetryPolicy
 from engine.types import ChatRequest, Outcome, Row
@@ -313,13 +313,13 @@ async def test_batch_mode_without_a_batch_api_says_how_to_get_one(tmp_path: Path
 async def test_every_batch_call_that_finds_no_batch_api_says_so(tmp_path: Path) -> None:
     request = tmp_path / "predict-00001.jsonl"
     request.write_text("{}\n")
-    async with chat_only_server() as (url, seen), OpenAICompatClient(url, "x") as client:
+    async with chat_only_server() as (url, seen), OpenAIProvider(url, "x") as client:
         with pytest.raises(BatchApiMissingError, match="no Files/Batches API"):
-            await client.upload_batch_file(request, request.name)
+            await client.upload_input(request, request.name)
         with pytest.raises(BatchApiMissingError, match="no Files/Batches API"):
             await client.create_batch("file-1", {})
         with pytest.raises(BatchApiMissingError, match="no Files/Batches API"):
-            async for _ in client.list_batches():
+            async for _ in client.list_batches({}, since=0):
                 pass
     assert seen == ["POST /v1/files", "POST /v1/batches", "GET /v1/batches"]
 
@@ -330,11 +330,11 @@ async def test_every_batch_call_that_finds_no_batch_api_says_so(tmp_path: Path) 
 class RecordingChat:
     """The adapter's chat call, recording every request the runner sends."""
 
-    def __init__(self, client: OpenAICompatClient) -> None:
+    def __init__(self, client: OpenAIProvider) -> None:
         self._client = client
         self.requests: list[ChatRequest] = []
 
-    async def complete(self, request: ChatRequest) -> ChatCompletion:
+    async def complete(self, request: ChatRequest) -> ChatReply:
         self.requests.append(request)
         return await self._client.complete(request)
 
@@ -347,11 +347,11 @@ async def test_batch_lines_retried_in_realtime_are_charged_their_token_estimate(
 
     backend = CountingBackend(SimSettings(seed=5, batch_fail_rate=1.0))
     with EmbeddedServer(backend, data_dir=tmp_path / "server") as url:
-        async with OpenAICompatClient(url, "x") as client:
+        async with OpenAIProvider(url, "x") as client:
             chat = RecordingChat(client)
             clock = InstantClock()
             stage = BatchStage(
-                stage="predict", client=client, run_dir=tmp_path / "run", run_id="run",
+                stage="predict", provider=client, run_dir=tmp_path / "run", run_id="run",
                 settings=BatchConfig(poll_initial_s=0.02, poll_max_s=0.05, realtime_retry_below=100),
                 policy=RetryPolicy(), clock=clock,
                 realtime=RealtimeRunner(chat, Limiter(concurrency=4, clock=clock), RetryPolicy(), clock),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.run.batch_stage import parse_output_line
+from adapters.openai.batch_format import parse_output_line
 from engine.run.retry import is_transient
 from engine.types import ChatResult, Failure, Usage
 

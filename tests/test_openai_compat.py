@@ -8,11 +8,13 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from adapters.openai.client import Completion, OpenAICompatClient, _env_proxy
+from adapters.openai import OpenAIProvider
+from adapters.openai.provider import _env_proxy
 from adapters.server.backends import SimBackend, SimSettings
 from adapters.server.embedded import EmbeddedServer
 from benchmarks.proxy import FaultProxy
 from engine.errors import AuthError, ModelNotFoundError, ProviderError
+from engine.provider import ChatReply
 from engine.types import ChatRequest
 
 KEY = "sk-test-adapter-0123456789"
@@ -24,9 +26,9 @@ def request(model: str = "small") -> ChatRequest:
     return ChatRequest("predict:0", "0", "predict", body, estimated_tokens=10)
 
 
-def call(url: str, key: str, chat: ChatRequest, backend: str, timeout_s: float = 60.0) -> Completion | ProviderError:
-    async def main() -> Completion | ProviderError:
-        async with OpenAICompatClient(url, key, api_key_env="TEST_KEY", timeout_s=timeout_s) as client:
+def call(url: str, key: str, chat: ChatRequest, backend: str, timeout_s: float = 60.0) -> ChatReply | ProviderError:
+    async def main() -> ChatReply | ProviderError:
+        async with OpenAIProvider(url, key, api_key_env="TEST_KEY", timeout_s=timeout_s) as client:
             try:
                 return await client.complete(chat)
             except ProviderError as exc:
@@ -45,7 +47,7 @@ def url() -> Iterator[str]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_answer_with_usage_and_rate_limits(url: str, backend: str) -> None:
     completion = call(url, KEY, request(), backend)
-    assert isinstance(completion, Completion), completion
+    assert isinstance(completion, ChatReply), completion
     assert completion.content and completion.model == "sim:small"
     assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
     assert completion.rate_limits is not None and completion.rate_limits.limit_requests == 6000

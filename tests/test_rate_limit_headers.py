@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.openai.client import OpenAICompatClient
+from adapters.openai import OpenAIProvider
 from adapters.server.backends import SimBackend, SimSettings
 from adapters.server.embedded import embedded_server
 from engine import Evaluation
@@ -21,7 +21,7 @@ REQUEST = ChatRequest("predict:0", "0", "predict", BODY, estimated_tokens=10)
 
 async def test_completions_and_429s_carry_the_rate_limit_headers() -> None:
     settings = SimSettings(rpm=2, tpm=1000, burst_seconds=60)
-    async with embedded_server(SimBackend(settings)) as url, OpenAICompatClient(url, "test") as client:
+    async with embedded_server(SimBackend(settings)) as url, OpenAIProvider(url, "test") as client:
         first = await client.complete(REQUEST)
         await client.complete(REQUEST)
         with pytest.raises(ProviderError) as caught:
@@ -34,7 +34,7 @@ async def test_completions_and_429s_carry_the_rate_limit_headers() -> None:
 
 
 async def test_a_server_without_limits_sends_none() -> None:
-    async with embedded_server(SimBackend(SimSettings())) as url, OpenAICompatClient(url, "test") as client:
+    async with embedded_server(SimBackend(SimSettings())) as url, OpenAIProvider(url, "test") as client:
         assert (await client.complete(REQUEST)).rate_limits is None
 
 

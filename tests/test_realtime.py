@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import anyio
 import pytest
 
 from engine.errors import AuthError, ProviderError
-from engine.provider import RateLimits
+from engine.provider import ChatReply, RateLimits
 from engine.run.limits import Limiter
 from engine.run.realtime import RealtimeRunner
 from engine.run.retry import RetryPolicy
@@ -30,23 +29,18 @@ class FakeClock:
         await anyio.lowlevel.checkpoint()
 
 
-@dataclass(frozen=True)
-class Reply:
-    content: str
-    model: str = "m"
-    usage: Usage = Usage(10, 2)
-    latency_s: float = 0.01
-    rate_limits: RateLimits | None = None
+def reply(content: str, rate_limits: RateLimits | None = None) -> ChatReply:
+    return ChatReply(content, "m", Usage(10, 2), 0.01, rate_limits)
 
 
 class ScriptedClient:
     """Answers each call with the next scripted reply or error."""
 
-    def __init__(self, *script: Reply | ProviderError) -> None:
+    def __init__(self, *script: ChatReply | ProviderError) -> None:
         self.script = list(script)
         self.calls = 0
 
-    async def complete(self, request: ChatRequest) -> Reply:
+    async def complete(self, request: ChatRequest) -> ChatReply:
         self.calls += 1
         step = self.script.pop(0)
         if isinstance(step, ProviderError):
@@ -67,7 +61,7 @@ async def test_transient_errors_are_retried_then_succeed() -> None:
     client = ScriptedClient(
         ProviderError("boom", kind="transient", reason="http_503", status_code=503),
         ProviderError("reset", kind="transient", reason="connection"),
-        Reply("Drama"),
+        reply("Drama"),
     )
     run = runner(client, clock)
     outcome = await run.call(REQUEST)
@@ -77,7 +71,7 @@ async def test_transient_errors_are_retried_then_succeed() -> None:
 
 async def test_429_waits_what_the_server_asked_and_pauses_everyone() -> None:
     clock = FakeClock()
-    client = ScriptedClient(ProviderError("slow down", kind="rate_limit", reason="http_429", retry_after=7.0), Reply("x"))
+    client = ScriptedClient(ProviderError("slow down", kind="rate_limit", reason="http_429", retry_after=7.0), reply("x"))
     run = runner(client, clock)
     outcome = await run.call(REQUEST)
     assert isinstance(outcome, ChatResult) and run.stats.rate_limited == 1
@@ -116,7 +110,7 @@ async def test_the_runner_passes_on_what_the_endpoint_says_about_its_limits() ->
     refused = ProviderError(
         "slow down", kind="rate_limit", reason="http_429", retry_after=0.0, rate_limits=RateLimits(limit_requests=300)
     )
-    client = ScriptedClient(Reply("x", rate_limits=RateLimits(limit_requests=600, limit_tokens=60_000)), refused, Reply("y"))
+    client = ScriptedClient(reply("x", rate_limits=RateLimits(limit_requests=600, limit_tokens=60_000)), refused, reply("y"))
     run = RealtimeRunner(client, limiter, RetryPolicy(rng=random.Random(0)), clock)
     await run.call(REQUEST)
     assert limiter.rates == pytest.approx((588.0, 58_800.0))

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from adapters.openai.client import OpenAICompatClient
+from adapters.openai import OpenAIProvider
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
 from benchmarks.faults import CountingBackend
@@ -71,7 +71,7 @@ def test_every_format_reads_back_as_the_choice() -> None:
 
 async def test_a_server_validation_error_sent_as_a_500_is_not_retried() -> None:
     with EmbeddedServer(CountingBackend(SimSettings(response_formats=LLAMA_LIKE))) as url:
-        async with OpenAICompatClient(url, "x") as client:
+        async with OpenAIProvider(url, "x") as client:
             with pytest.raises(ProviderError) as caught:
                 await client.complete(constrained())
     error = caught.value

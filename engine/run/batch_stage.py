@@ -1,11 +1,11 @@
 """Batch API mode: a pipeline stage served by provider batches, never paid for twice.
 
-Requests are written, as they are submitted, into JSONL files under ``batches/`` (at most
-``max_requests_per_file`` lines and ``max_bytes_per_file`` bytes each). A sealed file is
-uploaded (``purpose="batch"``) and a batch created with ``metadata`` naming the run, the stage,
-the file ("chunk") and the attempt; the file id and the batch id go into
+Requests are written, as they are submitted, into files under ``batches/`` in the provider's
+line format (at most ``max_requests_per_file`` lines and ``max_bytes_per_file`` bytes each). A
+sealed file is uploaded and a batch created with tags naming the run, the stage, the file
+("chunk") and the attempt (everything provider-specific is behind ``engine.provider``); the file id and the batch id go into
 ``journal/batches.ndjson`` the moment they exist. Each batch is polled with backoff; when it ends,
-its output and error files are downloaded beside the request file and every line becomes an
+its result files are downloaded beside the request file and every line becomes an
 outcome for the pipeline, carrying in ``attempts`` how many times the line was paid for (each
 batch it was in, plus each realtime call). Lines that failed for a reason worth retrying (5xx,
 429, expiry, cancellation, no line at all) are retried up to ``max_line_retries`` times: as
@@ -33,48 +33,34 @@ never turned into a batch (a crash in between) becomes its batch now. A request 
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from openai.types import Batch, FileObject
 
 from ..config import BatchConfig
 from ..errors import FatalError, ProviderError
 from ..journal import EventLog
 from ..prompts import estimate_tokens
-from ..types import ChatRequest, ChatResult, Failure, Outcome, Row, StageName, Usage
+from ..provider import BatchJob, BatchProvider
+from ..types import ChatRequest, Failure, Outcome, Row, StageName
 from .limits import Clock
 from .realtime import RealtimeRunner
 from .retry import RetryPolicy, is_transient
 from .stage import Deliver
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 BATCHES_DIR = "batches"
 _CHUNK_NAME = re.compile(r"^(predict|judge)-(\d{5})$")
 # How far the endpoint's clock (its batches' and files' ``created_at``) may be behind ours.
 _CLOCK_SKEW_S = 600.0
 
 T = TypeVar("T")
-
-
-class BatchClient(Protocol):
-    """The control plane an adapter offers (``adapters.openai.client.OpenAICompatClient``)."""
-
-    async def upload_batch_file(self, path: Path, filename: str) -> str: ...
-    def list_batch_files(self) -> AsyncIterator[FileObject]: ...
-    async def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> Batch: ...
-    async def retrieve_batch(self, batch_id: str) -> Batch: ...
-    async def cancel_batch(self, batch_id: str) -> Batch: ...
-    def list_batches(self) -> AsyncIterator[Batch]: ...
-    async def download_file(self, file_id: str, path: Path) -> None: ...
 
 
 @dataclass(slots=True)
@@ -102,43 +88,16 @@ class _Chunk:
     early: dict[str, Outcome] = field(default_factory=dict)
     handle: IO[str] | None = None
 
-    def lines(self) -> dict[str, str]:
+    def lines(self, provider: BatchProvider) -> dict[str, str]:
         """The request lines by custom_id, read back from the file."""
         with self.path.open(encoding="utf-8") as source:
-            return {json.loads(line)["custom_id"]: line for line in source if line.strip()}
+            return {provider.decode_line(line)[0]: line for line in source if line.strip()}
 
 
 def batch_log(run_dir: Path) -> EventLog:
     """``journal/batches.ndjson``: every batch file id and batch id the moment it exists, and
     each batch's end."""
     return EventLog(run_dir / "journal" / "batches.ndjson")
-
-
-def parse_output_line(line: dict[str, Any]) -> Outcome:
-    """One line of a batch output or error file -> an outcome."""
-    custom_id = str(line.get("custom_id"))
-    response = line.get("response")
-    error = line.get("error")
-    if isinstance(response, dict):
-        status = response.get("status_code")
-        body = response.get("body") or {}
-        if status == 200:
-            try:
-                message = body["choices"][0]["message"]
-                content = message.get("content")
-                usage = body.get("usage") or {}
-            except (KeyError, IndexError, TypeError, AttributeError):
-                return Failure(custom_id, "malformed_body", "the batch line is not a chat completion")
-            if not isinstance(content, str) or not content.strip():
-                return Failure(custom_id, "empty_response", "the response has no message content")
-            tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-            return ChatResult(custom_id, content, str(body.get("model") or ""), tokens, latency_s=None)
-        detail = body.get("error") if isinstance(body, dict) else None
-        message = detail.get("message") if isinstance(detail, dict) else str(body)[:200]
-        return Failure(custom_id, f"http_{status}", f"HTTP {status}: {message}", status_code=status)
-    if isinstance(error, dict):
-        return Failure(custom_id, str(error.get("code") or "batch_error"), str(error.get("message") or ""))
-    return Failure(custom_id, "malformed_line", "the batch line has neither a response nor an error")
 
 
 class BatchStage:
@@ -148,7 +107,7 @@ class BatchStage:
         self,
         *,
         stage: StageName,
-        client: BatchClient,
+        provider: BatchProvider,
         run_dir: Path,
         run_id: str,
         settings: BatchConfig,
@@ -165,7 +124,7 @@ class BatchStage:
         failures; ``after_batch`` runs after each batch's outcomes are delivered (the judge
         stage's flush)."""
         self.stage: StageName = stage
-        self._client = client
+        self._provider = provider
         self._dir = run_dir / BATCHES_DIR
         self._dir.mkdir(parents=True, exist_ok=True)
         self._log = batch_log(run_dir)
@@ -209,10 +168,7 @@ class BatchStage:
             else:
                 owner.rows[request.custom_id] = row
             return
-        line = json.dumps(
-            {"custom_id": request.custom_id, "method": "POST", "url": "/v1/chat/completions", "body": request.body},
-            ensure_ascii=False,
-        )
+        line = self._provider.encode_line(request)
         size = len(line.encode()) + 1
         chunk = self._open
         if chunk is not None and chunk.size + size > self._settings.max_bytes_per_file:
@@ -271,54 +227,50 @@ class BatchStage:
 
         async def upload_once() -> str:
             nonlocal tried
-            if tried:
-                async for uploaded in self._client.list_batch_files():
-                    if uploaded.created_at < since:
-                        break  # newest first: the rest predate the first try
-                    if uploaded.filename == filename and uploaded.bytes == size:
-                        return uploaded.id
+            if tried and (uploaded := await self._provider.find_input(filename, size, since)) is not None:
+                return uploaded
             tried = True
-            return await self._client.upload_batch_file(chunk.path, filename)
+            return await self._provider.upload_input(chunk.path, filename)
 
         return await self._control(f"uploading {chunk.path.name}", upload_once)
 
-    async def _create(self, chunk: _Chunk, file_id: str) -> Batch:
+    async def _create(self, chunk: _Chunk, file_id: str) -> BatchJob:
         """Create the chunk's batch once; after a lost reply, adopt the batch that was created."""
         tags = {"engine_run": self._run_id, "engine_stage": self.stage, "engine_chunk": chunk.name,
                 "engine_attempt": str(chunk.attempt)}
         since = time.time() - _CLOCK_SKEW_S
         tried = False
 
-        async def create_once() -> Batch:
+        async def create_once() -> BatchJob:
             nonlocal tried
             if tried:
-                async for batch in self._tagged_batches(since):
-                    if batch.input_file_id == file_id and all(_tag(batch, key) == value for key, value in tags.items()):
+                async for batch in self._provider.list_batches(tags, since):
+                    if batch.input_id == file_id:
                         return batch
             tried = True
-            return await self._client.create_batch(file_id, tags)
+            return await self._provider.create_batch(file_id, tags)
 
         return await self._control(f"creating the batch of {chunk.name}", create_once)
 
-    async def _follow(self, chunk: _Chunk, batch: Batch) -> None:
+    async def _follow(self, chunk: _Chunk, batch: BatchJob) -> None:
         """Poll ``batch`` to its end, then deliver or retry each of the chunk's lines."""
         delay = self._settings.poll_initial_s
         first_seen = self._clock.now()
         while True:
             self._note(chunk, batch)
-            if batch.status in TERMINAL:
+            if batch.terminal:
                 break
             if batch.status == "validating" and self._clock.now() - first_seen > self._settings.validating_timeout_s:
-                batch = await self._control(f"cancelling batch {batch.id} ({chunk.name})", self._client.cancel_batch, batch.id)
+                batch = await self._control(f"cancelling batch {batch.id} ({chunk.name})", self._provider.cancel_batch, batch.id)
                 first_seen = float("inf")  # cancel once
                 continue
             await self._clock.sleep(delay)
             delay = min(delay * self._settings.poll_factor, self._settings.poll_max_s)
-            batch = await self._control(f"polling batch {batch.id} ({chunk.name})", self._client.retrieve_batch, batch.id)
+            batch = await self._control(f"polling batch {batch.id} ({chunk.name})", self._provider.retrieve_batch, batch.id)
         self._log.append({
             "event": "ended", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id, "status": batch.status,
             "created_at": batch.created_at, "in_progress_at": batch.in_progress_at,
-            "finished_at": batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at,
+            "finished_at": batch.finished_at,
             "lines": len(chunk.custom_ids),
         })
         outcomes = await self._download(chunk, batch)
@@ -338,25 +290,18 @@ class BatchStage:
             if self.after_batch is not None:
                 await self.after_batch()
 
-    def _missing(self, custom_id: str, batch: Batch) -> Failure:
+    def _missing(self, custom_id: str, batch: BatchJob) -> Failure:
         if batch.status == "failed":
-            errors = "; ".join(
-                f"line {error.line}: {error.message}" if error.line else str(error.message)
-                for error in (batch.errors.data or [] if batch.errors else [])
-            )
+            errors = "; ".join(batch.errors)
             return Failure(custom_id, "batch_failed", f"batch {batch.id} failed validation: {errors or 'no reason given'}")
         return Failure(custom_id, f"batch_{batch.status}", f"batch {batch.id} ended {batch.status} without this line")
 
-    async def _download(self, chunk: _Chunk, batch: Batch) -> dict[str, Outcome]:
+    async def _download(self, chunk: _Chunk, batch: BatchJob) -> dict[str, Outcome]:
+        what = f"downloading the results of batch {batch.id} ({chunk.name})"
+        paths = await self._control(what, self._provider.download_results, batch, self._dir / chunk.name)
         outcomes: dict[str, Outcome] = {}
-        for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
-            if not file_id:
-                continue
-            path = self._dir / f"{chunk.name}.{kind}.jsonl"
-            if not path.exists():
-                what = f"downloading the {kind} file {file_id} of batch {batch.id} ({chunk.name})"
-                await self._control(what, self._client.download_file, file_id, path)
-            outcomes.update(await anyio.to_thread.run_sync(_read_outcomes, path))
+        for path in paths:
+            outcomes.update(await anyio.to_thread.run_sync(_by_custom_id, self._provider.read_results(path)))
         return outcomes
 
     async def _settle(self, chunk: _Chunk, custom_id: str, outcome: Outcome) -> None:
@@ -371,7 +316,7 @@ class BatchStage:
         await self._deliver(row, outcome)
 
     async def _retry(self, chunk: _Chunk, custom_ids: list[str]) -> None:
-        lines = chunk.lines()
+        lines = chunk.lines(self._provider)
         if len(custom_ids) < self._settings.realtime_retry_below:
             assert self._group is not None
             for custom_id in custom_ids:
@@ -391,7 +336,7 @@ class BatchStage:
     async def _retry_realtime(self, chunk: _Chunk, custom_id: str, line: str) -> None:
         """One line as a realtime call, paced like any request; its outcome counts the batches
         the line was in besides the calls."""
-        body: dict[str, Any] = json.loads(line)["body"]
+        body = self._provider.decode_line(line)[1]
         row = chunk.rows.get(custom_id)
         row_id = row.row_id if row is not None else custom_id.partition(":")[2]
         reply_budget = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
@@ -399,8 +344,8 @@ class BatchStage:
         outcome = await self._realtime.call(request)
         await self._settle(chunk, custom_id, replace(outcome, attempts=chunk.attempt + 1 + outcome.attempts))
 
-    def _note(self, chunk: _Chunk, batch: Batch) -> None:
-        counts = batch.request_counts
+    def _note(self, chunk: _Chunk, batch: BatchJob) -> None:
+        counts = batch.counts
         self.progress[batch.id] = BatchProgress(
             self.stage, chunk.name, batch.status,
             counts.total if counts else 0, counts.completed if counts else 0, counts.failed if counts else 0,
@@ -442,18 +387,18 @@ class BatchStage:
             return
         done = self._journaled()
         since = min(float(event.get("at", 0)) for event in events) - _CLOCK_SKEW_S
-        listed = await self._control("listing the endpoint's batches", self._list_tagged, since)
+        listed = await self._control("listing the endpoint's batches", self._list_ours, since)
         batches = {batch.id: batch for batch in listed}
         for event in events:
             if event["event"] == "batch" and event["batch_id"] not in batches:
                 what = f"retrieving batch {event['batch_id']} ({event['chunk']})"
-                batches[event["batch_id"]] = await self._control(what, self._client.retrieve_batch, event["batch_id"])
-        chunks_with_batch = {_tag(batch, "engine_chunk") for batch in batches.values()}
+                batches[event["batch_id"]] = await self._control(what, self._provider.retrieve_batch, event["batch_id"])
+        chunks_with_batch = {batch.tags.get("engine_chunk") for batch in batches.values()}
         newest_first = sorted(batches.values(), key=lambda batch: batch.created_at, reverse=True)
-        adopted: list[tuple[_Chunk, Batch | None, str | None]] = []
+        adopted: list[tuple[_Chunk, BatchJob | None, str | None]] = []
         for batch in newest_first:
-            name, attempt = _tag(batch, "engine_chunk"), int(_tag(batch, "engine_attempt") or 0)
-            chunk = await self._adopt(name, attempt, batch.input_file_id, done)
+            name, attempt = batch.tags.get("engine_chunk", ""), int(batch.tags.get("engine_attempt") or 0)
+            chunk = await self._adopt(name, attempt, batch.input_id, done)
             if chunk is not None:
                 adopted.append((chunk, batch, None))
         for event in events:  # uploaded, but the batch was never created
@@ -480,7 +425,7 @@ class BatchStage:
         if not path.exists():
             what = f"restoring {path.name} from the endpoint's file {file_id}"
             try:
-                await self._control(what, self._client.download_file, file_id, path)
+                await self._control(what, self._provider.download_input, file_id, path)
             except FatalError:
                 raise
             except ProviderError as error:
@@ -488,35 +433,18 @@ class BatchStage:
                     raise
                 return None  # the provider's copy is gone too: which lines it held is unknown
         chunk = _Chunk(name, path, attempt=attempt)
-        chunk.custom_ids = [cid for cid in chunk.lines() if cid not in done and cid not in self._owner]
+        chunk.custom_ids = [cid for cid in chunk.lines(self._provider) if cid not in done and cid not in self._owner]
         if not chunk.custom_ids:
             return None
         for custom_id in chunk.custom_ids:
             self._owner[custom_id] = chunk
         return chunk
 
-    async def _list_tagged(self, since: float) -> list[Batch]:
-        return [batch async for batch in self._tagged_batches(since)]
-
-    async def _tagged_batches(self, since: float) -> AsyncIterator[Batch]:
-        """This run's batches for this stage created after ``since``, from the endpoint's list."""
-        async for batch in self._client.list_batches():
-            if batch.created_at < since:
-                break  # the list is newest first: the rest predate this run
-            if _tag(batch, "engine_run") == self._run_id and _tag(batch, "engine_stage") == self.stage:
-                yield batch
+    async def _list_ours(self, since: float) -> list[BatchJob]:
+        """This run's batches for this stage created after ``since``."""
+        tags = {"engine_run": self._run_id, "engine_stage": self.stage}
+        return [batch async for batch in self._provider.list_batches(tags, since)]
 
 
-def _tag(batch: Batch, key: str) -> str:
-    return str((batch.metadata or {}).get(key) or "")
-
-
-def _read_outcomes(path: Path) -> dict[str, Outcome]:
-    outcomes: dict[str, Outcome] = {}
-    with path.open(encoding="utf-8") as source:
-        for line in source:
-            if line.strip():
-                outcome = parse_output_line(json.loads(line))
-                outcomes[outcome.custom_id] = outcome
-    return outcomes
-
+def _by_custom_id(outcomes: Iterator[Outcome]) -> dict[str, Outcome]:
+    return {outcome.custom_id: outcome for outcome in outcomes}

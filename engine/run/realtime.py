@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..errors import FatalError, ProviderError
 from ..formats import StructuredOutput
-from ..provider import RateLimits
+from ..provider import ChatProvider
 from ..types import ChatRequest, ChatResult, Failure, Outcome, Row, Usage
 from .limits import Clock, Limiter
 from .outage import EndpointDown, Outage
@@ -26,25 +25,6 @@ from .retry import RetryPolicy
 from .stage import Deliver
 
 UNREACHABLE = frozenset({"connection", "timeout"})  # failure reasons that say the endpoint may be down
-
-
-class Completion(Protocol):
-    @property
-    def content(self) -> str: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def usage(self) -> Usage: ...
-    @property
-    def latency_s(self) -> float: ...
-    @property
-    def rate_limits(self) -> RateLimits | None: ...
-
-
-class ChatClient(Protocol):
-    """What an adapter offers the runner (``adapters.openai.client.OpenAICompatClient``)."""
-
-    async def complete(self, request: ChatRequest) -> Completion: ...
 
 
 @dataclass(slots=True)
@@ -76,7 +56,7 @@ class RealtimeRunner:
 
     def __init__(
         self,
-        client: ChatClient,
+        provider: ChatProvider,
         limiter: Limiter,
         policy: RetryPolicy,
         clock: Clock,
@@ -85,7 +65,7 @@ class RealtimeRunner:
     ) -> None:
         """``formats``: constrained requests go in the format the endpoint accepts (see
         ``engine.formats``); a refused format is tried again at once in the next one."""
-        self._client = client
+        self._provider = provider
         self._limiter = limiter
         self._policy = policy
         self._clock = clock
@@ -108,7 +88,7 @@ class RealtimeRunner:
             self.stats.in_flight += 1
             sent = self._formats.current(request) if self._formats is not None else request
             try:
-                completion = await self._client.complete(sent)
+                reply = await self._provider.complete(sent)
             except ProviderError as exc:
                 error = exc
                 self._limiter.settle(request.estimated_tokens, 0)
@@ -121,18 +101,18 @@ class RealtimeRunner:
                 else:
                     delay = self._after_error(error, counted, sent_at)
             else:
-                usage = completion.usage
+                usage = reply.usage
                 self._limiter.settle(request.estimated_tokens, charged_tokens(request, usage))
-                self._limiter.on_success(sent_at, completion.rate_limits)
+                self._limiter.on_success(sent_at, reply.rate_limits)
                 self._limiter.on_latency(self._clock.now() - sent_at)
                 if self._outage is not None:
                     self._outage.answered()
                 return ChatResult(
                     custom_id=request.custom_id,
-                    content=completion.content,
-                    model=completion.model,
+                    content=reply.content,
+                    model=reply.model,
                     usage=usage,
-                    latency_s=completion.latency_s,
+                    latency_s=reply.latency_s,
                     attempts=attempts,
                     started_at=started_at,
                     finished_at=time.time(),

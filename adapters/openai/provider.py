@@ -1,4 +1,4 @@
-"""Chat completions against any OpenAI-compatible endpoint, with the official ``openai`` SDK.
+"""``engine.provider.Provider`` for any OpenAI-compatible endpoint, with the official ``openai`` SDK.
 
 The SDK owns the endpoint: base URL, authentication and default headers, and every call of the
 control plane (Files and Batches, few enough that their cost does not matter). Chat completions,
@@ -11,7 +11,8 @@ Outside asyncio (trio) aiohttp cannot run, and chat calls go through the SDK's `
 The SDK's own retries are off: the engine retries and rate-limits, in one place. Every error is
 mapped once onto ``ProviderError`` with its retry ``kind``, transport errors raised while a body
 streams included. An endpoint without the Files/Batches routes (llama.cpp, Ollama, vLLM's
-realtime server) raises ``BatchApiMissingError``, which stops a batch run at once.
+realtime server) raises ``BatchApiMissingError``, which stops a batch run at once. The Batch API's
+line formats are :mod:`.batch_format`; the engine's tags travel as each batch's ``metadata``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import math
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import anyio
 import httpx2
 import openai
 import sniffio
-from openai.types import Batch, FileObject
+from openai.types import Batch
 
 from engine.errors import (
     AuthError,
@@ -41,9 +41,11 @@ from engine.errors import (
     ModelNotFoundError,
     ProviderError,
 )
-from engine.provider import RateLimits
+from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import parse_retry_after
-from engine.types import ChatRequest, Usage
+from engine.types import ChatRequest, Outcome, Usage
+
+from . import batch_format
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
@@ -57,23 +59,13 @@ _RATE_LIMIT_FIELDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """The parts of a chat completion the engine keeps."""
-
-    content: str
-    model: str
-    usage: Usage
-    latency_s: float
-    rate_limits: RateLimits | None = None
-
-
 def _scrub(message: str, secret: str) -> str:
     return message.replace(secret, "***") if secret and len(secret) >= 4 else message
 
 
-class OpenAICompatClient:
-    """One endpoint, one key. Create it inside the event loop that will use it."""
+class OpenAIProvider:
+    """``engine.provider.Provider`` for one OpenAI-compatible endpoint and key. Create it inside
+    the event loop that will use it."""
 
     def __init__(self, base_url: str, api_key: str, *, api_key_env: str = "", timeout_s: float = 60.0) -> None:
         """``api_key_env`` names the variable the key came from, for the 401 message."""
@@ -115,13 +107,13 @@ class OpenAICompatClient:
                 await self._session.close()
             await self.sdk.close()
 
-    async def __aenter__(self) -> OpenAICompatClient:
+    async def __aenter__(self) -> OpenAIProvider:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def complete(self, request: ChatRequest) -> Completion:
+    async def complete(self, request: ChatRequest) -> ChatReply:
         """One chat-completion call; raises ``ProviderError`` with a retry kind on any failure."""
         started = time.perf_counter()
         body = json.dumps(request.body).encode()
@@ -160,47 +152,78 @@ class OpenAICompatClient:
 
     # -- Files and Batches: the control plane of batch mode ---------------------------------
 
-    async def upload_batch_file(self, path: Path, filename: str) -> str:
-        """Upload a JSONL request file (``purpose="batch"``) as ``filename``; returns the file id.
+    def encode_line(self, request: ChatRequest) -> str:
+        return batch_format.encode_line(request)
+
+    def decode_line(self, line: str) -> tuple[str, dict[str, Any]]:
+        return batch_format.decode_line(line)
+
+    def read_results(self, path: Path) -> Iterator[Outcome]:
+        return batch_format.read_outcomes(path)
+
+    async def upload_input(self, path: Path, name: str) -> str:
+        """Upload a JSONL request file (``purpose="batch"``) as ``name``; returns the file id.
 
         The SDK is given an open file, which it streams; given a path it would read the whole
         file (up to ``batch.max_bytes_per_file``) into memory first.
         """
         async with self._errors("POST /files"):
             with path.open("rb") as requests:
-                uploaded = await self.sdk.files.create(file=(filename, requests, "application/jsonl"), purpose="batch")
+                uploaded = await self.sdk.files.create(file=(name, requests, "application/jsonl"), purpose="batch")
         return uploaded.id
 
-    async def list_batch_files(self) -> AsyncIterator[FileObject]:
-        """Every file of purpose ``batch`` the key can see, newest first."""
+    async def find_input(self, name: str, size: int, since: float) -> str | None:
         async with self._errors("GET /files"):
             async for uploaded in self.sdk.files.list(purpose="batch", order="desc"):
-                yield uploaded
+                if uploaded.created_at < since:
+                    return None  # newest first: the rest are older still
+                if uploaded.filename == name and uploaded.bytes == size:
+                    return uploaded.id
+        return None
 
-    async def create_batch(self, input_file_id: str, metadata: dict[str, str]) -> Batch:
+    async def create_batch(self, input_id: str, tags: Mapping[str, str]) -> BatchJob:
+        """A batch of chat completions with a 24 h window; the tags are its ``metadata``."""
         async with self._errors("POST /batches", names_object=True):
-            return await self.sdk.batches.create(
-                input_file_id=input_file_id,
-                endpoint="/v1/chat/completions",
+            batch = await self.sdk.batches.create(
+                input_file_id=input_id,
+                endpoint=batch_format.CHAT_COMPLETIONS,
                 completion_window="24h",
-                metadata=metadata,
+                metadata=dict(tags),
             )
+        return _job(batch)
 
-    async def retrieve_batch(self, batch_id: str) -> Batch:
+    async def retrieve_batch(self, batch_id: str) -> BatchJob:
         async with self._errors("GET /batches/{batch_id}", names_object=True):
-            return await self.sdk.batches.retrieve(batch_id)
+            return _job(await self.sdk.batches.retrieve(batch_id))
 
-    async def cancel_batch(self, batch_id: str) -> Batch:
+    async def cancel_batch(self, batch_id: str) -> BatchJob:
         async with self._errors("POST /batches/{batch_id}/cancel", names_object=True):
-            return await self.sdk.batches.cancel(batch_id)
+            return _job(await self.sdk.batches.cancel(batch_id))
 
-    async def list_batches(self) -> AsyncIterator[Batch]:
-        """Every batch the key can see, newest first (the SDK follows the pagination)."""
+    async def list_batches(self, tags: Mapping[str, str], since: float) -> AsyncIterator[BatchJob]:
+        """The SDK follows the pagination; the list is newest first, so it stops at ``since``."""
         async with self._errors("GET /batches"):
             async for batch in self.sdk.batches.list(limit=100):
-                yield batch
+                if batch.created_at < since:
+                    return
+                metadata = batch.metadata or {}
+                if all(metadata.get(key) == value for key, value in tags.items()):
+                    yield _job(batch)
 
-    async def download_file(self, file_id: str, path: Path) -> None:
+    async def download_results(self, job: BatchJob, stem: Path) -> list[Path]:
+        """The output file as ``<stem>.output.jsonl``, the error file as ``<stem>.errors.jsonl``."""
+        paths: list[Path] = []
+        for kind, file_id in job.results.items():
+            path = stem.with_name(f"{stem.name}.{kind}.jsonl")
+            if not path.exists():
+                await self._download(file_id, path)
+            paths.append(path)
+        return paths
+
+    async def download_input(self, input_id: str, path: Path) -> None:
+        await self._download(input_id, path)
+
+    async def _download(self, file_id: str, path: Path) -> None:
         """Stream a file's content to ``path``: written to a temporary name, renamed when whole,
         removed when the download fails, so ``path`` never holds part of a file."""
         temporary = path.with_suffix(path.suffix + ".part")
@@ -348,7 +371,29 @@ def _rate_limits(headers: RawHeaders) -> RateLimits | None:
     return RateLimits(**found) if found else None
 
 
-def _parse_completion(raw: bytes, latency_s: float, rate_limits: RateLimits | None) -> Completion:
+def _job(batch: Batch) -> BatchJob:
+    """OpenAI's batch object -> the engine's."""
+    counts = batch.request_counts
+    errors = tuple(
+        f"line {error.line}: {error.message}" if error.line else str(error.message)
+        for error in (batch.errors.data or [] if batch.errors else [])
+    )
+    results = {"output": batch.output_file_id, "errors": batch.error_file_id}
+    return BatchJob(
+        id=batch.id,
+        status=batch.status,
+        input_id=batch.input_file_id,
+        created_at=batch.created_at,
+        tags=dict(batch.metadata or {}),
+        counts=BatchCounts(counts.total, counts.completed, counts.failed) if counts else None,
+        in_progress_at=batch.in_progress_at,
+        finished_at=batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at,
+        errors=errors,
+        results={kind: file_id for kind, file_id in results.items() if file_id},
+    )
+
+
+def _parse_completion(raw: bytes, latency_s: float, rate_limits: RateLimits | None) -> ChatReply:
     try:
         payload = json.loads(raw)
         if payload.get("choices") == []:
@@ -363,4 +408,4 @@ def _parse_completion(raw: bytes, latency_s: float, rate_limits: RateLimits | No
     if not isinstance(content, str) or not content.strip():
         raise ProviderError("the response has no message content", kind="transient", reason="empty_response")
     tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-    return Completion(content, model, tokens, latency_s, rate_limits)
+    return ChatReply(content, model, tokens, latency_s, rate_limits)

@@ -1,0 +1,63 @@
+"""OpenAI's Batch API file formats: request lines in, output and error lines out.
+
+An input line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}``. An
+output line is ``{"custom_id", "response": {"status_code", "body"} | null, "error": {"code",
+"message"} | null}``; a line succeeded when its response has status 200 and a chat completion
+with message content.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from engine.types import ChatRequest, ChatResult, Failure, Outcome, Usage
+
+CHAT_COMPLETIONS: Final = "/v1/chat/completions"
+
+
+def encode_line(request: ChatRequest) -> str:
+    line = {"custom_id": request.custom_id, "method": "POST", "url": CHAT_COMPLETIONS, "body": request.body}
+    return json.dumps(line, ensure_ascii=False)
+
+
+def decode_line(line: str) -> tuple[str, dict[str, Any]]:
+    decoded = json.loads(line)
+    return str(decoded["custom_id"]), decoded["body"]
+
+
+def parse_output_line(line: dict[str, Any]) -> Outcome:
+    """One line of a batch output or error file -> an outcome."""
+    custom_id = str(line.get("custom_id"))
+    response = line.get("response")
+    error = line.get("error")
+    if isinstance(response, dict):
+        status = response.get("status_code")
+        body = response.get("body") or {}
+        if status == 200:
+            try:
+                message = body["choices"][0]["message"]
+                content = message.get("content")
+                usage = body.get("usage") or {}
+            except (KeyError, IndexError, TypeError, AttributeError):
+                return Failure(custom_id, "malformed_body", "the batch line is not a chat completion")
+            if not isinstance(content, str) or not content.strip():
+                return Failure(custom_id, "empty_response", "the response has no message content")
+            tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            return ChatResult(custom_id, content, str(body.get("model") or ""), tokens, latency_s=None)
+        detail = body.get("error") if isinstance(body, dict) else None
+        message = detail.get("message") if isinstance(detail, dict) else str(body)[:200]
+        return Failure(custom_id, f"http_{status}", f"HTTP {status}: {message}", status_code=status)
+    if isinstance(error, dict):
+        return Failure(custom_id, str(error.get("code") or "batch_error"), str(error.get("message") or ""))
+    return Failure(custom_id, "malformed_line", "the batch line has neither a response nor an error")
+
+
+def read_outcomes(path: Path) -> Iterator[Outcome]:
+    """The outcomes of a downloaded output or error file, line by line."""
+    with path.open(encoding="utf-8") as source:
+        for line in source:
+            if line.strip():
+                yield parse_output_line(json.loads(line))
