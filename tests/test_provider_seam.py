@@ -1,0 +1,98 @@
+"""The provider seam: an evaluation runs against any ``engine.provider.Provider`` handed in.
+
+``MockProvider`` speaks neither OpenAI's line format nor its batch objects, and no server runs:
+a run that works on it proves the pipeline, both stage kinds and the journal depend only on the
+engine's own interface.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from benchmarks.clocks import InstantClock
+from engine import Evaluation
+from engine.errors import BatchApiMissingError, ProviderError
+from engine.journal import journal_path, scan_journal
+from engine.mock_provider import MockProvider
+from engine.types import ChatRequest
+
+from .conftest import imdb_config
+
+ROWS = 30
+
+
+def genre_judge(request: ChatRequest) -> str:
+    """Predicts Drama; calls a prediction correct when the movie's overview mentions a life."""
+    if request.stage == "predict":
+        return "Drama"
+    return "correct" if "life" in request.body["messages"][-1]["content"] else "incorrect"
+
+
+def comparable(run_dir: Path) -> pl.DataFrame:
+    return pl.read_parquet(run_dir / "results.parquet").drop("predict_latency_s", "judge_latency_s")
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+async def test_a_run_on_a_provider_handed_in_uses_only_that_provider(tmp_path: Path, mode: str) -> None:
+    provider = MockProvider(genre_judge)
+    config = imdb_config(None, limit=ROWS, **{"predict.mode": mode, "judge.mode": mode})
+    async with Evaluation(config, run_dir=tmp_path / "run", provider=provider, clock=InstantClock()) as evaluation:
+        rows = [row async for row in evaluation]
+    assert provider.entered and provider.closed
+    assert len(rows) == ROWS and {row.status for row in rows} == {"judged"}
+    answered = [(how, request.custom_id) for how, request in provider.answered if request.row_id != "preflight"]
+    assert sorted(answered) == sorted(
+        [(mode, f"predict:{i}") for i in range(ROWS)] + [(mode, f"judge:{i}") for i in range(ROWS)]
+    )
+    assert not (tmp_path / "run" / "server").exists(), "no embedded server was started"
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["endpoint"] == "MockProvider"
+    results = comparable(tmp_path / "run")
+    expected = ["life" in inputs["Overview"] for inputs in results["inputs"]]
+    assert results["prediction"].to_list() == ["Drama"] * ROWS
+    assert results["verdict"].to_list() == expected
+    assert evaluation.metrics is not None and evaluation.metrics["judge_accuracy"] == sum(expected) / ROWS
+    if mode == "batch":
+        assert [(job.tags["engine_stage"], job.status) for job in provider.batches] == [
+            ("predict", "completed"), ("judge", "completed"),
+        ]
+
+
+async def test_realtime_and_batch_runs_on_the_same_provider_give_the_same_results(tmp_path: Path) -> None:
+    for mode in ("realtime", "batch"):
+        config = imdb_config(None, limit=ROWS, **{"predict.mode": mode, "judge.mode": mode})
+        async with Evaluation(config, run_dir=tmp_path / mode, provider=MockProvider(genre_judge), clock=InstantClock()):
+            pass
+    assert comparable(tmp_path / "realtime").equals(comparable(tmp_path / "batch"))
+
+
+async def test_a_failed_batch_line_is_retried_and_counted_through_the_seam(tmp_path: Path) -> None:
+    failed_once: set[str] = set()
+
+    def flaky(request: ChatRequest) -> str:
+        if request.custom_id == "predict:3" and request.custom_id not in failed_once:
+            failed_once.add(request.custom_id)
+            raise ProviderError("upstream hiccup", kind="transient", reason="http_503", status_code=503)
+        return genre_judge(request)
+
+    provider = MockProvider(flaky)
+    config = imdb_config(None, limit=ROWS, **{"predict.mode": "batch", "judge.mode": "batch"})
+    async with Evaluation(config, run_dir=tmp_path / "run", provider=provider, clock=InstantClock()):
+        pass
+    journal = scan_journal(journal_path(tmp_path / "run", "predict")).collect()
+    attempts = dict(zip(journal["custom_id"], journal["attempts"]))
+    assert attempts["predict:3"] == 2 and {n for cid, n in attempts.items() if cid != "predict:3"} == {1}
+    retried = [how for how, request in provider.answered if request.custom_id == "predict:3"]
+    assert retried == ["batch", "realtime"]  # one line failed: fewer than realtime_retry_below, so a realtime call
+
+
+async def test_a_provider_without_a_batch_api_stops_a_batch_run(tmp_path: Path) -> None:
+    config = imdb_config(None, limit=ROWS, **{"predict.mode": "batch", "judge.mode": "batch"})
+    with pytest.raises(BatchApiMissingError, match="no batch API"):
+        async with Evaluation(config, run_dir=tmp_path / "run", provider=MockProvider(genre_judge, batch_api=False),
+                              clock=InstantClock()):
+            pass
