@@ -33,11 +33,11 @@ from engine import (
     Evaluation,
     JoinedRow,
     TaskConfig,
+    example_config,
     load_config,
     with_overrides,
 )
 from engine.rundir import RUN_FILE
-from engine.shipped import example_config
 
 RUNS_ROOT = web.AppKey("runs_root", Path)
 _log = logging.getLogger(__name__)
