@@ -33,10 +33,10 @@ import json
 import re
 import shutil
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,8 +44,7 @@ import anyio
 import openai
 import polars as pl
 
-from adapters.server.backends.base import BackendError, Completion, Hang
-from adapters.server.backends.sim import SimBackend, SimSettings
+from adapters.server.backends.sim import SimSettings
 from adapters.server.batch_jobs import BatchSettings
 from adapters.server.embedded import EmbeddedServer
 from engine import Evaluation, TaskConfig, load_config, with_overrides
@@ -56,6 +55,7 @@ from engine.prompts import PromptBuilder
 from engine.run.limits import Clock
 from engine.shipped import example_config
 from engine.types import STAGES
+from tests.support import CountingBackend, request_key
 
 from .clocks import FastForwardClock, InstantClock
 from .proxy import FaultProxy
@@ -67,64 +67,6 @@ BATCHES = "/v1/batches"
 POLL = r"/v1/batches/[^/]+"
 CONTENT = r"/v1/files/[^/]+/content"
 REQUEST_FILE = re.compile(r"^(predict|judge)-\d{5}\.jsonl$")
-
-
-def request_key(body: dict[str, Any]) -> str:
-    """What tells a request from any other: its model and messages (the same for each attempt)."""
-    return json.dumps([body.get("model"), body.get("messages")], sort_keys=True, ensure_ascii=False)
-
-
-class CountingBackend:
-    """The sim backend, counting every request it sees and every 429 it answers.
-
-    ``calls`` counts every request; ``requests`` counts, per :func:`request_key`, those that
-    reached the model (batch lines too: they go through the same backend). ``reached`` is set
-    once ``calls`` reaches ``signal_after`` (see :meth:`arm`), so a test or a scenario can act at
-    a chosen point of a run without sleeping. With ``announce`` off it strips the
-    ``x-ratelimit-*`` headers, like an endpoint that enforces limits it never states: the client
-    can only learn them from its 429s.
-    """
-
-    def __init__(self, settings: SimSettings, *, announce: bool = True, signal_after: int | None = None) -> None:
-        self._inner = SimBackend(settings)
-        self._announce = announce
-        self._signal_after = signal_after
-        self._hold_after: int | None = None
-        self.calls = 0
-        self.rate_limited = 0
-        self.requests: Counter[str] = Counter()
-        self.reached = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def arm(self, calls: int) -> None:
-        """Signal ``reached`` again once the backend has seen ``calls`` requests in all."""
-        self.reached.clear()
-        self._signal_after = calls
-
-    def hold_after(self, calls: int | None) -> None:
-        """Hold every request after the first ``calls`` in all unanswered (the server keeps it
-        until the client leaves); None answers every request again. A held request never
-        reaches the model: it is not counted in ``requests``."""
-        self._hold_after = calls
-
-    async def complete(self, body: dict[str, Any]) -> Completion:
-        self.calls += 1
-        if self._signal_after is not None and self.calls >= self._signal_after:
-            self.reached.set()
-        if self._hold_after is not None and self.calls > self._hold_after:
-            raise Hang()
-        self.requests[request_key(body)] += 1
-        try:
-            completion = await self._inner.complete(body)
-        except BackendError as error:
-            if error.status == 429:
-                self.rate_limited += 1
-            if not self._announce:
-                error.headers = tuple(h for h in error.headers if not h[0].startswith("x-ratelimit-"))
-            raise
-        return completion if self._announce else replace(completion, headers=())
 
 
 @dataclass(slots=True)
@@ -227,8 +169,10 @@ Sessions = Callable[[Harness], Coroutine[Any, Any, Evaluation]]
 
 
 async def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``predicate``: it reads what the server's thread counts or the engine writes to its
+    journal, and neither sets an event this task could wait on."""
     with anyio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.01)
 
 
@@ -267,7 +211,9 @@ async def black_out(harness: Harness) -> None:
         proxy.blackout(refuse=False)
         await proxy.await_for(lambda seen: seen.refused >= blackout.resets)
         proxy.lift()
-        harness.notes.append(f"down until {blackout.resets} connections were reset (backoff on a clock that does not wait)")
+        harness.notes.append(
+            f"down until {blackout.resets} connections were reset (backoff on a clock that does not wait)"
+        )
 
 
 # -- sessions: how the engine is run -------------------------------------------------------
@@ -557,10 +503,11 @@ def _account(harness: Harness, evaluation: Evaluation, batches_created: int) -> 
     judged = results.filter(pl.col("status") == "judged")
     failed = results.filter(pl.col("status").is_in(["predict_failed", "judge_failed"]))
     reasons = failed["error"].str.extract(r"^([\w ]+):").value_counts()
+    predicted = results.filter(pl.col("prediction").is_not_null())
     journal_agrees = (
         last["predict"].height == results.filter(pl.col("status") != "skipped").height
-        and set(last["predict"].filter(pl.col("ok"))["row_id"]) == set(results.filter(pl.col("prediction").is_not_null())["row_id"])
-        and last["judge"].height == results.filter(pl.col("prediction").is_not_null()).height
+        and set(last["predict"].filter(pl.col("ok"))["row_id"]) == set(predicted["row_id"])
+        and last["judge"].height == predicted.height
         and set(last["judge"].filter(pl.col("ok"))["row_id"]) == set(judged["row_id"])
     )
     attempts: Counter[str] = Counter()
@@ -657,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
     outcomes = []
     for scenario in scenarios():
         with tempfile.TemporaryDirectory() as tmp:
-            outcomes.append(anyio.run(lambda: run_scenario(scenario, Path(tmp), args.rows, real_time=True)))
+            outcomes.append(anyio.run(partial(run_scenario, scenario, Path(tmp), args.rows, real_time=True)))
     print("| fault | mode | rows in | judged | failed (reasons) | dup. | journal agrees, none paid twice "
           "| requests seen / journaled | most per row, ≤ 1 + retries | 429s | batches created / needed | checks |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -665,9 +612,11 @@ def main(argv: list[str] | None = None) -> None:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(o.failure_reasons.items()))
         checks = "; ".join([f"{check}: {'yes' if ok else 'NO'}" for check, ok in o.checks.items()] + list(o.notes))
         batches = f"{o.batches_created} / {o.batches_needed}" if o.mode == "batch" else "-"
-        print(f"| {o.fault} | {o.mode} | {o.rows_in} | {o.rows_judged} | {o.rows_failed}{f' ({reasons})' if reasons else ''} "
+        failed = f"{o.rows_failed} ({reasons})" if reasons else str(o.rows_failed)
+        unattributed = f" (+{o.unattributed} not a row)" if o.unattributed else ""
+        print(f"| {o.fault} | {o.mode} | {o.rows_in} | {o.rows_judged} | {failed} "
               f"| {o.duplicates} | {_yes(o.journal_agrees and o.paid_twice == 0)} "
-              f"| {o.requests_seen} / {o.requests_journaled}{f' (+{o.unattributed} not a row)' if o.unattributed else ''} "
+              f"| {o.requests_seen} / {o.requests_journaled}{unattributed} "
               f"| {o.max_requests_per_row}, {_yes(o.within_retries)} | {o.rate_limited} | {batches} | {checks} |")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "faults.json"

@@ -8,9 +8,8 @@ import pytest
 
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
-from benchmarks.faults import CountingBackend
-from engine.config import TaskConfig, load_config, with_overrides
-from engine.shipped import example_config
+from engine import TaskConfig, example_config, load_config, with_overrides
+from tests.support import CountingBackend
 
 pytest_plugins = ["tests.llama_server"]  # the llama_server fixture: one real llama.cpp server per session
 

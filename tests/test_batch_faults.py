@@ -26,7 +26,6 @@ from adapters.server.backends.base import Completion, Hang
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import FastForwardClock, InstantClock
-from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
 from engine.config import BatchConfig
@@ -39,6 +38,7 @@ from engine.run.limits import Limiter
 from engine.run.realtime import RealtimeRunner
 from engine.run.retry import RetryPolicy
 from engine.types import ChatRequest, Outcome, Row
+from tests.support import CountingBackend
 
 from .test_batch_mode import batch_config, submitted_custom_ids
 

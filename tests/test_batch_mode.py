@@ -19,9 +19,9 @@ import pytest
 
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
-from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.config import TaskConfig
+from tests.support import CountingBackend
 
 from .conftest import imdb_config
 

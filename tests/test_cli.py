@@ -14,7 +14,7 @@ import pytest
 
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
-from benchmarks.faults import CountingBackend
+from tests.support import CountingBackend
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,10 @@ import pytest
 
 from adapters.server.backends.sim import SimSettings
 from benchmarks.clocks import InstantClock
-from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.errors import AuthError
 from engine.journal import journal_path, scan_journal
+from tests.support import CountingBackend
 
 from .conftest import TEST_KEY, TEST_KEY_ENV, imdb_config, run_files, start_server
 

@@ -12,12 +12,12 @@ import pytest
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import InstantClock
-from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
 from engine.progress import plain_line, snapshot
 from engine.run.limits import INITIAL_WINDOW, Limiter
 from engine.run.outage import EndpointDown, Outage
+from tests.support import CountingBackend
 
 from .conftest import imdb_config
 from .test_limits import FakeClock, finishes

@@ -16,8 +16,8 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from adapters.server.backends.sim import SimSettings
-from benchmarks.faults import CountingBackend
 from benchmarks.proxy import FaultProxy
+from tests.support import CountingBackend
 
 from .conftest import start_server
 from .test_server import GENRE_SET, genre_messages

@@ -17,11 +17,11 @@ from adapters.server.backends.base import BackendError, Completion
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import InstantClock
-from benchmarks.faults import CountingBackend
 from engine import ConfigError, Evaluation
 from engine.config import TaskConfig
 from engine.errors import RunInUseError
 from engine.shipped import example_config
+from tests.support import CountingBackend
 
 from .conftest import TEST_KEY_ENV, imdb_config
 

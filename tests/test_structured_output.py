@@ -12,7 +12,6 @@ import pytest
 from adapters.openai import OpenAIProvider
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
-from benchmarks.faults import CountingBackend
 from engine import Evaluation
 from engine.errors import ProviderError
 from engine.formats import StructuredOutput, choice_format, converted
@@ -20,6 +19,7 @@ from engine.journal import journal_path, scan_journal
 from engine.prompts import unwrap_choice
 from engine.run.retry import is_transient
 from engine.types import ChatRequest
+from tests.support import CountingBackend
 
 from .conftest import imdb_config
 
