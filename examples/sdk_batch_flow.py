@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ SYSTEM_PROMPT = (
 def requests(rows: int) -> bytes:
     data = Path(__file__).parent / "imdb" / "imdb_top_1000.csv"
     with data.open(encoding="utf-8") as source:
-        overviews = [row["Overview"] for _, row in zip(range(rows), csv.DictReader(source))]
+        overviews = [row["Overview"] for row in itertools.islice(csv.DictReader(source), rows)]
     lines = [
         {
             "custom_id": f"movie-{index}",

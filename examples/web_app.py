@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         description="Serve the engine's web-app example: open the URL it prints and press the button."
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=8080, help="port to listen on, 0 for any free one (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=8080,
+                        help="port to listen on, 0 for any free one (default: %(default)s)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR",
                         help="where run directories are made (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -178,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
                        "choose another --host or --port\n")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # The handler is cancelled the moment its client disconnects, not at its next write.
-    web.run_app(create_app(args.runs), sock=listener, handler_cancellation=True, print=functools.partial(print, flush=True))
+    web.run_app(
+        create_app(args.runs), sock=listener, handler_cancellation=True, print=functools.partial(print, flush=True)
+    )
 
 
 if __name__ == "__main__":
