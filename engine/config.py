@@ -167,6 +167,10 @@ class LocalServerConfig(_Strict):
 
 
 class TaskConfig(_Strict):
+    """A validated task: its data set, labels, the predict stage, its judge (or panel), the
+    endpoint, batch settings, prices, the embedded server and the report. Frozen: change it with
+    ``with_overrides``."""
+
     name: str = "task"
     labels: tuple[str, ...] = Field((), description="the label set; empty for open answers")
     dataset: DatasetConfig
@@ -263,6 +267,8 @@ def parse_config(data: dict[str, Any], *, source: str, base_dir: Path) -> TaskCo
 
 
 def load_config(path: str | Path) -> TaskConfig:
+    """Read and validate a task's TOML file; relative paths in it are read from its folder.
+    Raises ``ConfigError`` with one line naming the file, the setting and what to do."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ def examples_root() -> Path:
 
 
 def example_config(name: str) -> Path:
+    """The TOML file of the shipped example ``name`` (``imdb``, ``ag_news``)."""
     path = examples_root() / name / f"{name}.toml"
     if not path.exists():
         available = sorted(p.name for p in examples_root().iterdir() if (p / f"{p.name}.toml").exists())
