@@ -5,6 +5,9 @@ OpenAI-compatible endpoints); ``engine.mock_provider.MockProvider`` is the in-me
 engine's tests use, the way httpx ships a ``MockTransport``. ``Evaluation(config, provider=...)``
 takes either; without one, ``engine.connect`` builds the adapter the config names.
 
+- **Requests**: a ``ChatRequest``'s body is an OpenAI chat-completions body (model, messages,
+  temperature, max_tokens, response_format), the engine's one request shape; an adapter for
+  another API translates it, and translates its answers back into ``ChatReply`` and outcomes.
 - **Realtime**: ``complete`` makes one chat call and returns a ``ChatReply`` (its ``rate_limits``
   are what the endpoint said about its budgets, fed to the limiter).
 - **Batch**: the engine writes request files in the provider's own line format (``encode_line``;
