@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
+
 from .errors import BatchApiMissingError, ProviderError
 from .provider import BatchCounts, BatchJob, ChatReply
 from .types import ChatRequest, ChatResult, Failure, Outcome, StageName, Usage
@@ -88,7 +90,8 @@ class MockProvider:
     async def upload_input(self, path: Path, name: str) -> str:
         self._require_batch_api()
         input_id = f"input-{len(self._inputs) + 1}"
-        self._inputs[input_id] = (name, [line for line in path.read_text(encoding="utf-8").splitlines() if line])
+        text = await anyio.Path(path).read_text(encoding="utf-8")
+        self._inputs[input_id] = (name, [line for line in text.splitlines() if line])
         return input_id
 
     async def find_input(self, name: str, size: int, since: float) -> str | None:
@@ -130,15 +133,15 @@ class MockProvider:
 
     async def download_results(self, job: BatchJob, stem: Path) -> list[Path]:
         self._require_batch_api()
-        path = stem.with_name(f"{stem.name}.results.jsonl")
-        if not path.exists():
-            results = self._batches[job.id].results
-            path.write_text("".join(json.dumps(result) + "\n" for result in results), encoding="utf-8")
-        return [path]
+        path = anyio.Path(stem.with_name(f"{stem.name}.results.jsonl"))
+        if not await path.exists():
+            lines = [json.dumps(result) + "\n" for result in self._batches[job.id].results]
+            await path.write_text("".join(lines), encoding="utf-8")
+        return [Path(path)]
 
     async def download_input(self, input_id: str, path: Path) -> None:
         self._require_batch_api()
-        path.write_text("".join(line + "\n" for line in self._inputs[input_id][1]), encoding="utf-8")
+        await anyio.Path(path).write_text("".join(line + "\n" for line in self._inputs[input_id][1]), encoding="utf-8")
 
     def read_results(self, path: Path) -> Iterator[Outcome]:
         with path.open(encoding="utf-8") as source:
@@ -179,4 +182,5 @@ class MockProvider:
 
 
 def _ended(job: BatchJob, status: str, counts: BatchCounts | None = None) -> BatchJob:
-    return replace(job, status=status, counts=counts or job.counts, in_progress_at=job.created_at, finished_at=time.time())
+    counts = counts or job.counts
+    return replace(job, status=status, counts=counts, in_progress_at=job.created_at, finished_at=time.time())
