@@ -78,7 +78,8 @@ class Evaluation:
     see ``engine.resume``). A resumed run also retries the rows that failed for a transient
     reason, and every failed row with ``retry_failed``. Only one process at a time may run in a
     run directory (``RunInUseError``). ``notes`` collects what a person should know about the run
-    (rows done again, damaged parts set aside, a structured-output format the endpoint refused).
+    (rows done again, damaged parts set aside, a structured-output format the endpoint refused);
+    ``started`` turns true once the run directory holds a run that ``resume`` can finish.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class Evaluation:
         self.stats = LiveStats()
         self.metrics: dict[str, Any] | None = None
         self.notes: list[str] = []
+        self.started = False  # run.json is written: from here on the run can be resumed
         self.base_url: str | None = config.endpoint.base_url
         self._provider = provider
         self._embedded = provider is None and not config.endpoint.base_url
@@ -145,6 +147,7 @@ class Evaluation:
             await preflight(provider, config, builder)
             self._note_formats(builder.formats)
             write_run(self.run_dir, config, endpoint=self._endpoint_name(), started=started)
+            self.started = True
             self._make_runners(provider, builder.formats)
             await self._start(dataset, builder, provider, results)
         except BaseException:

@@ -37,7 +37,6 @@ from engine import (
     load_config,
     with_overrides,
 )
-from engine.rundir import RUN_FILE
 
 RUNS_ROOT = web.AppKey("runs_root", Path)
 _log = logging.getLogger(__name__)
@@ -109,7 +108,7 @@ def _requested_config(request: web.Request) -> TaskConfig:
 
 
 def _log_stopped(evaluation: Evaluation) -> None:
-    if evaluation.metrics is not None or not (evaluation.run_dir / RUN_FILE).exists():
+    if evaluation.metrics is not None or not evaluation.started:
         return  # finished before the client left, or nothing started
     _log.warning(
         "the client left: run %s stopped with %d of %d rows done; finish it with: python -m engine run --resume %s",
