@@ -50,9 +50,10 @@ from adapters.server.embedded import EmbeddedServer
 from engine import Evaluation, TaskConfig, load_config, with_overrides
 from engine.dataset import Dataset
 from engine.errors import RunInUseError
-from engine.journal import JOURNAL_SCHEMA, has_records, journal_path
+from engine.journal import JOURNAL_SCHEMA, has_records
 from engine.prompts import PromptBuilder
 from engine.run.limits import Clock
+from engine.rundir import RunDir
 from engine.shipped import example_config
 from engine.types import STAGES
 from tests.support import CountingBackend, request_key
@@ -302,7 +303,7 @@ def _answers_journaled(run_dir: Path) -> int:
     """Successful outcomes in the run's journals, whole lines only (one may be being written)."""
     answers = 0
     for stage in STAGES:
-        path = journal_path(run_dir, stage)
+        path = RunDir(run_dir).journal(stage)
         if path.exists():
             text = path.read_text(encoding="utf-8")
             answers += sum(json.loads(line)["ok"] for line in text[: text.rfind("\n") + 1].splitlines())

@@ -23,8 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine import Evaluation
-from engine.run.batch_stage import batch_log
-from engine.rundir import METRICS_FILE
+from engine.journal import EventLog
+from engine.rundir import RunDir
 
 from .memory import synthetic_csv, synthetic_task
 from .server import sim_server_process
@@ -69,9 +69,9 @@ def run_one(data: Path, url: str, mode: str, price: float, workdir: Path) -> dic
 
 def finish_seconds(run_dir: Path) -> float:
     """From the last batch seen complete to ``metrics.json`` written."""
-    log = batch_log(run_dir)
-    ended = [float(event["at"]) for event in log.events() if event["event"] == "ended"]
-    return (run_dir / METRICS_FILE).stat().st_mtime - max(ended)
+    run = RunDir(run_dir)
+    ended = [float(event["at"]) for event in EventLog(run.batch_events).events() if event["event"] == "ended"]
+    return run.metrics_file.stat().st_mtime - max(ended)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

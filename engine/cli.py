@@ -34,7 +34,7 @@ from .connect import local_backend
 from .errors import ConfigError, EngineError, ProviderError
 from .evaluation import Evaluation
 from .progress import Style
-from .rundir import load_run
+from .rundir import RunDir
 from .shipped import example_config
 
 
@@ -130,16 +130,13 @@ def _progress_style(args: argparse.Namespace) -> Style:
 def _report(args: argparse.Namespace) -> int:
     from .report.document import write_report
 
-    load_run(args.run_dir)  # a clear error when it is not a run directory
-    print(write_report(args.run_dir))
+    print(write_report(RunDir(args.run_dir)))  # a clear error when it is not a finished run
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs, print_comparison
 
-    for run_dir in (args.run_a, args.run_b):
-        load_run(run_dir)
     comparison = compare_runs(args.run_a, args.run_b)
     if args.json:
         print(json.dumps(comparison, indent=2, default=str))
@@ -181,7 +178,7 @@ def _evaluation(args: argparse.Namespace) -> Evaluation:
         return Evaluation(config_from_args(args), run_dir=args.out)
     if args.out is not None:
         raise ConfigError("--resume finishes the run in RUN_DIR: leave out --out")
-    base = load_config(args.config) if args.config else load_run(args.resume)
+    base = load_config(args.config) if args.config else RunDir(args.resume).config()
     return Evaluation(_with_flags(base, args), run_dir=args.resume, resume=True, retry_failed=args.retry_failed)
 
 
@@ -215,13 +212,13 @@ async def _run(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         started = getattr(args, "started_run", None) is evaluation or isinstance(exc, ProviderError)
-        if started and (evaluation.run_dir / "run.json").exists():
+        if started and RunDir(evaluation.run_dir).is_run:
             print(f"nothing done is lost: fix it, then resume with: python -m engine run --resume {evaluation.run_dir}",
                   file=sys.stderr)
         return 2
     assert evaluation.metrics is not None
     print_summary(evaluation.metrics, evaluation.run_dir)
-    print(f"report  {evaluation.run_dir / 'report.html'}")
+    print(f"report  {RunDir(evaluation.run_dir).report_html}")
     return exit_status(evaluation.metrics)
 
 

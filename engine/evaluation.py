@@ -35,7 +35,6 @@ from .journal import (
     Journal,
     check_journal,
     has_records,
-    journal_path,
     repair_torn_tail,
     scan_journal,
 )
@@ -54,14 +53,10 @@ from .run.realtime import RealtimeRunner, RealtimeStage
 from .run.retry import RetryPolicy
 from .run.stage import Stage
 from .rundir import (
-    METRICS_FILE,
-    RUN_FILE,
+    RunDir,
     check_resumable,
-    claim_run_dir,
-    load_run,
     new_run_dir,
     write_json,
-    write_run,
 )
 from .sessions import SessionLog, run_figures
 from .types import STAGES, JoinedRow, StageName
@@ -101,13 +96,14 @@ class Evaluation:
             if run_dir is None:
                 raise ValueError("resume=True needs the run_dir to resume")
             if config is None:
-                config = load_run(Path(run_dir))
+                config = RunDir(run_dir).config()
         if config is None:
             raise ValueError("an Evaluation needs a config (or resume=True with a run_dir)")
         self.config = config
         self.resume = resume
         self.retry_failed = retry_failed
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(Path(runs_root), config.name)
+        self._dir = RunDir(self.run_dir)
         self.stats = LiveStats()
         self.metrics: dict[str, Any] | None = None
         self.notes: list[str] = []
@@ -136,33 +132,33 @@ class Evaluation:
         fresh = not self.resume and not self.run_dir.exists()
         await self._stack.__aenter__()
         try:
-            lock = claim_run_dir(self.run_dir, resume=self.resume)
+            lock = self._dir.claim(resume=self.resume)
             self._stack.callback(lock.release)
             started = await anyio.to_thread.run_sync(self._check_resume) if self.resume else None
-            results = ResultsWriter(self.run_dir, _input_columns(builder, dataset))
+            results = ResultsWriter(self._dir, _input_columns(builder, dataset))
             if self.resume:
                 await anyio.to_thread.run_sync(self._redo_stale_rows, dataset, results)
             provider = await self._connect()
             self.formats = builder.formats
             await preflight(provider, config, builder)
             self._note_formats(builder.formats)
-            write_run(self.run_dir, config, endpoint=self._endpoint_name(), started=started)
+            self._dir.write_run(config, endpoint=self._endpoint_name(), started=started)
             self.started = True
             self._make_runners(provider, builder.formats)
             await self._start(dataset, builder, provider, results)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
-            if fresh and not (self.run_dir / RUN_FILE).exists():
+            if fresh and not self._dir.is_run:
                 shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing started: leave nothing behind
             raise
         return self
 
     def _check_resume(self) -> dict[str, Any]:
         """The run's ``run.json``, once this session may finish the run (see ``engine.resume``)."""
-        started = check_resumable(self.run_dir, self.config)
-        check_mode_change(self.run_dir, TaskConfig.model_validate(started["config"]), self.config)
+        started = check_resumable(self._dir, self.config)
+        check_mode_change(self._dir, TaskConfig.model_validate(started["config"]), self.config)
         for stage in STAGES:
-            path = journal_path(self.run_dir, stage)
+            path = self._dir.journal(stage)
             repair_torn_tail(path)  # a write cut short by a kill or a full disk: not damage
             check_journal(path)
         return started
@@ -222,13 +218,13 @@ class Evaluation:
             stages[name] = BatchStage(
                 stage=name,
                 provider=provider,
-                run_dir=self.run_dir,
+                run_dir=self._dir,
                 run_id=self.run_dir.name,
                 settings=self.config.batch,
                 policy=RetryPolicy(max_retries=self.config.endpoint.max_retries),
                 clock=self._clock,
                 realtime=runner,
-                journaled=partial(_journaled_ids, self.run_dir, name),
+                journaled=partial(_journaled_ids, self._dir, name),
                 progress=self.stats.batches,
                 outage_timeout_s=self.config.endpoint.outage_timeout_s,
             )
@@ -242,15 +238,15 @@ class Evaluation:
     ) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
         assert self.predict_runner is not None and self.judge_runner is not None
-        journal = Journal(self.run_dir)
+        journal = Journal(self._dir)
         self._stack.callback(journal.close)
-        sessions = SessionLog(self.run_dir)
+        sessions = SessionLog(self._dir)
         sessions.start()
         self._stack.callback(sessions.end)
         owed = dataset.rows(
             results.input_columns,
             exclude=results.done_row_ids(),
-            attach=_journal_records(self.run_dir, builder.judge_prefixes),
+            attach=_journal_records(self._dir, builder.judge_prefixes),
         )
         self.stats.total = dataset.n_rows
         self.stats.started = time.perf_counter()
@@ -328,7 +324,7 @@ class Evaluation:
         the config has no base URL): entered on the evaluation's stack."""
         if self._provider is not None:
             return await self._stack.enter_async_context(self._provider)
-        provider, self.base_url = await open_provider(self.config, self._stack, server_dir=self.run_dir / "server")
+        provider, self.base_url = await open_provider(self.config, self._stack, server_dir=self._dir.server_dir)
         return provider
 
     # -- the collector: joined rows -> parquet parts, live stats, the caller's stream --------
@@ -365,9 +361,9 @@ class Evaluation:
 
     def _final_metrics(self) -> dict[str, Any]:
         metrics = summary.build_metrics(
-            self.run_dir,
+            self._dir,
             self.config,
-            figures=run_figures(self.run_dir, now=time.time()),
+            figures=run_figures(self._dir, now=time.time()),
             backend=self.config.local.backend if self._embedded else None,
         )
         assert self.formats is not None
@@ -375,9 +371,9 @@ class Evaluation:
             caller: {"format": format, "refused": self.formats.refusals[caller]}
             for caller, format in self.formats.formats.items()
         }
-        write_json(self.run_dir / METRICS_FILE, metrics)
+        write_json(self._dir.metrics_file, metrics)
         try:
-            write_report(self.run_dir)
+            write_report(self._dir)
         except Exception as exc:  # the run's results and metrics are written: a report is extra
             warnings.warn(
                 f"the run finished but its report could not be written ({exc!r}); "
@@ -400,9 +396,9 @@ def _input_columns(builder: PromptBuilder, dataset: Dataset) -> tuple[str, ...]:
 
 
 
-def _journaled_ids(run_dir: Path, stage: StageName) -> set[str]:
+def _journaled_ids(run_dir: RunDir, stage: StageName) -> set[str]:
     """Custom ids that already have an outcome in the stage's journal."""
-    frame = scan_journal(journal_path(run_dir, stage)).select("custom_id").collect()
+    frame = scan_journal(run_dir.journal(stage)).select("custom_id").collect()
     return set(frame.to_series().to_list())
 
 
@@ -431,14 +427,14 @@ async def preflight(provider: ChatProvider, config: TaskConfig, builder: PromptB
             break
 
 
-def _journal_records(run_dir: Path, judge_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:
+def _journal_records(run_dir: RunDir, judge_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:
     """The journal as frames to attach to owed rows: predictions, and each judge's verdicts
     (none for a stage whose journal is still empty, as in a fresh run)."""
     frames: dict[str, pl.LazyFrame] = {}
-    if has_records(journal_path(run_dir, "predict")):
-        frames["predict"] = scan_journal(journal_path(run_dir, "predict"))
-    if has_records(journal_path(run_dir, "judge")):
-        judge = scan_journal(journal_path(run_dir, "judge"))
+    if has_records(run_dir.journal("predict")):
+        frames["predict"] = scan_journal(run_dir.journal("predict"))
+    if has_records(run_dir.journal("judge")):
+        judge = scan_journal(run_dir.journal("judge"))
         for prefix in judge_prefixes:
             frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
     return frames

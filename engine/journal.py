@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from .errors import JournalError
+from .rundir import RunDir
 from .types import STAGES, ChatResult, Failure, Outcome, Row, StageName, Usage
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one, not one per line as json.dumps(ensure_ascii=False) builds
@@ -105,10 +106,6 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
         finished_at=record["finished_at"] or 0.0,
         rate_limited=record.get("rate_limited") or 0,
     )
-
-
-def journal_path(run_dir: Path, stage: StageName) -> Path:
-    return run_dir / "journal" / f"{stage}.ndjson"
 
 
 def repair_torn_tail(path: Path) -> int:
@@ -249,13 +246,13 @@ def scan_journal(path: Path) -> pl.LazyFrame:
 class Journal:
     """The run's journal files, open for appending; ``close`` when the run ends."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: RunDir) -> None:
         self.run_dir = run_dir
         self._descriptors: dict[str, int] = {}
         try:
-            (run_dir / "journal").mkdir(parents=True, exist_ok=True)
+            run_dir.journal_dir.mkdir(parents=True, exist_ok=True)
             for stage in STAGES:
-                path = journal_path(run_dir, stage)
+                path = run_dir.journal(stage)
                 repair_torn_tail(path)
                 self._descriptors[stage] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -277,4 +274,4 @@ class Journal:
         self._descriptors.clear()
 
     def _error(self, exc: OSError) -> JournalError:
-        return JournalError(f"cannot write the journal in {self.run_dir / 'journal'}: {exc.strerror or exc}")
+        return JournalError(f"cannot write the journal in {self.run_dir.journal_dir}: {exc.strerror or exc}")

@@ -26,8 +26,9 @@ import polars as pl
 from .config import TaskConfig
 from .dataset import LABELS, ROW_ID, Dataset
 from .errors import ConfigError
-from .run.batch_stage import batch_log
+from .journal import EventLog
 from .run.retry import is_transient
+from .rundir import RunDir
 from .types import STAGES, row_fingerprint
 
 _FAILED = ("predict_failed", "judge_failed")
@@ -76,9 +77,9 @@ def _retry(record: dict[str, Any], retry_failed: bool) -> bool:
     return any(is_transient(reason) for reason in re.findall(_REASONS, record[f"{_DONE}error"] or ""))
 
 
-def check_mode_change(run_dir: Path, started: TaskConfig, now: TaskConfig) -> None:
+def check_mode_change(run_dir: RunDir, started: TaskConfig, now: TaskConfig) -> None:
     """Refuse to take a stage out of batch mode while its batches may still be running."""
-    events = batch_log(run_dir).events()
+    events = EventLog(run_dir.batch_events).events()
     ended = {event.get("batch_id") for event in events if event.get("event") == "ended"}
     for stage in STAGES:
         if started.stage_mode(stage) != "batch" or now.stage_mode(stage) == "batch":

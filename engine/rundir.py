@@ -1,11 +1,19 @@
 """The run directory: where a run's config, journal, results and metrics live, and who holds it.
 
-    runs/<run-id>/run.json          the resolved config (no secrets: only the key's variable name)
-                                    and the settings its results depend on
-    runs/<run-id>/.lock             held (flock) by the one process running in the directory
-    runs/<run-id>/journal/*.ndjson  append-only results per stage, and the run's sessions
-    runs/<run-id>/results.parquet   one row per data row
-    runs/<run-id>/metrics.json      the numbers
+``RunDir`` is the one place that knows its paths, and reads a run out of it:
+
+    runs/<run-id>/run.json                the resolved config (no secrets: only the key's variable
+                                          name) and the settings its results depend on
+    runs/<run-id>/.lock                   held (flock) by the one process running in the directory
+    runs/<run-id>/journal/<stage>.ndjson  append-only outcomes per stage (predict, judge)
+    runs/<run-id>/journal/batches.ndjson  every batch file and batch the moment it exists, and its end
+    runs/<run-id>/journal/sessions.ndjson when each session of the run started and ended
+    runs/<run-id>/batches/                batch request files and their downloaded results
+    runs/<run-id>/server/                 the embedded server's files and batches
+    runs/<run-id>/results.parts/          results written so far, merged at the end into
+    runs/<run-id>/results.parquet         one row per data row
+    runs/<run-id>/metrics.json            the numbers
+    runs/<run-id>/report.md, report.html, plots/
 
 A resumed run may change how it reaches the endpoint (base URL, key variable, concurrency,
 limits, timeouts), its mode, its prices and its batch settings, and may extend its row limit;
@@ -18,16 +26,17 @@ import fcntl
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from .config import TaskConfig
 from .errors import ConfigError, JournalError, RunInUseError
+from .types import StageName
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
-LOCK_FILE = ".lock"
 _SELECTION = ("id_column", "label_column", "label_separator", "head", "tail", "sample", "seed")
 
 
@@ -47,6 +56,122 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise JournalError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+class RunDir:
+    """A run directory's paths, and the run read from it (see the module doc for the layout)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.run_file = self.path / "run.json"
+        self.lock_file = self.path / ".lock"
+        self.metrics_file = self.path / "metrics.json"
+        self.results_file = self.path / "results.parquet"
+        self.results_parts = self.path / "results.parts"
+        self.journal_dir = self.path / "journal"
+        self.batch_events = self.journal_dir / "batches.ndjson"
+        self.session_events = self.journal_dir / "sessions.ndjson"
+        self.batches_dir = self.path / "batches"
+        self.server_dir = self.path / "server"
+        self.plots_dir = self.path / "plots"
+        self.report_md = self.path / "report.md"
+        self.report_html = self.path / "report.html"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def journal(self, stage: StageName) -> Path:
+        """The stage's journal of outcomes."""
+        return self.journal_dir / f"{stage}.ndjson"
+
+    @property
+    def is_run(self) -> bool:
+        """Whether a run lives here (its ``run.json`` is written)."""
+        return self.run_file.exists()
+
+    def info(self) -> dict[str, Any]:
+        """``run.json`` as ``write_run`` wrote it."""
+        try:
+            data = json.loads(self.run_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path}: not a run directory (no {self.run_file.name})") from None
+        except ValueError as exc:
+            raise ConfigError(f"{self.run_file}: unreadable: {exc}") from None
+        if not isinstance(data, dict) or "config" not in data:
+            raise ConfigError(f"{self.run_file}: not a run file (no config)")
+        return data
+
+    def config(self, info: dict[str, Any] | None = None) -> TaskConfig:
+        """The config the run was last started or resumed with (from ``info``, if read already)."""
+        try:
+            return TaskConfig.model_validate((info or self.info())["config"]).with_source(str(self.run_file))
+        except ConfigError:
+            raise
+        except Exception as exc:  # pydantic's ValidationError: the file was edited
+            raise ConfigError(f"{self.run_file}: config does not validate: {exc}") from None
+
+    def load(self) -> FinishedRun:
+        """The finished run, read once: what reports and comparisons read."""
+        info = self.info()
+        try:
+            metrics = json.loads(self.metrics_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{self.path}: the run has not finished (no {self.metrics_file.name}); "
+                f"finish it with: python -m engine run --resume {self.path}"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"{self.metrics_file}: unreadable: {exc}") from None
+        return FinishedRun(self, info, self.config(info), metrics, pl.scan_parquet(self.results_file))
+
+    def claim(self, *, resume: bool) -> RunLock:
+        """Lock the directory (made for a new run); a new run where one lives already, or a
+        resume where none lives, is an error."""
+        if resume and not self.is_run:
+            raise ConfigError(f"{self.path}: not a run directory (no {self.run_file.name})")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"cannot create the run directory {self.path}: {exc.strerror or exc}") from exc
+        lock = RunLock(self)
+        lock.acquire()
+        if not resume and self.is_run:
+            lock.release()
+            raise ConfigError(f"{self.path}: a run lives here already; resume it with --resume {self.path}")
+        return lock
+
+    def write_run(self, config: TaskConfig, *, endpoint: str, started: dict[str, Any] | None = None) -> None:
+        """Write ``run.json``: from now on the directory is a run that ``--resume`` can finish.
+
+        ``started`` is the ``run.json`` of the run's first session, when this is a later one: its
+        creation time and the settings its results depend on are kept; the config is this session's.
+        """
+        write_json(
+            self.run_file,
+            {
+                "run_id": self.path.name,
+                "created_at": started["created_at"] if started else datetime.now(timezone.utc).isoformat(),
+                "endpoint": endpoint,
+                "config": config.model_dump(mode="json"),
+                "results_settings": started["results_settings"] if started else results_settings(config),
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRun:
+    """A finished run as read from its directory: ``run.json`` (``info``) and its config, the
+    metrics, and the results as a lazy frame."""
+
+    dir: RunDir
+    info: dict[str, Any]
+    config: TaskConfig
+    metrics: dict[str, Any]
+    results: pl.LazyFrame
+
+    @property
+    def run_id(self) -> str:
+        return str(self.info["run_id"])
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<run_dir>/.lock`` for the life of a run.
 
@@ -55,13 +180,13 @@ class RunLock:
     a killed run leaves behind is no obstacle; it only tells the next process whose lock it was.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: RunDir) -> None:
         self.run_dir = run_dir
         self._descriptor: int | None = None
 
     def acquire(self) -> None:
         """Take the lock, or raise ``RunInUseError`` naming the directory and the holder's pid."""
-        path = self.run_dir / LOCK_FILE
+        path = self.run_dir.lock_file
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -83,23 +208,6 @@ class RunLock:
         if self._descriptor is not None:
             os.close(self._descriptor)  # closing the descriptor drops the flock
             self._descriptor = None
-
-
-def claim_run_dir(run_dir: Path, *, resume: bool) -> RunLock:
-    """Lock the run directory (made for a new run); a new run where one lives already, or a
-    resume where none lives, is an error."""
-    if resume and not (run_dir / RUN_FILE).exists():
-        raise ConfigError(f"{run_dir}: not a run directory (no {RUN_FILE})")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise JournalError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from exc
-    lock = RunLock(run_dir)
-    lock.acquire()
-    if not resume and (run_dir / RUN_FILE).exists():
-        lock.release()
-        raise ConfigError(f"{run_dir}: a run lives here already; resume it with --resume {run_dir}")
-    return lock
 
 
 def results_settings(config: TaskConfig) -> dict[str, Any]:
@@ -137,53 +245,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def write_run(run_dir: Path, config: TaskConfig, *, endpoint: str, started: dict[str, Any] | None = None) -> None:
-    """Write ``run.json``: from now on the directory is a run that ``--resume`` can finish.
-
-    ``started`` is the ``run.json`` of the run's first session, when this is a later one: its
-    creation time and the settings its results depend on are kept; the config is this session's.
-    """
-    write_json(
-        run_dir / RUN_FILE,
-        {
-            "run_id": run_dir.name,
-            "created_at": started["created_at"] if started else datetime.now(timezone.utc).isoformat(),
-            "endpoint": endpoint,
-            "config": config.model_dump(mode="json"),
-            "results_settings": started["results_settings"] if started else results_settings(config),
-        },
-    )
-
-
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """``run.json`` as written by ``write_run``."""
-    path = run_dir / RUN_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir}: not a run directory (no {RUN_FILE})") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: unreadable: {exc}") from None
-    if not isinstance(data, dict) or "config" not in data:
-        raise ConfigError(f"{path}: not a run file (no config)")
-    return data
-
-
-def load_run(run_dir: Path) -> TaskConfig:
-    """The config a run was last started or resumed with."""
-    path = run_dir / RUN_FILE
-    try:
-        return TaskConfig.model_validate(read_run(run_dir)["config"]).with_source(str(path))
-    except ConfigError:
-        raise
-    except Exception as exc:  # pydantic's ValidationError: the file was edited
-        raise ConfigError(f"{path}: config does not validate: {exc}") from None
-
-
-def check_resumable(run_dir: Path, config: TaskConfig) -> dict[str, Any]:
+def check_resumable(run_dir: RunDir, config: TaskConfig) -> dict[str, Any]:
     """``run.json`` of the run, once ``config`` is known to give the results its rows already
     have; a change to what they depend on is refused with one line naming it."""
-    started = read_run(run_dir)
+    started = run_dir.info()
     recorded = started.get("results_settings")
     if recorded is None:  # a run from before results settings were recorded: its config is the record
         recorded = results_settings(TaskConfig.model_validate(started["config"]))

@@ -15,22 +15,19 @@ are summed from the journal, so they cover every session, killed ones included:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
-from .journal import EventLog, journal_frames, journal_path
-from .run.batch_stage import batch_log
+from .journal import EventLog, journal_frames
+from .rundir import RunDir
 from .types import STAGES
-
-SESSIONS_FILE = "sessions.ndjson"
 
 
 class SessionLog:
     """``journal/sessions.ndjson``: when each session of the run started and ended."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self._log = EventLog(run_dir / "journal" / SESSIONS_FILE)
+    def __init__(self, run_dir: RunDir) -> None:
+        self._log = EventLog(run_dir.session_events)
 
     def start(self) -> None:
         self._log.append({"event": "start"})
@@ -62,18 +59,18 @@ class RunFigures:
         return round(self.requests / self.wall_seconds, 2) if self.wall_seconds > 0 else None
 
 
-def run_figures(run_dir: Path, *, now: float | None = None) -> RunFigures:
+def run_figures(run_dir: RunDir, *, now: float | None = None) -> RunFigures:
     """The figures of every session of the run; the one still running (if any) ends at ``now``."""
     requests = retries = rate_limited = 0
     activity: list[pl.Series] = []
     for stage in STAGES:
-        for frame in journal_frames(journal_path(run_dir, stage), ("attempts", "rate_limited", "finished_at")):
+        for frame in journal_frames(run_dir.journal(stage), ("attempts", "rate_limited", "finished_at")):
             attempts = frame["attempts"].fill_null(1)
             requests += int(attempts.sum())
             retries += int((attempts - 1).clip(lower_bound=0).sum())
             rate_limited += int(frame["rate_limited"].fill_null(0).sum())
             activity.append(frame["finished_at"].drop_nulls())
-    activity.append(pl.Series([float(event["at"]) for event in batch_log(run_dir).events()], dtype=pl.Float64()))
+    activity.append(pl.Series([float(event["at"]) for event in EventLog(run_dir.batch_events).events()], dtype=pl.Float64()))
     times = pl.concat(activity) if activity else pl.Series(dtype=pl.Float64())
     spans = SessionLog(run_dir).spans()
     wall = 0.0

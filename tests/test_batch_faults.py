@@ -30,13 +30,14 @@ from benchmarks.proxy import FaultProxy
 from engine import Evaluation
 from engine.config import BatchConfig
 from engine.errors import BatchApiMissingError, ProviderError
-from engine.journal import journal_path, scan_journal
+from engine.journal import scan_journal
 from engine.prompts import estimate_tokens
 from engine.provider import ChatReply
 from engine.run.batch_stage import BatchStage
 from engine.run.limits import Limiter
 from engine.run.realtime import RealtimeRunner
 from engine.run.retry import RetryPolicy
+from engine.rundir import RunDir
 from engine.types import ChatRequest, Outcome, Row
 from tests.support import CountingBackend
 
@@ -101,7 +102,7 @@ def paid_per_custom_id(url: str, run_id: str, backend: PerRequestBackend) -> Cou
 
 
 def journaled_attempts(run_dir: Path) -> dict[str, int]:
-    journal = scan_journal(journal_path(run_dir, "predict")).select("custom_id", "attempts").collect()
+    journal = scan_journal(RunDir(run_dir).journal("predict")).select("custom_id", "attempts").collect()
     return dict(zip(journal["custom_id"].to_list(), journal["attempts"].to_list()))
 
 
@@ -351,7 +352,7 @@ async def test_batch_lines_retried_in_realtime_are_charged_their_token_estimate(
             chat = RecordingChat(client)
             clock = InstantClock()
             stage = BatchStage(
-                stage="predict", provider=client, run_dir=tmp_path / "run", run_id="run",
+                stage="predict", provider=client, run_dir=RunDir(tmp_path / "run"), run_id="run",
                 settings=BatchConfig(poll_initial_s=0.02, poll_max_s=0.05, realtime_retry_below=100),
                 policy=RetryPolicy(), clock=clock,
                 realtime=RealtimeRunner(chat, Limiter(concurrency=4, clock=clock), RetryPolicy(), clock),

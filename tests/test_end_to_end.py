@@ -13,7 +13,8 @@ from adapters.server.backends.sim import SimSettings
 from benchmarks.clocks import InstantClock
 from engine import Evaluation
 from engine.errors import AuthError
-from engine.journal import journal_path, scan_journal
+from engine.journal import scan_journal
+from engine.rundir import RunDir
 from tests.support import CountingBackend
 
 from .conftest import TEST_KEY, TEST_KEY_ENV, imdb_config, run_files, start_server
@@ -66,8 +67,8 @@ async def test_faults_never_lose_or_duplicate_a_row(tmp_path: Path, api_key: str
     assert failed.height > 0, "with max_retries=1 and 25% faults some rows must fail"
     assert failed["error"].null_count() == 0
     assert set(failed["error"].str.extract(r"^(\w+):").to_list()) <= {"http_500", "http_502", "http_503", "connection", "malformed_body"}
-    judge = scan_journal(journal_path(tmp_path / "run", "judge")).collect()
-    predict = scan_journal(journal_path(tmp_path / "run", "predict")).collect()
+    judge = scan_journal(RunDir(tmp_path / "run").journal("judge")).collect()
+    predict = scan_journal(RunDir(tmp_path / "run").journal("predict")).collect()
     assert predict.height == 120
     assert judge.height == results.filter(pl.col("status") != "predict_failed").height
     metrics = evaluation.metrics

@@ -10,11 +10,11 @@ from engine.errors import JournalError
 from engine.journal import (
     Journal,
     check_journal,
-    journal_path,
     record_to_outcome,
     repair_torn_tail,
     scan_journal,
 )
+from engine.rundir import RunDir
 from engine.types import ChatResult, Failure, Row, Usage, row_fingerprint
 
 ROW = Row("1", 0, {"text": "a film"}, ("Drama",), row_fingerprint({"text": "a film"}, ("Drama",)))
@@ -36,7 +36,7 @@ def test_a_single_torn_line_empties_the_file(tmp_path: Path) -> None:
 
 
 def test_appends_round_trip_and_the_last_record_wins(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+    journal = Journal(RunDir(tmp_path))
     ok = ChatResult("predict:1", "Drama", "m", Usage(10, 2), 0.5, attempts=3, started_at=1.0, finished_at=2.0,
                     rate_limited=1)
     failed = Failure("judge:1", "http_500", "boom", status_code=500, attempts=7)
@@ -45,20 +45,20 @@ def test_appends_round_trip_and_the_last_record_wins(tmp_path: Path) -> None:
     journal.append("judge", ROW, failed)
     journal.append("judge", ROW, retried)
     journal.close()
-    predict = scan_journal(journal_path(tmp_path, "predict")).collect()
+    predict = scan_journal(RunDir(tmp_path).journal("predict")).collect()
     assert record_to_outcome(predict.row(0, named=True)) == ok
     assert predict["fingerprint"].to_list() == [ROW.fingerprint]
-    judge = scan_journal(journal_path(tmp_path, "judge")).collect()
+    judge = scan_journal(RunDir(tmp_path).journal("judge")).collect()
     assert judge.height == 1 and record_to_outcome(judge.row(0, named=True)) == retried
-    lines = journal_path(tmp_path, "judge").read_text().splitlines()
+    lines = RunDir(tmp_path).journal("judge").read_text().splitlines()
     assert len(lines) == 2 and '"reason": "http_500"' in lines[0]
 
 
 def test_reopening_cuts_a_torn_line_and_appends_after_it(tmp_path: Path) -> None:
-    path = journal_path(tmp_path, "predict")
+    path = RunDir(tmp_path).journal("predict")
     path.parent.mkdir()
     path.write_bytes(b'{"custom_id": "predict:0"}\n{"custom_id": "pre')
-    journal = Journal(tmp_path)
+    journal = Journal(RunDir(tmp_path))
     journal.append("predict", ROW, Failure("predict:1", "timeout", "t"))
     journal.close()
     lines = path.read_text().splitlines()
@@ -79,7 +79,7 @@ def test_the_fingerprint_is_of_the_row_text_and_labels() -> None:
 @pytest.mark.parametrize("bad", ["garbage", '{"custom_id": "predict:2", "ok": tru', "[1, 2]", '{"ok": true}',
                                  '{"custom_id": "predict:2", "ok": "yes"}'])
 def test_a_damaged_line_is_named_with_what_to_do(tmp_path: Path, bad: str) -> None:
-    path = journal_path(tmp_path, "predict")
+    path = RunDir(tmp_path).journal("predict")
     path.parent.mkdir()
     good = json.dumps({"custom_id": "predict:1", "row_id": "1", "ok": True, "content": "Drama"})
     path.write_text(f"{good}\n{good}\n{bad}\n{good}\n")
@@ -91,8 +91,8 @@ def test_a_damaged_line_is_named_with_what_to_do(tmp_path: Path, bad: str) -> No
 
 
 def test_a_sound_journal_passes_the_check(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+    journal = Journal(RunDir(tmp_path))
     journal.append("predict", ROW, Failure("predict:1", "timeout", "t"))
     journal.close()
-    check_journal(journal_path(tmp_path, "predict"))
-    check_journal(journal_path(tmp_path, "judge"))  # empty
+    check_journal(RunDir(tmp_path).journal("predict"))
+    check_journal(RunDir(tmp_path).journal("judge"))  # empty

@@ -16,8 +16,9 @@ import pytest
 from benchmarks.clocks import InstantClock
 from engine import Evaluation
 from engine.errors import BatchApiMissingError, ProviderError
-from engine.journal import journal_path, scan_journal
+from engine.journal import scan_journal
 from engine.mock_provider import MockProvider
+from engine.rundir import RunDir
 from engine.types import ChatRequest
 
 from .conftest import imdb_config
@@ -83,7 +84,7 @@ async def test_a_failed_batch_line_is_retried_and_counted_through_the_seam(tmp_p
     config = imdb_config(None, limit=ROWS, **{"predict.mode": "batch", "judge.mode": "batch"})
     async with Evaluation(config, run_dir=tmp_path / "run", provider=provider, clock=InstantClock()):
         pass
-    journal = scan_journal(journal_path(tmp_path / "run", "predict")).collect()
+    journal = scan_journal(RunDir(tmp_path / "run").journal("predict")).collect()
     attempts = dict(zip(journal["custom_id"], journal["attempts"]))
     assert attempts["predict:3"] == 2 and {n for cid, n in attempts.items() if cid != "predict:3"} == {1}
     retried = [how for how, request in provider.answered if request.custom_id == "predict:3"]

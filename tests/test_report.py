@@ -20,6 +20,7 @@ from engine import Evaluation, TaskConfig, load_config, with_overrides
 from engine.config import parse_config
 from engine.report.document import INVALID_LABEL, label_breakdown, write_report
 from engine.report.summary import cost_usd, percent, print_summary, tokens_by_caller
+from engine.rundir import RunDir
 from engine.shipped import example_config
 
 from .conftest import imdb_config
@@ -260,7 +261,7 @@ def test_cost_prices_each_call_at_the_rate_of_the_way_it_was_made(tmp_path: Path
     (journal / "judge.ndjson").write_text("\n".join([
         journal_line("judge:0", 1000, 5, None), journal_line("judge:1", 50, 1, 0.2), journal_line("judge:2", 70, 3, 1.5),
     ]) + "\n")
-    tokens = tokens_by_caller(tmp_path)
+    tokens = tokens_by_caller(RunDir(tmp_path))
     assert tokens["predict"] == {"prompt": 700, "completion": 70, "batch_prompt": 500, "batch_completion": 50, "served": ["m"]}
     assert tokens["judge"] == {"prompt": 1120, "completion": 9, "batch_prompt": 1000, "batch_completion": 5, "served": ["m"]}
     cost = cost_usd(config, tokens)

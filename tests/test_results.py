@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from engine.results import ResultsWriter, _list_column
+from engine.rundir import RunDir
 from engine.types import JoinedRow, Usage
 
 
@@ -27,7 +28,7 @@ async def test_a_part_round_trips_the_joined_rows(tmp_path: Path) -> None:
                   verdicts=(i % 2 == 0, None), verdict_texts=("correct", None))
         for i in range(7)
     ]
-    writer = ResultsWriter(tmp_path, ("text",), part_rows=4)
+    writer = ResultsWriter(RunDir(tmp_path), ("text",), part_rows=4)
     for row in rows:
         await writer.add(row)
     await writer.flush()

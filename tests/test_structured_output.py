@@ -15,9 +15,10 @@ from adapters.server.embedded import EmbeddedServer
 from engine import Evaluation
 from engine.errors import ProviderError
 from engine.formats import StructuredOutput, choice_format, converted
-from engine.journal import journal_path, scan_journal
+from engine.journal import scan_journal
 from engine.prompts import unwrap_choice
 from engine.run.retry import is_transient
+from engine.rundir import RunDir
 from engine.types import ChatRequest
 from tests.support import CountingBackend
 
@@ -100,7 +101,7 @@ async def test_the_shipped_example_runs_against_a_server_that_refuses_json_schem
     # A request refused for its format goes again at once in the next one, never more often.
     tried = 1 if fallback == "json_object" else 2
     for stage in ("predict", "judge"):
-        attempts = scan_journal(journal_path(tmp_path / "run", stage)).collect()["attempts"].to_list()
+        attempts = scan_journal(RunDir(tmp_path / "run").journal(stage)).collect()["attempts"].to_list()
         assert max(attempts) <= 1 + tried
     refused = backend.calls - 60 - (2 if mode == "batch" else 0)  # less the preflight call answered per caller
     assert 0 < refused <= 2 * tried * 64, backend.calls

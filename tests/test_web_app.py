@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 
 from engine import Evaluation
-from engine.journal import journal_path, scan_journal
+from engine.journal import scan_journal
+from engine.rundir import RunDir
 from examples.web_app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +130,7 @@ async def test_a_client_that_leaves_stops_the_run_and_it_resumes_with_every_row_
     assert set(results["status"]) == {"judged"}
     assert evaluation.metrics is not None and evaluation.metrics["n_judged"] == limit
     for stage in ("predict", "judge"):  # no row was answered (paid for) twice across the two runs
-        custom_ids = scan_journal(journal_path(run_dir, stage)).select("custom_id").collect().to_series()
+        custom_ids = scan_journal(RunDir(run_dir).journal(stage)).select("custom_id").collect().to_series()
         assert custom_ids.len() == custom_ids.n_unique() == limit, stage
 
 

@@ -9,7 +9,6 @@ comparison says whether the two task names match.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from ..results import RESULTS_FILE
-from ..rundir import METRICS_FILE, RUN_FILE
+from ..rundir import FinishedRun, RunDir
 from .summary import interval_text, percent
 
 ALPHA = 0.05
@@ -44,14 +42,8 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * math.exp(log_tail))
 
 
-def _load(run_dir: Path) -> dict[str, Any]:
-    info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    return {
-        "path": str(run_dir),
-        "run_id": info["run_id"],
-        "task": info["config"]["name"],
-        "metrics": json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8")),
-    }
+def _described(run: FinishedRun) -> dict[str, Any]:
+    return {"path": str(run.dir), "run_id": run.run_id, "task": run.config.name, "metrics": run.metrics}
 
 
 def _paired(shared: pl.DataFrame, column: str) -> dict[str, Any] | None:
@@ -91,11 +83,12 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
     has the value in both runs). ``prediction_agreement`` and ``verdict_agreement`` are the share
     of shared rows where both runs have the value and it is the same.
     """
-    a, b = _load(run_a), _load(run_b)
+    finished_a, finished_b = RunDir(run_a).load(), RunDir(run_b).load()
+    a, b = _described(finished_a), _described(finished_b)
     columns = ["row_id", "prediction", *_PAIRED.values()]
-    shared = pl.read_parquet(run_a / RESULTS_FILE, columns=columns).join(
-        pl.read_parquet(run_b / RESULTS_FILE, columns=columns), on="row_id", how="inner", suffix="_b"
-    ).rename({name: f"{name}_a" for name in columns[1:]})
+    shared = finished_a.results.select(columns).join(
+        finished_b.results.select(columns), on="row_id", how="inner", suffix="_b"
+    ).rename({name: f"{name}_a" for name in columns[1:]}).collect()
     comparison: dict[str, Any] = {
         "a": a,
         "b": b,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +18,12 @@ from typing import Any
 
 import polars as pl
 
-from ..journal import journal_frames, journal_path
-from ..results import RESULTS_FILE
-from ..run.batch_stage import batch_log
-from ..rundir import METRICS_FILE, RUN_FILE
+from ..journal import EventLog, journal_frames
+from ..rundir import FinishedRun, RunDir
 from ..types import STAGES, StageName
 from . import plots
 from .summary import interval_text, percent
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-PLOTS_DIR = "plots"
 INVALID_LABEL = "(not a label)"
 EXAMPLES = 8
 _TEXT_CHARS = 200
@@ -68,33 +62,15 @@ class _Section:
     blocks: list[_Block] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _Run:
-    """What the report reads from a run directory."""
-
-    run_dir: Path
-    info: dict[str, Any]
-    metrics: dict[str, Any]
-    results: pl.LazyFrame
-
-    @classmethod
-    def load(cls, run_dir: Path) -> _Run:
-        return cls(
-            run_dir,
-            json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")),
-            json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8")),
-            pl.scan_parquet(run_dir / RESULTS_FILE),
-        )
-
-    @property
-    def has_truth(self) -> bool:
-        return self.metrics["ground_truth_accuracy"] is not None
+def _has_truth(run: FinishedRun) -> bool:
+    return run.metrics["ground_truth_accuracy"] is not None
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: RunDir | Path) -> Path:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``run_dir``; returns report.md."""
-    run = _Run.load(run_dir)
-    plots_dir = run_dir / PLOTS_DIR
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = run_dir.load()
+    plots_dir = run_dir.plots_dir
     title = f"Evaluation report: {run.info['config']['name']}"
     drafted = [
         _overview(run),
@@ -109,9 +85,9 @@ def write_report(run_dir: Path) -> Path:
         _failures(run),
     ]
     sections = [section for section in drafted if section is not None]
-    markdown = run_dir / REPORT_MD
-    markdown.write_text(_markdown(title, sections, run_dir), encoding="utf-8")
-    (run_dir / REPORT_HTML).write_text(_html(title, sections), encoding="utf-8")
+    markdown = run_dir.report_md
+    markdown.write_text(_markdown(title, sections, run_dir.path), encoding="utf-8")
+    run_dir.report_html.write_text(_html(title, sections), encoding="utf-8")
     return markdown
 
 
@@ -120,7 +96,7 @@ def _stage_of(caller: str) -> str:
     return caller.split(".")[0]
 
 
-def _overview(run: _Run) -> _Section:
+def _overview(run: FinishedRun) -> _Section:
     m = run.metrics
     section = _Section("Run", [f"run {run.info['run_id']}, created {run.info['created_at']}, endpoint {run.info['endpoint']}"])
     models: dict[str, Any] = m["models"]
@@ -148,7 +124,7 @@ def _overview(run: _Run) -> _Section:
     return section
 
 
-def _accuracy(run: _Run, plots_dir: Path) -> _Section:
+def _accuracy(run: FinishedRun, plots_dir: Path) -> _Section:
     m = run.metrics
     section = _Section("Accuracy")
     baseline = f"baseline: always '{m['majority_baseline_label']}'"
@@ -170,21 +146,21 @@ def _accuracy(run: _Run, plots_dir: Path) -> _Section:
     if bars:
         top = (m["majority_baseline_label"], m["majority_baseline_accuracy"]) if m["majority_baseline_label"] else None
         section.blocks.append(_Image(plots.accuracy_plot(plots_dir / "accuracy.png", bars, top), "accuracy with 95% CIs"))
-    if not run.has_truth:
+    if not _has_truth(run):
         section.blocks.append(_no_truth(run))
     return section
 
 
-def _no_truth(run: _Run) -> str:
+def _no_truth(run: FinishedRun) -> str:
     if run.info["config"]["dataset"]["label_column"] is None:
         return "This task has no ground truth (no dataset.label_column): only the judge's verdicts measure the answers."
     return "No row has both a prediction and ground-truth labels, so there is no ground-truth accuracy."
 
 
-def _judge_vs_truth(run: _Run, plots_dir: Path) -> _Section:
+def _judge_vs_truth(run: FinishedRun, plots_dir: Path) -> _Section:
     m = run.metrics
     section = _Section("Judge vs ground truth")
-    if not run.has_truth:
+    if not _has_truth(run):
         section.blocks.append("Nothing to compare the judge with (see above).")
         return section
     c = m["confusion"]
@@ -225,7 +201,7 @@ def label_breakdown(results: pl.LazyFrame) -> pl.DataFrame:
     return predicted.join(in_truth, on="label", how="left").sort(["predicted", "label"], descending=[True, False]).collect()
 
 
-def _labels(run: _Run, plots_dir: Path) -> _Section:
+def _labels(run: FinishedRun, plots_dir: Path) -> _Section:
     section = _Section("Per-label breakdown")
     breakdown = label_breakdown(run.results)
     if breakdown.is_empty():
@@ -236,7 +212,7 @@ def _labels(run: _Run, plots_dir: Path) -> _Section:
     header = ("label", "predicted", "share", "judge says right", "right by truth", "rows with this label")
     rows = [(row["label"], f"{row['predicted']:,}", percent(row["share"]), percent(row["judge_rate"]),
              percent(row["truth_rate"]), percent(row["in_truth"])) for row in breakdown.iter_rows(named=True)]
-    width = len(header) if run.has_truth else 4
+    width = len(header) if _has_truth(run) else 4
     section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
     section.blocks.append(_Image(plots.label_plot(plots_dir / "labels.png", breakdown), "per-label breakdown"))
     return section
@@ -246,7 +222,7 @@ def _duration(seconds: float) -> str:
     return f"{1000 * seconds:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _latency(run: _Run, plots_dir: Path) -> _Section:
+def _latency(run: FinishedRun, plots_dir: Path) -> _Section:
     section = _Section("Latency (realtime calls)")
     quantiles = (0.5, 0.9, 0.99, 1.0)
     summaries = {
@@ -286,13 +262,13 @@ def _histogram(
     return [low + width * i for i in range(bins + 1)], counts
 
 
-def throughput(run_dir: Path) -> pl.DataFrame | None:
+def throughput(run_dir: RunDir) -> pl.DataFrame | None:
     """Realtime completions per second per stage in time bins (columns stage, start, end,
     per_second; seconds since the first call); ``None`` without realtime calls. Empty bins are
     zeros; the bin width is a round number that keeps to 30 bins or fewer."""
     def realtime_calls(stage: StageName) -> Iterator[pl.DataFrame]:
         columns = ("ok", "latency_s", "started_at", "finished_at")
-        for frame in journal_frames(journal_path(run_dir, stage), columns):
+        for frame in journal_frames(run_dir.journal(stage), columns):
             yield frame.filter(pl.col("ok") & pl.col("latency_s").is_not_null())
 
     # Two passes over the journal, a block at a time: the time span, then the counts per bin.
@@ -321,10 +297,10 @@ def throughput(run_dir: Path) -> pl.DataFrame | None:
     )
 
 
-def batch_spans(run_dir: Path) -> pl.DataFrame | None:
+def batch_spans(run_dir: RunDir) -> pl.DataFrame | None:
     """Every batch that ended (journal ``ended`` events, the last per batch id) with start and end
     in seconds since the first batch was created; ``None`` when the run made no batch."""
-    ended = [event for event in batch_log(run_dir).events() if event["event"] == "ended"]
+    ended = [event for event in EventLog(run_dir.batch_events).events() if event["event"] == "ended"]
     if not ended:
         return None
     frame = pl.DataFrame(
@@ -338,13 +314,13 @@ def batch_spans(run_dir: Path) -> pl.DataFrame | None:
     )
 
 
-def _timing(run: _Run, plots_dir: Path) -> _Section:
+def _timing(run: FinishedRun, plots_dir: Path) -> _Section:
     section = _Section("Throughput and batches")
-    rates = throughput(run.run_dir)
+    rates = throughput(run.dir)
     if rates is not None:
         section.blocks.append("Realtime completions per second, from the journal's finish times.")
         section.blocks.append(_Image(plots.throughput_plot(plots_dir / "throughput.png", rates), "throughput over time"))
-    spans = batch_spans(run.run_dir)
+    spans = batch_spans(run.dir)
     if spans is not None:
         section.blocks.append(f"{spans.height} batches, from creation to their end (hatched: not completed).")
         section.blocks.append(_Table(("stage", "file", "batch", "status", "lines", "start", "duration"), [
@@ -357,7 +333,7 @@ def _timing(run: _Run, plots_dir: Path) -> _Section:
     return section
 
 
-def _tokens(run: _Run) -> _Section:
+def _tokens(run: FinishedRun) -> _Section:
     tokens, cost = run.metrics["tokens"], run.metrics["cost_usd"]
     kinds = ("prompt", "completion", "batch_prompt", "batch_completion")
     rows: list[tuple[str, ...]] = [(stage, *(f"{used[kind]:,}" for kind in kinds)) for stage, used in tokens.items()]
@@ -380,7 +356,7 @@ def _tokens(run: _Run) -> _Section:
     return section
 
 
-def _panel(run: _Run) -> _Section | None:
+def _panel(run: FinishedRun) -> _Section | None:
     panel = run.metrics.get("panel")
     if panel is None:
         return None
@@ -406,9 +382,9 @@ def _panel(run: _Run) -> _Section | None:
     ])
 
 
-def _examples(run: _Run) -> _Section:
+def _examples(run: FinishedRun) -> _Section:
     verdict, truth = pl.col("verdict"), pl.col("ground_truth_correct")
-    if run.has_truth:
+    if _has_truth(run):
         section = _Section("Where the judge and the ground truth disagree")
         said_right = run.results.filter(verdict & ~truth).head(EXAMPLES).collect()
         said_wrong = run.results.filter(~verdict & truth).head(EXAMPLES).collect()
@@ -424,12 +400,12 @@ def _examples(run: _Run) -> _Section:
     rows = [(row["row_id"], _inputs(row["inputs"]), row["prediction"] or "-", _clip(row["verdict_text"] or "-"),
              ", ".join(row["labels"] or []) or "-", {True: "yes", False: "no", None: "-"}[row["ground_truth_correct"]])
             for row in examples.iter_rows(named=True)]
-    width = len(header) if run.has_truth else 4
+    width = len(header) if _has_truth(run) else 4
     section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
     return section
 
 
-def _failures(run: _Run) -> _Section | None:
+def _failures(run: FinishedRun) -> _Section | None:
     if not run.metrics["n_failed"]:
         return None
     errors = (

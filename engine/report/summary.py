@@ -16,21 +16,20 @@ from rich.table import Table
 
 from ..config import TaskConfig
 from ..formats import DESCRIBED, FORMATS
-from ..journal import journal_frames, journal_path
+from ..journal import EventLog, journal_frames
 from ..prompts import judge_prefixes
-from ..results import RESULTS_FILE
-from ..run.batch_stage import batch_log
+from ..rundir import RunDir
 from ..sessions import RunFigures
 from ..types import STAGES
 from .metrics import failure_reasons, panel_metrics, quality_metrics
 
 
-def stage_overlap(run_dir: Path) -> dict[str, Any]:
+def stage_overlap(run_dir: RunDir) -> dict[str, Any]:
     """How many judge calls started before the last prediction finished (the stages overlap)."""
-    finished = [frame["finished_at"].max() for frame in journal_frames(journal_path(run_dir, "predict"), ("finished_at",))]
+    finished = [frame["finished_at"].max() for frame in journal_frames(run_dir.journal("predict"), ("finished_at",))]
     last_prediction = max((value for value in finished if value is not None), default=float("-inf"))
     calls = early = 0
-    for frame in journal_frames(journal_path(run_dir, "judge"), ("started_at",)):
+    for frame in journal_frames(run_dir.journal("judge"), ("started_at",)):
         calls += frame.height
         early += int((frame["started_at"] < last_prediction).sum())
     return {
@@ -41,7 +40,7 @@ def stage_overlap(run_dir: Path) -> dict[str, Any]:
 
 
 def build_metrics(
-    run_dir: Path,
+    run_dir: RunDir,
     config: TaskConfig,
     *,
     figures: RunFigures,
@@ -49,7 +48,7 @@ def build_metrics(
 ) -> dict[str, Any]:
     """Every number of ``metrics.json``; ``figures`` cover every session of the run (see
     ``engine.sessions``)."""
-    results = pl.scan_parquet(run_dir / RESULTS_FILE)
+    results = pl.scan_parquet(run_dir.results_file)
     prefixes = judge_prefixes(config)
     metrics = quality_metrics(results)
     metrics["failure_reasons"] = failure_reasons(results)
@@ -83,7 +82,7 @@ def build_metrics(
 _TOKEN_KINDS = ("prompt", "completion", "batch_prompt", "batch_completion")
 
 
-def tokens_by_caller(run_dir: Path) -> dict[str, dict[str, Any]]:
+def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
     """Tokens and served model names per ``custom_id`` prefix (``predict``, ``judge``,
     ``judge.<name>``), from the journal's successful calls.
 
@@ -94,7 +93,7 @@ def tokens_by_caller(run_dir: Path) -> dict[str, dict[str, Any]]:
     columns = ("custom_id", "ok", "prompt_tokens", "completion_tokens", "latency_s", "model")
     in_batch = pl.col("latency_s").is_null()
     for stage in STAGES:
-        for frame in journal_frames(journal_path(run_dir, stage), columns):
+        for frame in journal_frames(run_dir.journal(stage), columns):
             sums = (
                 frame.filter(pl.col("ok"))
                 .group_by(pl.col("custom_id").str.split(":").list.first().alias("caller"))
@@ -114,9 +113,9 @@ def tokens_by_caller(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {caller: {**total, "served": sorted(total["served"])[:5]} for caller, total in totals.items()}
 
 
-def batches_created(run_dir: Path) -> int:
+def batches_created(run_dir: RunDir) -> int:
     """Batches the run created, all sessions together (the ``batch`` events of its journal)."""
-    return sum(1 for event in batch_log(run_dir).events() if event["event"] == "batch")
+    return sum(1 for event in EventLog(run_dir.batch_events).events() if event["event"] == "batch")
 
 
 def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str, float | None] | None:
@@ -235,4 +234,4 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
             "[yellow]answers came from a 135M-parameter model running on this CPU: a check that the whole "
             "pipeline works, not a judge to trust. Point --base-url at a hosted model for real numbers.[/]"
         )
-    console.print(f"results {run_dir / RESULTS_FILE}")
+    console.print(f"results {RunDir(run_dir).results_file}")

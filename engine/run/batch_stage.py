@@ -49,13 +49,13 @@ from ..errors import FatalError, ProviderError
 from ..journal import EventLog
 from ..prompts import estimate_tokens
 from ..provider import BatchJob, BatchProvider
+from ..rundir import RunDir
 from ..types import ChatRequest, Failure, Outcome, Row, StageName
 from .limits import Clock
 from .realtime import RealtimeRunner
 from .retry import RetryPolicy, is_transient
 from .stage import Deliver
 
-BATCHES_DIR = "batches"
 _CHUNK_NAME = re.compile(r"^(predict|judge)-(\d{5})$")
 # How far the endpoint's clock (its batches' and files' ``created_at``) may be behind ours.
 _CLOCK_SKEW_S = 600.0
@@ -94,12 +94,6 @@ class _Chunk:
             return {provider.decode_line(line)[0]: line for line in source if line.strip()}
 
 
-def batch_log(run_dir: Path) -> EventLog:
-    """``journal/batches.ndjson``: every batch file id and batch id the moment it exists, and
-    each batch's end."""
-    return EventLog(run_dir / "journal" / "batches.ndjson")
-
-
 class BatchStage:
     """A pipeline stage whose requests travel in provider batches."""
 
@@ -108,7 +102,7 @@ class BatchStage:
         *,
         stage: StageName,
         provider: BatchProvider,
-        run_dir: Path,
+        run_dir: RunDir,
         run_id: str,
         settings: BatchConfig,
         policy: RetryPolicy,
@@ -125,9 +119,9 @@ class BatchStage:
         stage's flush)."""
         self.stage: StageName = stage
         self._provider = provider
-        self._dir = run_dir / BATCHES_DIR
+        self._dir = run_dir.batches_dir
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._log = batch_log(run_dir)
+        self._log = EventLog(run_dir.batch_events)
         self._run_id = run_id
         self._settings = settings
         # The policy's backoff, without its limit on retries: an outage ends a call's tries.
