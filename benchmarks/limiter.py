@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from adapters.openai import OpenAIProvider
-from adapters.server.backends.base import BackendError, Completion
+from adapters.server.backends.base import BackendError, BackendReply
 from adapters.server.backends.sim import SimBackend, SimSettings
 from adapters.server.embedded import EmbeddedServer
 from engine import load_config
@@ -68,7 +68,7 @@ class RecordingBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         try:
             completion = await self._inner.complete(body)
         except BackendError as error:

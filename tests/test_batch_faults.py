@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from adapters.openai import OpenAIProvider
-from adapters.server.backends.base import Completion, Hang
+from adapters.server.backends.base import BackendReply, Hang
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import FastForwardClock, InstantClock
@@ -69,7 +69,7 @@ class PerRequestBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         self.calls[body_key(body)] += 1
         is_row = body["messages"][-1]["content"] != "ping"  # the engine's preflight pings in the row's format
         if self.hold_first_predict and body.get("model") == PREDICT_MODEL and "response_format" in body and is_row:

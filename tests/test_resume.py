@@ -13,7 +13,7 @@ import anyio
 import polars as pl
 import pytest
 
-from adapters.server.backends.base import BackendError, Completion
+from adapters.server.backends.base import BackendError, BackendReply
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import InstantClock
@@ -237,7 +237,7 @@ class RefusingBackend(CountingBackend):
         self.refused, self.failing = refused, failing
         self.faulty = True
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         question = body["messages"][-1]["content"]  # the predict prompt is the overview alone
         if self.faulty and question in self.refused | self.failing:
             self.calls += 1

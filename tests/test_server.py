@@ -20,7 +20,7 @@ import openai
 import pytest
 import trio
 
-from adapters.server.backends import BackendError, Completion, SimBackend, SimSettings
+from adapters.server.backends import BackendError, BackendReply, SimBackend, SimSettings
 from adapters.server.embedded import EmbeddedServer, embedded_server
 
 GENRES = (
@@ -581,10 +581,10 @@ class _SlowBackend:
     def __init__(self) -> None:
         self.arrived = threading.Event()
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         self.arrived.set()
         await asyncio.sleep(0.2)
-        return Completion("done", 1, 1, "slow:" + body["model"])
+        return BackendReply("done", 1, 1, "slow:" + body["model"])
 
 
 async def test_stop_lets_in_flight_requests_finish() -> None:

@@ -23,13 +23,13 @@ import yarl
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from adapters.server.backends import Backend, Completion, SimBackend, SimSettings
+from adapters.server.backends import Backend, BackendReply, SimBackend, SimSettings
 from adapters.server.batch_jobs import BatchSettings
 from adapters.server.embedded import embedded_server
+from engine.provider import TERMINAL_BATCH_STATUSES
 
 from .test_server import GENRE_SET, genre_messages
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 SCHEMAS_PATH = Path(__file__).parent / "data" / "openai_schemas.json"
 
 
@@ -96,7 +96,7 @@ async def submit(client: openai.AsyncOpenAI, data: bytes, **metadata: str) -> Ba
     )
 
 
-async def settle(client: openai.AsyncOpenAI, batch_id: str, statuses: frozenset[str] = TERMINAL) -> Batch:
+async def settle(client: openai.AsyncOpenAI, batch_id: str, statuses: frozenset[str] = TERMINAL_BATCH_STATUSES) -> Batch:
     """Poll until the batch reaches one of ``statuses`` (bounded: about 20 s)."""
     for _ in range(2000):
         batch = await client.batches.retrieve(batch_id)
@@ -139,7 +139,7 @@ class GatedBackend:
         self._gate = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         self.calls += 1
         if self.calls > self._free:
             self._loop = asyncio.get_running_loop()
@@ -166,7 +166,7 @@ class RecordingBackend:
         self.reached = threading.Event()
         self._signal_after = signal_after
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         self.calls[body["messages"][-1]["content"]] += 1
         if self._signal_after and self.calls.total() >= self._signal_after:
             self.reached.set()
@@ -344,7 +344,7 @@ async def test_rate_limited_lines_are_waited_out_not_failed() -> None:
         name = "counting"
         models = None
 
-        async def complete(self, body: dict[str, Any]) -> Completion:
+        async def complete(self, body: dict[str, Any]) -> BackendReply:
             try:
                 return await inner.complete(body)
             except Exception as exc:

@@ -15,7 +15,7 @@ import anyio.to_thread
 import openai
 import pytest
 
-from adapters.server.backends import Completion, Hang, SimBackend, SimSettings
+from adapters.server.backends import BackendReply, Hang, SimBackend, SimSettings
 from adapters.server.embedded import EmbeddedServer, embedded_server
 from adapters.server.server import SHUTDOWN_TIMEOUT_S
 
@@ -107,7 +107,7 @@ class HangingBackend:
         self.hung = threading.Event()
         self._sim = SimBackend(SimSettings())
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         if body["model"] == "hang":
             self.hung.set()
             raise Hang()

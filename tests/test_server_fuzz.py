@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from adapters.server.backends import SimBackend, SimSettings
 from adapters.server.batch_jobs import BatchSettings
 from adapters.server.embedded import EmbeddedServer
+from engine.provider import TERMINAL_BATCH_STATUSES
 
 from .test_server import genre_messages
 from .test_server_batches import jsonl, request_line
@@ -31,7 +32,7 @@ from .test_server_batches import jsonl, request_line
 KEY = "sk-fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 REAL_FILE = "<the id of an uploaded file>"
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
 FUZZ = settings(
     max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -284,7 +285,7 @@ def test_uploaded_jsonl_lines(server: Server, lines: list[tuple[bytes, bytes]]) 
     good = {"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     created = check(*server.json("POST", "/v1/batches", good))
     deadline = time.monotonic() + 300  # a hang guard, not a speed limit
-    while (batch := check(*server.request("GET", f"/v1/batches/{created['id']}")))["status"] not in TERMINAL:
+    while (batch := check(*server.request("GET", f"/v1/batches/{created['id']}")))["status"] not in TERMINAL_BATCH_STATUSES:
         assert time.monotonic() < deadline, batch
         time.sleep(0.002)
     assert batch["status"] in ("completed", "failed")

@@ -32,6 +32,8 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from engine.provider import TERMINAL_BATCH_STATUSES
+
 from .backends.base import Backend, batch_policy
 from .batch_lines import (
     Line,
@@ -45,11 +47,11 @@ from .batch_lines import (
 )
 from .files import FileStore, atomic_write
 
-__all__ = ["BATCH_ID", "Batch", "BatchManager", "BatchSettings", "BatchStateError"]
+__all__ = ["BATCH_ID", "BatchRecord", "BatchManager", "BatchSettings", "BatchStateError"]
 
 BATCH_ID = re.compile(r"batch_[A-Za-z0-9]+")
 COMPLETION_WINDOW_S = 24 * 3600.0
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
 _log = logging.getLogger(__name__)
 
 
@@ -76,7 +78,7 @@ class BatchSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
+class BatchRecord:
     """A batch's record; ``created`` and ``expires`` are float seconds, the ``*_at`` whole ones."""
 
     id: str
@@ -117,12 +119,12 @@ class Batch:
             "metadata": self.metadata,
         }
 
-    def moved(self, status: str, **changes: Any) -> Batch:
+    def moved(self, status: str, **changes: Any) -> BatchRecord:
         """This batch in ``status``, stamped now."""
         return replace(self, status=status, stamps={**self.stamps, status: int(time.time())}, **changes)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Batch:
+    def from_json(cls, data: dict[str, Any]) -> BatchRecord:
         return cls(**{**data, "errors": tuple(LineError(**e) for e in data["errors"])})
 
 
@@ -168,7 +170,7 @@ class BatchManager:
         self._files = files
         self._root = root
         self._settings = settings
-        self._batches: dict[str, Batch] = {}
+        self._batches: dict[str, BatchRecord] = {}
         self._controls: dict[str, _Control] = {}
         self._line_runs: Counter[str] = Counter()  # by custom_id: the attempt a batch line's faults are drawn for
         self._save_lock = anyio.Lock()
@@ -185,7 +187,7 @@ class BatchManager:
         async with anyio.create_task_group() as group:
             self._group = group
             for batch in self._batches.values():
-                if batch.status not in TERMINAL:
+                if batch.status not in TERMINAL_BATCH_STATUSES:
                     self._start(batch.id)
             task_status.started()
             await self._stopped.wait()
@@ -200,26 +202,26 @@ class BatchManager:
                 control.in_flight.deadline = min(control.in_flight.deadline, grace)
         self._stopped.set()
 
-    def get(self, batch_id: str) -> Batch | None:
+    def get(self, batch_id: str) -> BatchRecord | None:
         """The batch, or None (also for any id that is not a batch id)."""
         return self._batches.get(batch_id) if BATCH_ID.fullmatch(batch_id) else None
 
-    def newest_first(self) -> list[Batch]:
+    def newest_first(self) -> list[BatchRecord]:
         return sorted(self._batches.values(), key=lambda b: (b.created, b.id), reverse=True)
 
     async def create(
         self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, str] | None
-    ) -> Batch:
+    ) -> BatchRecord:
         """Record a new batch in ``validating`` and start it."""
         now = time.time()
         window = self._policy.expire_after_s or COMPLETION_WINDOW_S
         batch_id = f"batch_{secrets.token_hex(12)}"
-        batch = Batch(batch_id, input_file_id, endpoint, completion_window, metadata, now, now + window)
+        batch = BatchRecord(batch_id, input_file_id, endpoint, completion_window, metadata, now, now + window)
         await self._save(batch)
         self._start(batch.id)
         return batch
 
-    async def cancel(self, batch_id: str) -> Batch:
+    async def cancel(self, batch_id: str) -> BatchRecord:
         """Move a validating or in-progress batch to ``cancelling``; its runner finishes the job."""
         batch = self._batches[batch_id]
         if batch.status == "cancelling":
@@ -241,7 +243,7 @@ class BatchManager:
         """Advance the batch through its states until it is terminal or the manager stops."""
         control = self._controls[batch_id]
         try:
-            while not self._stopping and (status := self._batches[batch_id].status) not in TERMINAL:
+            while not self._stopping and (status := self._batches[batch_id].status) not in TERMINAL_BATCH_STATUSES:
                 if status == "validating":
                     await self._validate(batch_id, control)
                 elif status == "in_progress":
@@ -255,7 +257,7 @@ class BatchManager:
         finally:
             del self._controls[batch_id]
 
-    async def _input(self, batch: Batch) -> Path | None:
+    async def _input(self, batch: BatchRecord) -> Path | None:
         """The batch's input file; None, with the batch failed, if it was deleted."""
         stored = self._files.get(batch.input_file_id)
         if stored is None:
@@ -363,7 +365,7 @@ class BatchManager:
         await self._save(batch)
         await anyio.to_thread.run_sync(lambda: log.unlink(missing_ok=True))
 
-    async def _save(self, batch: Batch) -> Batch:
+    async def _save(self, batch: BatchRecord) -> BatchRecord:
         """Make ``batch`` current and write its record (the latest state wins on disk too)."""
         self._batches[batch.id] = batch
         async with self._save_lock:
@@ -372,10 +374,10 @@ class BatchManager:
             await anyio.to_thread.run_sync(atomic_write, self._root / f"{batch.id}.json", data)
         return batch
 
-    def _load(self) -> dict[str, Batch]:
+    def _load(self) -> dict[str, BatchRecord]:
         self._root.mkdir(parents=True, exist_ok=True)
         records = (
-            Batch.from_json(json.loads(path.read_bytes()))
+            BatchRecord.from_json(json.loads(path.read_bytes()))
             for path in self._root.glob("batch_*.json")
             if BATCH_ID.fullmatch(path.stem)
         )

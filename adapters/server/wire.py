@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .backends.base import Completion, Headers
+from .backends.base import BackendReply, Headers
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -70,7 +70,7 @@ def parse_json(raw: bytes | str) -> Any:
     return value
 
 
-def chat_completion(completion: Completion, request_id: str) -> dict[str, Any]:
+def chat_completion(completion: BackendReply, request_id: str) -> dict[str, Any]:
     """The ``chat.completion`` object for ``completion``; its id is ``chatcmpl-<request_id>``.
 
     A completion that relays another server's ``reply`` is that object as it came, with its

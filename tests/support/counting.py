@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from adapters.server.backends.base import BackendError, Completion, Hang
+from adapters.server.backends.base import BackendError, BackendReply, Hang
 from adapters.server.backends.sim import SimBackend, SimSettings
 
 
@@ -52,7 +52,7 @@ class CountingBackend:
         reaches the model: it is not counted in ``requests``."""
         self._hold_after = calls
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         self.calls += 1
         if self._signal_after is not None and self.calls >= self._signal_after:
             self.reached.set()

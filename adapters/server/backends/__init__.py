@@ -5,8 +5,8 @@ from __future__ import annotations
 from .base import (
     Backend,
     BackendError,
+    BackendReply,
     BatchPolicy,
-    Completion,
     DropConnection,
     Hang,
     MalformedReply,
@@ -19,7 +19,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BatchPolicy",
-    "Completion",
+    "BackendReply",
     "DropConnection",
     "Hang",
     "MalformedReply",

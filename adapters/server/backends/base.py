@@ -28,7 +28,7 @@ Headers = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Completion:
+class BackendReply:
     """One assistant answer. ``headers`` are added to the HTTP response (rate-limit state).
 
     The server builds the ``chat.completion`` object around ``content``: one choice that
@@ -68,7 +68,7 @@ class Backend(Protocol):
     @property
     def models(self) -> tuple[str, ...] | None: ...
 
-    async def complete(self, body: dict[str, Any]) -> Completion: ...
+    async def complete(self, body: dict[str, Any]) -> BackendReply: ...
 
 
 @dataclass(frozen=True, slots=True)

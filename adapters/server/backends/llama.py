@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import BackendError, Completion
+from .base import BackendError, BackendReply
 
 __all__ = [
     "DEFAULT_MODEL_PACKAGE",
@@ -122,7 +122,7 @@ class LlamaBackend:
         with self._lock:
             return self._load()
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         """Answer ``body`` on the worker thread, after the requests before it."""
         options = _options(body, self.settings)
         loop = asyncio.get_running_loop()
@@ -142,7 +142,7 @@ class LlamaBackend:
         _log.info("loaded %s in %.2f s", self.path, self.load_seconds)
         return self.load_seconds
 
-    def _complete(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> Completion:
+    def _complete(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> BackendReply:
         with self._lock:
             self._load()
             chat = [_message(m) for m in messages]
@@ -162,7 +162,7 @@ class LlamaBackend:
                 ) from exc
         usage = reply["usage"]
         content = reply["choices"][0]["message"]["content"] or ""
-        return Completion(content, usage["prompt_tokens"], usage["completion_tokens"], self.name)
+        return BackendReply(content, usage["prompt_tokens"], usage["completion_tokens"], self.name)
 
 
 def shipped_model_path(package: str = DEFAULT_MODEL_PACKAGE) -> Path:

@@ -50,8 +50,8 @@ from typing import Any
 
 from .base import (
     BackendError,
+    BackendReply,
     BatchPolicy,
-    Completion,
     DropConnection,
     Hang,
     Headers,
@@ -251,7 +251,7 @@ class SimBackend:
         self._tokens = None if settings.tpm is None else _Bucket(settings.tpm, burst, now)
         self._faults = tuple((fault, rate) for fault, rate in settings.fault_rates if rate)
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         """Answer ``body``, or raise the refusal, 429 or fault the settings call for."""
         s = self.settings
         model: str = body["model"]
@@ -280,11 +280,11 @@ class SimBackend:
         if fault == "hang":
             raise Hang()
         if fault == "null_content":
-            return Completion(None, prompt_tokens, 0, "sim:" + model, headers)
+            return BackendReply(None, prompt_tokens, 0, "sim:" + model, headers)
         answer = self._answer(model, messages, texts, response_format)
         tokens = math.ceil(len(answer) / 4)
         no_choices = fault == "empty_choices"
-        return Completion(answer, prompt_tokens, tokens, "sim:" + model, headers, no_choices=no_choices)
+        return BackendReply(answer, prompt_tokens, tokens, "sim:" + model, headers, no_choices=no_choices)
 
     def _check_format(self, response_format: Any) -> None:
         """Refuse a ``response_format`` type not among ``response_formats``, as llama-cpp-python does."""

@@ -2,7 +2,7 @@
 
 It gives a Batch API to servers that have none (llama.cpp's server, Ollama, vLLM's realtime
 server): our server runs the batch, the upstream answers each line. Bodies go upstream as they
-came; the upstream's chat-completion object comes back whole (``Completion.reply``): every
+came; the upstream's chat-completion object comes back whole (``BackendReply.reply``): every
 choice as it was (``tool_calls``, ``logprobs``, ``finish_reason``, as many as ``n`` asked for),
 ``usage``, ``system_fingerprint``, its ``id`` and ``model``, in realtime answers and batch output
 lines alike. Failures become :class:`BackendError`:
@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import BackendError, Completion, Headers
+from .base import BackendError, BackendReply, Headers
 
 __all__ = ["UpstreamBackend"]
 
@@ -56,7 +56,7 @@ class UpstreamBackend:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> BackendReply:
         """Forward ``body``; raise :class:`BackendError` for anything but a readable 200."""
         url = f"{self.base_url}/chat/completions"
         try:
@@ -96,7 +96,7 @@ def _kept(headers: Any, *, on_error: bool) -> Headers:
     )
 
 
-def _completion(data: Any, headers: Headers) -> Completion:
+def _completion(data: Any, headers: Headers) -> BackendReply:
     """The upstream's chat-completion object, relayed whole; raises on any other shape.
 
     It must be an object with a string ``model`` and ``choices`` an array of objects each with a
@@ -114,7 +114,7 @@ def _completion(data: Any, headers: Headers) -> Completion:
     if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
         raise TypeError("token counts must be integers")
     content = choices[0]["message"].get("content") if choices else None
-    return Completion(
+    return BackendReply(
         content if isinstance(content, str) else None,
         prompt_tokens,
         completion_tokens,
