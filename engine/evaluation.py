@@ -38,7 +38,7 @@ from .journal import (
     repair_torn_tail,
     scan_journal,
 )
-from .prompts import PromptBuilder, VerdictParser
+from .prompts import PromptBuilder
 from .provider import ChatProvider, Provider
 from .report import summary
 from .report.document import write_report
@@ -261,8 +261,7 @@ class Evaluation:
             builder=builder,
             join=JoinState(
                 self.config.labels,
-                tuple(VerdictParser(judge.verdicts) for judge in self.config.judges),
-                builder.judge_prefixes,
+                builder.judges,
                 builder.answer,
             ),
             predict=predict,

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import polars as pl
 
+from .judges import VerdictJudge
 from .rundir import RunDir
 from .types import JoinedRow
 
@@ -33,10 +34,7 @@ def results_schema(input_columns: tuple[str, ...]) -> dict[str, pl.DataType]:
         "labels": pl.List(pl.String()),
         "prediction": pl.String(),
         "prediction_valid": pl.Boolean(),
-        "verdict_text": pl.String(),
-        "verdict": pl.Boolean(),
-        "verdicts": pl.List(pl.Boolean()),
-        "verdict_texts": pl.List(pl.String()),
+        **VerdictJudge.COLUMNS,
         "ground_truth_correct": pl.Boolean(),
         "error": pl.String(),
         "predict_prompt_tokens": pl.Int64(),

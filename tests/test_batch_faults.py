@@ -31,13 +31,13 @@ from engine import Evaluation
 from engine.config import BatchConfig
 from engine.errors import BatchApiMissingError, ProviderError
 from engine.journal import scan_journal
-from engine.prompts import estimate_tokens
 from engine.provider import ChatReply
 from engine.run.batch_stage import BatchStage
 from engine.run.limits import Limiter
 from engine.run.realtime import RealtimeRunner
 from engine.run.retry import RetryPolicy
 from engine.rundir import RunDir
+from engine.templates import estimate_tokens
 from engine.types import ChatRequest, Outcome, Row
 from tests.support import CountingBackend
 

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
-from engine.config import VerdictConfig
-from engine.prompts import VerdictParser
+from engine.config import JudgeConfig
+from engine.judges import VerdictJudge
 from engine.run.pipeline import JoinState, LiveStats
+from engine.templates import Template, Templates
 from engine.types import ChatResult, Failure, Row, Usage
 
 LABELS = ("Drama", "Crime", "Comedy")
+
+
+def judge(prefix: str = "judge") -> VerdictJudge:
+    """A correct/incorrect judge with the default verdict words."""
+    template = Template.parse("{prediction}", where="test")
+    return VerdictJudge(JudgeConfig(model="j", user_template="{prediction}"), prefix, Templates(template, template), LABELS)
 
 
 def result(custom_id: str, content: str) -> ChatResult:
@@ -17,7 +24,7 @@ def row(row_id: str, labels: tuple[str, ...] | None = ("Crime", "Drama")) -> Row
 
 
 def test_prediction_waits_for_its_verdict_in_any_order() -> None:
-    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
+    join = JoinState(LABELS, (judge(),))
     assert join.prediction(row("1"), result("predict:1", "Drama")) is None
     assert join.prediction(row("2"), result("predict:2", "Comedy")) is None
     second = join.verdict("2", result("judge:2", "incorrect"))
@@ -29,14 +36,14 @@ def test_prediction_waits_for_its_verdict_in_any_order() -> None:
 
 
 def test_failed_prediction_completes_the_row_at_once() -> None:
-    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
+    join = JoinState(LABELS, (judge(),))
     joined = join.prediction(row("1"), Failure("predict:1", "http_400", "bad request", 400))
     assert joined is not None and joined.status == "predict_failed" and joined.error == "http_400: bad request"
     assert len(join) == 0
 
 
 def test_failed_verdict_keeps_the_prediction() -> None:
-    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
+    join = JoinState(LABELS, (judge(),))
     join.prediction(row("1"), result("predict:1", "Thriller"))
     joined = join.verdict("1", Failure("judge:1", "timeout", "timed out"))
     assert joined is not None and joined.status == "judge_failed" and joined.prediction == "Thriller"
@@ -44,7 +51,7 @@ def test_failed_verdict_keeps_the_prediction() -> None:
 
 
 def test_unrecognised_verdict_and_rows_without_labels() -> None:
-    join = JoinState((), (VerdictParser(VerdictConfig()),), ("judge",))
+    join = JoinState((), (judge(),))
     join.prediction(row("1", labels=None), result("predict:1", "anything"))
     joined = join.verdict("1", result("judge:1", "maybe"))
     assert joined is not None and joined.status == "judged" and joined.verdict is None and joined.verdict_text == "maybe"
@@ -52,7 +59,7 @@ def test_unrecognised_verdict_and_rows_without_labels() -> None:
 
 
 def test_live_stats_count_each_outcome() -> None:
-    join = JoinState(LABELS, (VerdictParser(VerdictConfig()),), ("judge",))
+    join = JoinState(LABELS, (judge(),))
     stats = LiveStats(total=3)
     join.prediction(row("1"), result("predict:1", "Drama"))
     stats.count(join.verdict("1", result("judge:1", "correct")))  # type: ignore[arg-type]
@@ -67,7 +74,7 @@ PANEL = ("judge.a", "judge.b", "judge.c")
 
 
 def panel() -> JoinState:
-    return JoinState(LABELS, tuple(VerdictParser(VerdictConfig()) for _ in PANEL), PANEL)
+    return JoinState(LABELS, tuple(judge(prefix) for prefix in PANEL))
 
 
 def test_a_panel_row_completes_with_its_last_judge_and_takes_the_majority() -> None:

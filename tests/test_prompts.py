@@ -7,14 +7,10 @@ import pytest
 
 from engine.config import TaskConfig, VerdictConfig, load_config, parse_config
 from engine.errors import ConfigError
-from engine.prompts import (
-    PromptBuilder,
-    Template,
-    VerdictParser,
-    estimate_tokens,
-    prediction_is_valid,
-)
+from engine.judges import VerdictParser
+from engine.prompts import PromptBuilder, prediction_is_valid
 from engine.shipped import example_config
+from engine.templates import Template, estimate_tokens
 from engine.types import Row
 
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from ..config import TaskConfig
 from ..formats import DESCRIBED, FORMATS
 from ..journal import EventLog, journal_frames
-from ..prompts import judge_prefixes
+from ..judges import judge_prefixes
 from ..rundir import RunDir
 from ..sessions import RunFigures
 from ..types import STAGES

@@ -47,9 +47,9 @@ from anyio.abc import TaskGroup, TaskStatus
 from ..config import BatchConfig
 from ..errors import FatalError, ProviderError
 from ..journal import EventLog
-from ..prompts import estimate_tokens
 from ..provider import BatchJob, BatchProvider
 from ..rundir import RunDir
+from ..templates import estimate_tokens
 from ..types import ChatRequest, Failure, Outcome, Row, StageName
 from .limits import Clock
 from .realtime import RealtimeRunner

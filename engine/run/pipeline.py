@@ -17,7 +17,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..journal import Journal, record_to_outcome
-from ..prompts import PromptBuilder, VerdictParser, judge_index, prediction_is_valid
+from ..judges import Judge, judge_index
+from ..prompts import PromptBuilder, prediction_is_valid
 from ..types import (
     ChatResult,
     Failure,
@@ -82,15 +83,14 @@ class JoinState:
     def __init__(
         self,
         label_set: tuple[str, ...],
-        parsers: tuple[VerdictParser, ...],
-        prefixes: tuple[str, ...],
+        judges: tuple[Judge, ...],
         answer: Callable[[str, str], str] = lambda caller, content: content,
     ) -> None:
         """``answer(caller, content)`` reads the answer out of a reply (a constrained reply is
-        JSON); ``prefixes`` are the judges' custom_id prefixes, in panel order."""
+        JSON); ``judges`` are the task's, in panel order."""
         self._labels = frozenset(label_set)
-        self._parsers = parsers
-        self._prefixes = prefixes
+        self._judges = judges
+        self._prefixes = tuple(judge.prefix for judge in judges)
         self._answer = answer
         self._pending: dict[str, tuple[Row, ChatResult, list[Outcome | None]]] = {}
 
@@ -101,7 +101,7 @@ class JoinState:
         """Record a prediction; a failed one completes the row at once."""
         if isinstance(outcome, Failure):
             return _joined(row, None, [], self._labels, error=f"{outcome.reason}: {outcome.message}")
-        self._pending[row.row_id] = (row, self._answered("predict", outcome), [None] * len(self._parsers))
+        self._pending[row.row_id] = (row, self._answered("predict", outcome), [None] * len(self._judges))
         return None
 
     def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow | None:
@@ -114,7 +114,7 @@ class JoinState:
         if any(verdict is None for verdict in verdicts):
             return None
         del self._pending[row_id]
-        return _joined(row, prediction, verdicts, self._labels, parsers=self._parsers)  # type: ignore[arg-type]
+        return _joined(row, prediction, verdicts, self._labels, judges=self._judges)  # type: ignore[arg-type]
 
     def _answered(self, caller: str, result: ChatResult) -> ChatResult:
         answer = self._answer(caller, result.content)
@@ -135,13 +135,13 @@ def _joined(
     labels: frozenset[str],
     *,
     error: str | None = None,
-    parsers: tuple[VerdictParser, ...] = (),
+    judges: tuple[Judge, ...] = (),
 ) -> JoinedRow:
     text = prediction.content if prediction else None
     answer = text.strip() if text is not None else None
     answers = [verdict for verdict in verdicts if isinstance(verdict, ChatResult)]
     failures = [verdict for verdict in verdicts if isinstance(verdict, Failure)]
-    parsed = [parse(v.content) if isinstance(v, ChatResult) else None for parse, v in zip(parsers, verdicts)]
+    parsed = [judge.verdict(v.content) if isinstance(v, ChatResult) else None for judge, v in zip(judges, verdicts)]
     status: RowStatus = "predict_failed" if prediction is None else "judged" if answers else "judge_failed"
     if failures and error is None:
         error = "; ".join(f"{failure.reason}: {failure.message}" for failure in failures)
