@@ -29,11 +29,11 @@ from adapters.server.backends.base import BackendError, BackendReply
 from adapters.server.backends.sim import SimBackend, SimSettings
 from adapters.server.embedded import EmbeddedServer
 from engine import load_config
-from engine.prompts import estimate_tokens
 from engine.run.limits import AnyioClock, Limiter
 from engine.run.realtime import RealtimeRunner
 from engine.run.retry import RetryPolicy
 from engine.shipped import example_config
+from engine.templates import estimate_tokens
 from engine.types import ChatRequest
 
 from .overhead import predict_bodies
