@@ -173,10 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     chosen = [scenarios[name] for name in args.only] if args.only else list(scenarios.values())
     rows = [run_scenario(scenario, args.seconds, args.concurrency) for scenario in chosen]
-    print(f"{'scenario':38} {'limit':>12} {'win':>3} {'min':>6} {'max':>6} {'max dev':>7} {'requests':>8} {'429s':>5} {'in 1st s':>8} {'429 %':>6}")
+    print(f"{'scenario':38} {'limit':>12} {'win':>3} {'min':>6} {'max':>6} {'max dev':>7} "
+          f"{'requests':>8} {'429s':>5} {'in 1st s':>8} {'429 %':>6}")
     for row in rows:
         print(f"{row['scenario']:38} {row['limit']:>12} {row['windows']:3d} {row['share_min']:6.3f} {row['share_max']:6.3f} "
-              f"{row['max_deviation_pct']:6.1f}% {row['requests']:8d} {row['server_429s']:5d} {row['first_second_429s']:8d} {row['rate_429_pct']:5.2f}%")
+              f"{row['max_deviation_pct']:6.1f}% {row['requests']:8d} {row['server_429s']:5d} "
+              f"{row['first_second_429s']:8d} {row['rate_429_pct']:5.2f}%")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "limiter.json"
     out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")

@@ -80,7 +80,7 @@ async def sdk_client(url: str, bodies: list[dict[str, Any]], concurrency: int, *
 
         async def call(i: int) -> None:
             completion = await client.chat.completions.create(**bodies[i])
-            completion.choices[0].message.content
+            _ = completion.choices[0].message.content  # read the answer, as a real client does
 
         await _fan_out(len(bodies), concurrency, call)
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         runs = [[measure(label, requests, server, run) for label, run in clients] for _ in range(args.repeat)]
     # Each client's best run: the machine is shared, and noise only ever adds time.
-    rows = [min(measured, key=lambda row: row["cpu_ms_per_request"]) for measured in zip(*runs)]
+    rows = [min(measured, key=lambda row: row["cpu_ms_per_request"]) for measured in zip(*runs, strict=True)]
     floor = rows[0]["cpu_ms_per_request"]
     ideal = 1000 * args.concurrency / args.latency_ms if args.latency_ms else None
     print(f"{args.rows} rows, {requests} requests a client, concurrency {args.concurrency}, best of {args.repeat}, "
@@ -169,5 +169,6 @@ def main(argv: list[str] | None = None) -> None:
     share = f" = {100 * pipeline / ideal:.1f}% of ideal" if ideal else ""
     print(f"engine from its first row to results.parquet (no start-up, no report): {pipeline:.0f} req/s{share}")
     out = RESULTS / "overhead.json"
-    out.write_text(json.dumps({"settings": vars(args), "ideal_requests_per_second": ideal, "rows": rows, "runs": runs}, indent=2) + "\n")
+    report = {"settings": vars(args), "ideal_requests_per_second": ideal, "rows": rows, "runs": runs}
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {out}" + (f" and {RESULTS / 'overhead.prof'}" if args.profile else ""))

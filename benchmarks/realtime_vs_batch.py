@@ -81,7 +81,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for mode in MODES:
         points = [(row["rows"], row["rows_per_second"]) for row in rows if row["mode"] == mode]
         if points:
-            axes.plot(*zip(*points), marker="o", label=mode)
+            axes.plot(*zip(*points, strict=True), marker="o", label=mode)
     axes.set(xscale="log", yscale="log", xlabel="rows", ylabel="rows/s (both stages)", title="realtime vs batch (sim)")
     axes.legend()
     figure.savefig(path, dpi=100, bbox_inches="tight")

@@ -19,6 +19,12 @@ The task
 The rows
     ``JoinedRow``: a data row with its prediction and verdict (a line of ``results.parquet``);
     ``RowStatus``: how a row ended (``judged``, ``predict_failed``, ``judge_failed``, ``skipped``).
+The endpoint (``Evaluation(config, provider=...)``; without one, the config's endpoint)
+    ``Provider``: what the engine asks of an endpoint, realtime calls and the batch control
+    plane, in the engine's own types: ``ChatRequest`` in, ``ChatReply`` or ``ProviderError`` out,
+    ``BatchJob`` and ``BatchCounts`` for a batch, ``RateLimits`` for what the endpoint said about
+    its budgets, ``ChatResult`` or ``Failure`` for a batch line, ``Usage`` for tokens.
+    ``MockProvider`` answers in memory from a function: the double for tests.
 The errors (the hierarchy is drawn in ``engine.errors``)
     ``EngineError``, the base of every error raised on purpose; ``ConfigError``;
     ``JournalError`` and ``RunInUseError``; ``ProviderError`` and, stopping a run at once,
@@ -43,23 +49,35 @@ from .errors import (
     RunInUseError,
 )
 from .evaluation import Evaluation
+from .mock_provider import MockProvider
+from .provider import BatchCounts, BatchJob, ChatReply, Provider, RateLimits
 from .shipped import example_config
-from .types import JoinedRow, RowStatus
+from .types import ChatRequest, ChatResult, Failure, JoinedRow, RowStatus, Usage
 
 __all__ = [
     "AuthError",
     "BatchApiMissingError",
+    "BatchCounts",
+    "BatchJob",
+    "ChatReply",
+    "ChatRequest",
+    "ChatResult",
     "ConfigError",
     "EngineError",
     "Evaluation",
+    "Failure",
     "FatalError",
     "JoinedRow",
     "JournalError",
+    "MockProvider",
     "ModelNotFoundError",
+    "Provider",
     "ProviderError",
+    "RateLimits",
     "RowStatus",
     "RunInUseError",
     "TaskConfig",
+    "Usage",
     "example_config",
     "load_config",
     "with_overrides",

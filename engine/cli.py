@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tomllib
 from functools import partial
@@ -21,8 +20,6 @@ from typing import Any
 
 import anyio
 
-from adapters.server.backends.base import Backend
-
 from .config import (
     LocalServerConfig,
     TaskConfig,
@@ -30,7 +27,7 @@ from .config import (
     merge_tables,
     with_overrides,
 )
-from .connect import local_backend
+from .connect import Upstream, serve
 from .errors import ConfigError, EngineError, ProviderError
 from .evaluation import Evaluation
 from .progress import Style
@@ -236,47 +233,26 @@ def _interrupted(args: argparse.Namespace) -> str:
     return message
 
 
-def _serve_backend(args: argparse.Namespace) -> tuple[Backend, str]:
-    """The backend ``serve`` runs, and how to describe it."""
+def _serve(args: argparse.Namespace) -> int:
+    backend: LocalServerConfig | Upstream
     if args.backend == "upstream":
-        from adapters.server.backends.upstream import UpstreamBackend
-
         if not args.upstream_url:
             raise ConfigError("serve --backend upstream needs --upstream-url URL")
-        key = os.environ.get(args.upstream_api_key_env) if args.upstream_api_key_env else None
-        return UpstreamBackend(args.upstream_url, api_key=key), f"the upstream {args.upstream_url}"
-    local = LocalServerConfig(
-        backend=args.backend,
-        latency_ms=args.latency_ms,
-        rpm=args.rpm,
-        tpm=args.tpm,
-        error_rate=args.error_rate,
-        batch_min_seconds=args.batch_min_seconds,
-        seed=args.seed,
-        threads=args.threads,
-    )
-    backend = local_backend(local)
-    if args.backend == "local":
-        return backend, f"the local model {backend.name} (CPU)"
-    return backend, "the sim backend (simulated answers)"
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from adapters.server.server import api_key_from_env, serve_forever
-
-    api_key = None
-    if args.api_key_env:
-        try:
-            api_key = api_key_from_env(args.api_key_env, required=True)
-        except ValueError as exc:
-            raise ConfigError(f"--api-key-env: {exc}") from None
-    backend, described = _serve_backend(args)
-
-    def ready(url: str) -> None:
-        print(f"serving {described} at {url}", flush=True)
-
-    server = serve_forever(
-        backend, host=args.host, port=args.port, api_key=api_key, data_dir=args.data_dir, on_ready=ready
+        backend = Upstream(args.upstream_url, args.upstream_api_key_env)
+    else:
+        backend = LocalServerConfig(
+            backend=args.backend,
+            latency_ms=args.latency_ms,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            error_rate=args.error_rate,
+            batch_min_seconds=args.batch_min_seconds,
+            seed=args.seed,
+            threads=args.threads,
+        )
+    server = serve(
+        backend, host=args.host, port=args.port, api_key_env=args.api_key_env, data_dir=args.data_dir,
+        on_ready=lambda url, described: print(f"serving {described} at {url}", flush=True),
     )
     anyio.run(lambda: server)
     return 0

@@ -1,5 +1,5 @@
-"""Where the engine meets its adapters: the provider an endpoint config names, and the embedded
-server a config without a base URL runs against.
+"""Where the engine meets its adapters: the provider an endpoint config names, the embedded
+server a config without a base URL runs against, and the server ``python -m engine serve`` runs.
 
 This is the composition root: the only engine module that imports ``adapters``, and only here,
 when a run starts. A new provider is an adapter module implementing ``engine.provider.Provider``
@@ -8,7 +8,10 @@ plus its name in ``EndpointConfig.provider`` and a branch in ``provider_for``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,3 +79,46 @@ def local_backend(local: LocalServerConfig) -> Backend:
         seed=local.seed,
     )
     return SimBackend(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Another endpoint the embedded server forwards to, and the variable holding its key."""
+
+    url: str
+    api_key_env: str | None = None
+
+
+def serve(
+    backend: LocalServerConfig | Upstream,
+    *,
+    host: str,
+    port: int,
+    api_key_env: str | None,
+    data_dir: Path | None,
+    on_ready: Callable[[str, str], None],
+) -> Awaitable[None]:
+    """``python -m engine serve``: the embedded server on ``host:port`` until interrupted, in front
+    of an upstream endpoint or the backend a local config names; ``on_ready(url, described)`` says
+    what it serves once it listens. Clients must send the key in ``$api_key_env`` when it is given."""
+    from adapters.server.server import api_key_from_env, serve_forever
+
+    api_key = None
+    if api_key_env:
+        try:
+            api_key = api_key_from_env(api_key_env, required=True)
+        except ValueError as exc:
+            raise ConfigError(f"--api-key-env: {exc}") from None
+    served: Backend
+    if isinstance(backend, Upstream):
+        from adapters.server.backends.upstream import UpstreamBackend
+
+        key = os.environ.get(backend.api_key_env) if backend.api_key_env else None
+        served, described = UpstreamBackend(backend.url, api_key=key), f"the upstream {backend.url}"
+    else:
+        served = local_backend(backend)
+        local = backend.backend == "local"
+        described = f"the local model {served.name} (CPU)" if local else "the sim backend (simulated answers)"
+    return serve_forever(
+        served, host=host, port=port, api_key=api_key, data_dir=data_dir, on_ready=lambda url: on_ready(url, described)
+    )

@@ -52,7 +52,7 @@ def estimate(config: TaskConfig) -> dict[str, Any]:
             stages[prefix].add(builder.judge(row, placeholder, index))
     result: dict[str, Any] = {"rows": dataset.n_rows, "skipped": skipped, "stages": {}}
     total_cost: float | None = None
-    for name, stage_config in (("predict", config.predict), *zip(builder.judge_prefixes, config.judges)):
+    for name, stage_config in (("predict", config.predict), *zip(builder.judge_prefixes, config.judges, strict=True)):
         figures = stages[name]
         price = config.prices.get(stage_config.model)
         cost = None

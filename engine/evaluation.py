@@ -409,7 +409,7 @@ async def preflight(provider: ChatProvider, config: TaskConfig, builder: PromptB
     by line; this asks once and stops the run (or settles the format) before it starts. Realtime
     stages need no preflight: their first call does the same.
     """
-    for caller, stage in zip(builder.callers, (config.predict, *config.judges)):
+    for caller, stage in zip(builder.callers, (config.predict, *config.judges), strict=True):
         if stage.mode != "batch":
             continue
         while True:

@@ -64,6 +64,8 @@ class ChatReply:
 
 @dataclass(frozen=True, slots=True)
 class BatchCounts:
+    """How many of a batch's requests there are, and how many have succeeded and failed so far."""
+
     total: int = 0
     completed: int = 0
     failed: int = 0

@@ -44,7 +44,8 @@ def stale_rows(
     if not parts:
         return set()
     done = pl.scan_parquet(parts).select(  # renamed apart from any column of the data set
-        pl.col("row_id").alias(ROW_ID), *(pl.col(name).alias(f"{_DONE}{name}") for name in ("inputs", "labels", "status", "error"))
+        pl.col("row_id").alias(ROW_ID),
+        *(pl.col(name).alias(f"{_DONE}{name}") for name in ("inputs", "labels", "status", "error")),
     )
     current = dataset.frame.select(ROW_ID, *columns, *([LABELS] if dataset.has_labels else []))
     joined = done.join(current, on=ROW_ID, how="left")

@@ -27,7 +27,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ _SELECTION = ("id_column", "label_column", "label_separator", "head", "tail", "s
 
 
 def new_run_dir(root: Path, task_name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in task_name) or "task"
     return root / f"{safe}-{stamp}-{secrets.token_hex(2)}"
 
@@ -148,7 +148,7 @@ class RunDir:
             self.run_file,
             {
                 "run_id": self.path.name,
-                "created_at": started["created_at"] if started else datetime.now(timezone.utc).isoformat(),
+                "created_at": started["created_at"] if started else datetime.now(UTC).isoformat(),
                 "endpoint": endpoint,
                 "config": config.model_dump(mode="json"),
                 "results_settings": started["results_settings"] if started else results_settings(config),

@@ -52,7 +52,7 @@ class Template:
 
     def render(self, values: dict[str, Any]) -> str:
         out = [self.parts[0]]
-        for name, literal in zip(self.fields, self.parts[1:]):
+        for name, literal in zip(self.fields, self.parts[1:], strict=True):
             value = values[name]
             out.append("" if value is None else str(value))
             out.append(literal)
@@ -71,7 +71,9 @@ class Templates:
         return self.system.fields + self.user.fields
 
     @classmethod
-    def of(cls, stage: StageConfig, name: str, columns: list[str], extra: tuple[str, ...], where: Callable[[str], str]) -> Templates:
+    def of(
+        cls, stage: StageConfig, name: str, columns: list[str], extra: tuple[str, ...], where: Callable[[str], str]
+    ) -> Templates:
         """A stage's system prompt and user template, parsed and checked against the data set's
         ``columns`` (and the ``extra`` fields the stage fills in); ``name`` prefixes the setting
         in messages (``predict.`` or ``judge <name>: ``), ``where`` names the file it came from."""

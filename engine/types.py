@@ -34,6 +34,8 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens a call used, as the endpoint reported them (zeros when it did not)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 

@@ -103,7 +103,7 @@ def paid_per_custom_id(url: str, run_id: str, backend: PerRequestBackend) -> Cou
 
 def journaled_attempts(run_dir: Path) -> dict[str, int]:
     journal = scan_journal(RunDir(run_dir).journal("predict")).select("custom_id", "attempts").collect()
-    return dict(zip(journal["custom_id"].to_list(), journal["attempts"].to_list()))
+    return dict(zip(journal["custom_id"].to_list(), journal["attempts"].to_list(), strict=True))
 
 
 def batch_files(url: str) -> list[str]:
@@ -246,7 +246,8 @@ async def test_resume_does_not_pay_again_for_lines_answered_before_the_stop(tmp_
     with EmbeddedServer(backend, data_dir=tmp_path / "server") as url:
         joined = 0
         with anyio.CancelScope() as scope:
-            async with Evaluation(batch_config(url, limit=10, per_file=10, settings=settings), run_dir=tmp_path / "run") as evaluation:
+            config = batch_config(url, limit=10, per_file=10, settings=settings)
+            async with Evaluation(config, run_dir=tmp_path / "run") as evaluation:
                 async for _ in evaluation:
                     joined += 1
                     if joined == 9:

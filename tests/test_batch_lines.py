@@ -20,7 +20,8 @@ def test_a_success_line_is_a_result_without_latency() -> None:
 
 def test_empty_content_is_a_retryable_failure() -> None:
     outcome = parse_output_line(success(None))
-    assert isinstance(outcome, Failure) and outcome.reason == "empty_response" and is_transient(outcome.reason, outcome.status_code)
+    assert isinstance(outcome, Failure) and outcome.reason == "empty_response"
+    assert is_transient(outcome.reason, outcome.status_code)
 
 
 def test_http_error_lines_keep_their_status() -> None:
@@ -36,7 +37,8 @@ def test_http_error_lines_keep_their_status() -> None:
 def test_error_object_lines() -> None:
     expired = parse_output_line({"custom_id": "predict:9", "response": None,
                                  "error": {"code": "batch_expired", "message": "expired"}})
-    assert isinstance(expired, Failure) and expired.reason == "batch_expired" and is_transient(expired.reason, expired.status_code)
+    assert isinstance(expired, Failure) and expired.reason == "batch_expired"
+    assert is_transient(expired.reason, expired.status_code)
     invalid = parse_output_line({"custom_id": "predict:9", "response": None,
                                  "error": {"code": "invalid_request", "message": "bad"}})
     assert isinstance(invalid, Failure) and not is_transient(invalid.reason, invalid.status_code)

@@ -42,7 +42,8 @@ def test_bad_config_is_one_clear_line_and_no_run_directory(tmp_path: Path) -> No
                       '[judge]\nmodel = "j"\nuser_template = "{prediction}"\n')
     done = engine("run", str(config), "--out", str(tmp_path / "run"))
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: task.toml: dataset.path: {tmp_path / 'missing.csv'}: data file not found"]
+    missing = tmp_path / "missing.csv"
+    assert done.stderr.strip().splitlines() == [f"error: task.toml: dataset.path: {missing}: data file not found"]
     assert not (tmp_path / "run").exists()
 
 

@@ -80,7 +80,7 @@ def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     changed = with_overrides(config, {"endpoint.rpm": 600, "predict.model": "other", "endpoint.tpm": None})
     assert changed.endpoint.rpm == 600 and changed.predict.model == "other" and changed.endpoint.tpm is None
-    with pytest.raises(ConfigError, match="command line: endpoint.concurrency"):
+    with pytest.raises(ConfigError, match=r"command line: endpoint.concurrency"):
         with_overrides(config, {"endpoint.concurrency": 0})
 
 

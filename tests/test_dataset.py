@@ -214,7 +214,8 @@ def test_ndjson_lines_count_blank_lines_and_parquet_rows_say_0_based(tmp_path: P
     with pytest.raises(ConfigError, match=r"d.ndjson: line 4: the id in dataset.id_column 'id' is empty"):
         Dataset(DatasetConfig(path=path, id_column="id"))
     pl.DataFrame({"id": ["a", "b", "a"]}).write_parquet(tmp_path / "d.parquet")
-    with pytest.raises(ConfigError, match=r"d.parquet: row 2 \(0-based\): id 'a' .* is not unique \(first at row 0 \(0-based\)\)"):
+    repeated = r"d.parquet: row 2 \(0-based\): id 'a' .* is not unique \(first at row 0 \(0-based\)\)"
+    with pytest.raises(ConfigError, match=repeated):
         Dataset(DatasetConfig(path=tmp_path / "d.parquet", id_column="id"))
 
 
@@ -222,7 +223,8 @@ def test_config_field_errors_name_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text(CSV)
     where = "task.toml: {}".format
-    with pytest.raises(ConfigError, match=r"^task.toml: dataset.label_column = 'genre' is not a column of .*data.csv \(columns: id, text, gold\)$"):
+    not_a_column = r"^task.toml: dataset.label_column = 'genre' is not a column of .*data.csv \(columns: id, text, gold\)$"
+    with pytest.raises(ConfigError, match=not_a_column):
         Dataset(DatasetConfig(path=path, label_column="genre"), where=where)
     with pytest.raises(ConfigError, match=r"^task.toml: dataset.path: .*none.csv: data file not found$"):
         Dataset(DatasetConfig(path=tmp_path / "none.csv"), where=where)

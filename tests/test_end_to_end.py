@@ -66,7 +66,8 @@ async def test_faults_never_lose_or_duplicate_a_row(tmp_path: Path, api_key: str
     failed = results.filter(pl.col("status") != "judged")
     assert failed.height > 0, "with max_retries=1 and 25% faults some rows must fail"
     assert failed["error"].null_count() == 0
-    assert set(failed["error"].str.extract(r"^(\w+):").to_list()) <= {"http_500", "http_502", "http_503", "connection", "malformed_body"}
+    reasons = set(failed["error"].str.extract(r"^(\w+):").to_list())
+    assert reasons <= {"http_500", "http_502", "http_503", "connection", "malformed_body"}
     judge = scan_journal(RunDir(tmp_path / "run").journal("judge")).collect()
     predict = scan_journal(RunDir(tmp_path / "run").journal("predict")).collect()
     assert predict.height == 120
@@ -160,7 +161,7 @@ async def test_constrained_answers_use_a_json_schema_enum_and_are_unwrapped(
     assert results["verdict"].null_count() == 0
     journal = [json.loads(line) for line in (tmp_path / "run" / "journal" / "predict.ndjson").read_text().splitlines()]
     replies = {record["row_id"]: json.loads(record["content"])["answer"] for record in journal}  # raw replies kept
-    assert replies == dict(zip(results["row_id"].to_list(), results["prediction"].to_list()))
+    assert replies == dict(zip(results["row_id"].to_list(), results["prediction"].to_list(), strict=True))
 
 
 async def test_an_error_raised_in_the_callers_block_comes_out_as_itself(tmp_path: Path, api_key: str, sim_url: str) -> None:

@@ -1,7 +1,8 @@
 """Our server's upstream gateway in front of a real third-party server: llama-cpp-python's own.
 
 Each test asks ``llama_cpp.server`` directly and through ``UpstreamBackend``, and the two answers
-must be the same, but for what differs per call: ``id``, ``created`` and tool-call ids. Greedy decoding (temperature 0) on one thread makes them repeatable.
+must be the same, but for what differs per call: ``id``, ``created`` and tool-call ids. Greedy decoding
+(temperature 0) on one thread makes them repeatable.
 """
 
 from __future__ import annotations

@@ -155,5 +155,5 @@ def test_a_missing_model_package_says_how_to_install_it() -> None:
 
 def test_a_missing_model_file_is_named(tmp_path: Any) -> None:
     missing = tmp_path / "nothing.gguf"
-    with pytest.raises(ModelUnavailable, match="(nothing.gguf|pip install)"):
+    with pytest.raises(ModelUnavailable, match=r"(nothing.gguf|pip install)"):
         LlamaBackend(LlamaSettings(model_path=str(missing)))

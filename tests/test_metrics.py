@@ -421,7 +421,7 @@ def test_panel_metrics_match_a_recount(seed: int, judges: int) -> None:
         votes = [row["verdicts"][k] for row in reached]
         answered = sum(text is not None for text in texts)
         recognised = [vote for vote in votes if vote is not None]
-        unreadable = sum(text is not None and vote is None for text, vote in zip(texts, votes))
+        unreadable = sum(text is not None and vote is None for text, vote in zip(texts, votes, strict=True))
         assert panel["judges"][name] == {
             "judge_accuracy": share(sum(recognised), len(recognised)),
             "judge_accuracy_n": len(recognised),

@@ -58,7 +58,7 @@ async def test_a_panel_run_keeps_every_verdict_and_the_majority(
         pass
     results = pl.read_parquet(tmp_path / "run" / "results.parquet")
     assert results.height == 30 and (results["verdicts"].list.len() == 3).all()
-    for verdicts, verdict in zip(results["verdicts"].to_list(), results["verdict"].to_list()):
+    for verdicts, verdict in zip(results["verdicts"].to_list(), results["verdict"].to_list(), strict=True):
         yes, no = verdicts.count(True), verdicts.count(False)
         assert verdict == (None if yes == no else yes > no)
     metrics = evaluation.metrics
@@ -73,7 +73,7 @@ async def test_a_panel_run_keeps_every_verdict_and_the_majority(
         assert numbers["judge_accuracy_n"] == len(recognised)
         assert numbers["judge_accuracy"] == (sum(recognised) / len(recognised) if recognised else None)
         assert numbers["failed_calls"] == texts.count(None)
-        assert numbers["unrecognised_verdicts"] == sum(t is not None and v is None for t, v in zip(texts, votes))
+        assert numbers["unrecognised_verdicts"] == sum(t is not None and v is None for t, v in zip(texts, votes, strict=True))
     tallies = [(row.count(True), row.count(False)) for row in results["verdicts"].to_list()]
     assert metrics["panel"]["ties"] == sum(yes == no > 0 for yes, no in tallies)
     assert metrics["invalid_verdicts"] == sum(yes == no == 0 for yes, no in tallies)

@@ -39,7 +39,7 @@ def test_the_batch_legend_has_a_colour_per_stage() -> None:
     legend = figure.axes[0].get_legend()
     assert legend is not None
     swatches = {text.get_text(): handle.get_facecolor()  # type: ignore[union-attr]
-                for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+                for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)}
     assert swatches["predict"] == to_rgba(STAGE_COLOURS["predict"])
     assert swatches["judge"] == to_rgba(STAGE_COLOURS["judge"])
     assert swatches["predict"] != swatches["judge"]

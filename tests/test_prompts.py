@@ -28,7 +28,7 @@ def test_braces_in_values_are_data_not_placeholders() -> None:
 
 @pytest.mark.parametrize("source", ["{open", "close}", "{a}}"])
 def test_unmatched_brace_is_a_config_error_naming_the_template(source: str) -> None:
-    with pytest.raises(ConfigError, match="judge.user_template: unmatched"):
+    with pytest.raises(ConfigError, match=r"judge.user_template: unmatched"):
         Template.parse(source, where="judge.user_template")
 
 

@@ -85,7 +85,7 @@ async def test_a_failed_batch_line_is_retried_and_counted_through_the_seam(tmp_p
     async with Evaluation(config, run_dir=tmp_path / "run", provider=provider, clock=InstantClock()):
         pass
     journal = scan_journal(RunDir(tmp_path / "run").journal("predict")).collect()
-    attempts = dict(zip(journal["custom_id"], journal["attempts"]))
+    attempts = dict(zip(journal["custom_id"], journal["attempts"], strict=True))
     assert attempts["predict:3"] == 2 and {n for cid, n in attempts.items() if cid != "predict:3"} == {1}
     retried = [how for how, request in provider.answered if request.custom_id == "predict:3"]
     assert retried == ["batch", "realtime"]  # one line failed: fewer than realtime_retry_below, so a realtime call

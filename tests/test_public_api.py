@@ -23,6 +23,17 @@ PUBLIC = {
     # the rows
     "JoinedRow",
     "RowStatus",
+    # the endpoint
+    "Provider",
+    "ChatRequest",
+    "ChatReply",
+    "ChatResult",
+    "Failure",
+    "Usage",
+    "BatchJob",
+    "BatchCounts",
+    "RateLimits",
+    "MockProvider",
     # the errors
     "AuthError",
     "BatchApiMissingError",

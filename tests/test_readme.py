@@ -43,3 +43,15 @@ def test_library_example_runs(tmp_path: Path) -> None:
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 6 and lines[-1].split()[-1].startswith("runs/imdb-")
     assert (tmp_path / "runs").is_dir()
+
+
+def test_provider_example_runs_without_an_endpoint(tmp_path: Path) -> None:
+    examples = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+    example = next(block for block in examples if "MockProvider" in block)
+    done = subprocess.run(
+        [sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True,
+        timeout=LOCAL_MODEL_RUN_S, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[:5] == [f"{row} Drama True" for row in range(5)] and lines[5] == "1.0 5"

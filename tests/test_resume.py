@@ -76,7 +76,9 @@ async def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(
                 pass
         async for _ in holder:
             pass
-    expected = f"error: {run_dir} is in use by another engine process (pid {os.getpid()}): let it finish or stop it, then try again"
+    expected = (
+        f"error: {run_dir} is in use by another engine process (pid {os.getpid()}): let it finish or stop it, then try again"
+    )
     for done in (again, same_out):
         assert done.returncode == 2
         assert done.stderr.strip().splitlines()[-1] == expected

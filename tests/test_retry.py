@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from engine.errors import ProviderError
 from engine.run.retry import RetryPolicy, parse_retry_after
@@ -17,7 +17,7 @@ def test_retry_after_ms_wins_over_seconds() -> None:
 
 def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after({"retry-after": "2"}) == 2.0
-    now = datetime(2026, 1, 1, 0, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
     assert parse_retry_after({"Retry-After": "Thu, 01 Jan 2026 00:00:07 GMT"}, now=now) == 7.0
     assert parse_retry_after({"Retry-After": "soon"}) is None
     assert parse_retry_after({}) is None
@@ -31,7 +31,7 @@ def test_transient_backoff_grows_with_jitter_and_stops_at_the_limit() -> None:
     policy = RetryPolicy(max_retries=3, base_delay=1.0, max_delay=60.0, rng=random.Random(7))
     delays = [policy.delay(error("transient"), attempt) for attempt in (1, 2, 3, 4)]
     assert delays[3] is None
-    for attempt, delay in zip((1, 2, 3), delays):
+    for attempt, delay in zip((1, 2, 3), delays, strict=False):
         ceiling = 2 ** (attempt - 1)
         assert delay is not None and ceiling / 2 <= delay <= ceiling
 

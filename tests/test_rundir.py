@@ -50,7 +50,7 @@ def test_what_is_not_a_finished_run_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"has not finished \(no metrics.json\).*--resume"):
         RunDir(tmp_path).load()
     (tmp_path / "run.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="run.json: unreadable"):
+    with pytest.raises(ConfigError, match=r"run.json: unreadable"):
         RunDir(tmp_path).config()
 
 

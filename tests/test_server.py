@@ -604,7 +604,7 @@ def test_start_failure_names_the_reason() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         server = EmbeddedServer(SimBackend(SimSettings()), port=taken.getsockname()[1])
-        with pytest.raises(RuntimeError, match="failed to start.*(in use|Errno)"):
+        with pytest.raises(RuntimeError, match=r"failed to start.*(in use|Errno)"):
             server.start()
 
 

@@ -40,7 +40,8 @@ def test_a_refused_format_moves_its_caller_down_one_format_at_a_time() -> None:
     assert formats.current(request) is request
     assert formats.refused(request, refusal)
     as_object = formats.current(request)
-    assert as_object.body["response_format"] == {"type": "json_object", "schema": request.body["response_format"]["json_schema"]["schema"]}
+    schema = request.body["response_format"]["json_schema"]["schema"]
+    assert as_object.body["response_format"] == {"type": "json_object", "schema": schema}
     assert formats.refused(request, refusal)  # sent in the old format after the move: go again
     assert formats.refused(as_object, refusal)
     plain = formats.current(request)

@@ -47,7 +47,7 @@ from .batch_lines import (
 )
 from .files import FileStore, atomic_write
 
-__all__ = ["BATCH_ID", "BatchRecord", "BatchManager", "BatchSettings", "BatchStateError"]
+__all__ = ["BATCH_ID", "BatchManager", "BatchRecord", "BatchSettings", "BatchStateError"]
 
 BATCH_ID = re.compile(r"batch_[A-Za-z0-9]+")
 COMPLETION_WINDOW_S = 24 * 3600.0

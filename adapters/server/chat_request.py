@@ -203,7 +203,9 @@ def _tools_problem(body: dict[str, Any]) -> Problem | None:
             return Problem(400, "`tools` must be an array of tools.", "tools")
         for j, tool in enumerate(tools):
             if not _tool_ok(tool):
-                message = f"`tools[{j}]` must be a `function` tool with a `function.name` or a `custom` tool with a `custom.name`."
+                message = (
+                    f"`tools[{j}]` must be a `function` tool with a `function.name` or a `custom` tool with a `custom.name`."
+                )
                 return Problem(400, message, f"tools[{j}]")
     choice = body.get("tool_choice")
     if choice is not None and not (

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..rundir import FinishedRun, RunDir
-from .summary import interval_text, percent
+from .summary import interval_text, kappa_text, percent
 
 ALPHA = 0.05
 _PAIRED = {"judge_accuracy": "verdict", "ground_truth_accuracy": "ground_truth_correct"}
@@ -144,7 +144,7 @@ def _metric_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, s
         rate("invalid_verdict_rate", "no recognised verdict"),
         rate("ground_truth_accuracy", "ground-truth accuracy", ci=True),
         rate("judge_vs_truth_agreement", "judge agrees with truth"),
-        plain("judge vs truth kappa", lambda m: "n/a" if m["judge_vs_truth_kappa"] is None else f"{m['judge_vs_truth_kappa']:.3f}"),
+        plain("judge vs truth kappa", lambda m: kappa_text(m["judge_vs_truth_kappa"])),
         rate("majority_baseline_accuracy", "majority baseline"),
         rate("invalid_prediction_rate", "invalid predictions"),
         plain("tokens", lambda m: f"{sum(t['prompt'] + t['completion'] for t in m['tokens'].values()):,}"),

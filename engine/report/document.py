@@ -237,7 +237,10 @@ def _latency(run: FinishedRun, plots_dir: Path) -> _Section:
     if not summaries:
         section.blocks.append("No successful realtime calls (rows answered in batches have no per-request latency).")
         return section
-    rows = [(stage, f"{summary['calls']:,}", *(_duration(summary[str(q)]) for q in quantiles)) for stage, summary in summaries.items()]
+    rows = [
+        (stage, f"{summary['calls']:,}", *(_duration(summary[str(q)]) for q in quantiles))
+        for stage, summary in summaries.items()
+    ]
     section.blocks.append(_Table(("stage", "calls", "p50", "p90", "p99", "max"), rows))
     low = min(summary["min"] for summary in summaries.values())
     high = max(summary["1.0"] for summary in summaries.values())
@@ -257,7 +260,7 @@ def _histogram(
     for name, column in columns.items():
         index = ((pl.col(column) - low) / width).floor().cast(pl.Int64).clip(0, bins - 1).alias("bin")
         tally = frame.select(index).drop_nulls().group_by("bin").len().collect()
-        found = dict(zip(tally["bin"].to_list(), tally["len"].to_list()))
+        found = dict(zip(tally["bin"].to_list(), tally["len"].to_list(), strict=True))
         counts[name] = [int(found.get(i, 0)) for i in range(bins)]
     return [low + width * i for i in range(bins + 1)], counts
 
@@ -375,7 +378,9 @@ def _panel(run: FinishedRun) -> _Section | None:
         f"{panel['no_recognised_verdict']:,} without a recognised verdict, {panel['decided_by_fewer_than_majority']:,} "
         "decided by fewer votes than a majority of the panel. Fleiss' kappa and the unanimous share are over the rows "
         "where every judge gave a recognised verdict.",
-        _Table(("Fleiss' kappa", "rows", "unanimous rows", "ties", "no recognised verdict", "decided by fewer than a majority"), [(
+        _Table((
+            "Fleiss' kappa", "rows", "unanimous rows", "ties", "no recognised verdict", "decided by fewer than a majority",
+        ), [(
             kappa, f"{panel['fleiss_kappa_n']:,}", percent(panel["unanimous_rate"]), f"{panel['ties']:,}",
             f"{panel['no_recognised_verdict']:,}", f"{panel['decided_by_fewer_than_majority']:,}",
         )]),

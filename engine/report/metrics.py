@@ -121,7 +121,7 @@ def failure_reasons(results: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
         .sort(["rows", "reason"], descending=[True, False])
         .collect()
     )
-    return dict(zip(counts["reason"].to_list(), counts["rows"].to_list()))
+    return dict(zip(counts["reason"].to_list(), counts["rows"].to_list(), strict=True))
 
 
 def _rate(name: str, successes: int, n: int) -> dict[str, Any]:
@@ -290,7 +290,7 @@ def panel_metrics(results: pl.DataFrame | pl.LazyFrame, names: Sequence[str]) ->
     *judges, totals = pl.collect_all([*per_judge, tallies])
     t = totals.row(0, named=True)
     return {
-        "judges": {name: _judge_alone(counts.row(0, named=True)) for name, counts in zip(names, judges)},
+        "judges": {name: _judge_alone(counts.row(0, named=True)) for name, counts in zip(names, judges, strict=True)},
         "rows": t["rows"],
         "ties": t["ties"],
         "no_recognised_verdict": t["no_recognised_verdict"],

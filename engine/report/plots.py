@@ -145,7 +145,7 @@ def batch_timeline_figure(spans: pl.DataFrame) -> Figure:
     """One bar per batch from creation to its end, coloured by stage, hatched unless completed
     (columns stage, chunk, status, start, end; seconds since the first batch was created)."""
     figure, axes = _figure(6.4, 1.2 + 0.25 * spans.height)
-    span = max(spans["end"].to_list() + [1.0])
+    span = max([*spans["end"].to_list(), 1.0])
     for position, row in enumerate(spans.iter_rows(named=True)):
         width = max(row["end"] - row["start"], span / 200)
         axes.barh(position, width, left=row["start"], color=STAGE_COLOURS.get(row["stage"], "grey"),

@@ -74,7 +74,7 @@ def build_metrics(
     metrics["stage_overlap"] = stage_overlap(run_dir)
     metrics["models"] = {
         caller: {"requested": stage_config.model, "served": by_caller.get(caller, {}).get("served", []), "backend": backend}
-        for caller, stage_config in (("predict", config.predict), *zip(prefixes, config.judges))
+        for caller, stage_config in (("predict", config.predict), *zip(prefixes, config.judges, strict=True))
     }
     return metrics
 
@@ -124,7 +124,7 @@ def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str,
     rate, the rest, a batch stage's realtime retries among them, at the realtime rate). A
     caller without a price is None and left out of ``total``; None when no model has a price."""
     costs: dict[str, float | None] = {}
-    for caller, stage_config in (("predict", config.predict), *zip(judge_prefixes(config), config.judges)):
+    for caller, stage_config in (("predict", config.predict), *zip(judge_prefixes(config), config.judges, strict=True)):
         price = config.prices.get(stage_config.model)
         if price is None:
             costs[caller] = None
@@ -143,6 +143,10 @@ def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str,
     if not known:
         return None
     return {**costs, "total": round(sum(known), 6)}
+
+
+def kappa_text(kappa: float | None) -> str:
+    return "n/a" if kappa is None else f"{kappa:.3f}"
 
 
 def percent(value: float | None) -> str:
@@ -177,7 +181,7 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
             interval_text(metrics["ground_truth_accuracy_ci95"]),
         ),
         ("judge agrees with truth", percent(metrics["judge_vs_truth_agreement"]), ""),
-        ("judge vs truth kappa", "n/a" if metrics["judge_vs_truth_kappa"] is None else f"{metrics['judge_vs_truth_kappa']:.3f}", ""),
+        ("judge vs truth kappa", kappa_text(metrics["judge_vs_truth_kappa"]), ""),
         (
             f"baseline: always '{metrics['majority_baseline_label']}'",
             percent(metrics["majority_baseline_accuracy"]),

@@ -141,7 +141,7 @@ def _joined(
     answer = text.strip() if text is not None else None
     answers = [verdict for verdict in verdicts if isinstance(verdict, ChatResult)]
     failures = [verdict for verdict in verdicts if isinstance(verdict, Failure)]
-    parsed = [judge.verdict(v.content) if isinstance(v, ChatResult) else None for judge, v in zip(judges, verdicts)]
+    parsed = [judge.verdict(v.content) if isinstance(v, ChatResult) else None for judge, v in zip(judges, verdicts, strict=True)]
     status: RowStatus = "predict_failed" if prediction is None else "judged" if answers else "judge_failed"
     if failures and error is None:
         error = "; ".join(f"{failure.reason}: {failure.message}" for failure in failures)

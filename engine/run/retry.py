@@ -14,7 +14,7 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from ..errors import ProviderError
@@ -63,7 +63,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: datetime | None = None
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return max(0.0, (when - now).total_seconds())
 
 

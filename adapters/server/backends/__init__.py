@@ -18,8 +18,8 @@ from .sim import SimBackend, SimSettings
 __all__ = [
     "Backend",
     "BackendError",
-    "BatchPolicy",
     "BackendReply",
+    "BatchPolicy",
     "DropConnection",
     "Hang",
     "MalformedReply",

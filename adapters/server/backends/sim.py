@@ -172,7 +172,7 @@ class SimSettings:
 class _Bucket:
     """A token bucket refilling at ``per_minute / 60`` per second; starts full."""
 
-    __slots__ = ("per_minute", "rate", "capacity", "level", "stamp")
+    __slots__ = ("capacity", "level", "per_minute", "rate", "stamp")
 
     def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
         self.per_minute = per_minute
