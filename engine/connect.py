@@ -1,8 +1,8 @@
 """Where the engine meets its adapters: the provider an endpoint config names, the embedded
 server a config without a base URL runs against, and the server ``python -m engine serve`` runs.
 
-This is the composition root: the only engine module that imports ``adapters``, and only here,
-when a run starts. A new provider is an adapter module implementing ``engine.provider.Provider``
+This is the composition root: the only engine module that imports ``adapters``, and only inside
+its functions, when a run or the server starts. A new provider is an adapter module implementing ``engine.provider.Provider``
 plus its name in ``EndpointConfig.provider`` and a branch in ``provider_for``.
 """
 
@@ -23,6 +23,7 @@ from .provider import Provider
 
 if TYPE_CHECKING:
     from adapters.server.backends.base import Backend
+
 
 async def open_provider(config: TaskConfig, stack: AsyncExitStack, *, server_dir: Path) -> tuple[Provider, str]:
     """The provider for the config's endpoint, entered on ``stack``, and the endpoint's URL.

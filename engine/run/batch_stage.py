@@ -1,12 +1,13 @@
 """Batch API mode: a pipeline stage served by provider batches, never paid for twice.
 
-Requests are written, as they are submitted, into files under ``batches/`` in the provider's
-line format (at most ``max_requests_per_file`` lines and ``max_bytes_per_file`` bytes each). A
-sealed file is uploaded and a batch created with tags naming the run, the stage, the file
-("chunk") and the attempt (everything provider-specific is behind ``engine.provider``); the file id and the batch id go into
+Everything provider-specific (line format, uploads, tags, result files) is behind
+``engine.provider``. Requests are written, as they are submitted, into files under ``batches/`` in
+the provider's line format (at most ``max_requests_per_file`` lines and ``max_bytes_per_file``
+bytes each). A sealed file is uploaded and a batch created with tags naming the run, the stage,
+the file ("chunk") and the attempt; the input id and the batch id go into
 ``journal/batches.ndjson`` the moment they exist. Each batch is polled with backoff; when it ends,
-its result files are downloaded beside the request file and every line becomes an
-outcome for the pipeline, carrying in ``attempts`` how many times the line was paid for (each
+its result files are downloaded beside the request file and every line becomes an outcome for
+the pipeline, carrying in ``attempts`` how many times the line was paid for (each
 batch it was in, plus each realtime call). Lines that failed for a reason worth retrying (5xx,
 429, expiry, cancellation, no line at all) are retried up to ``max_line_retries`` times: as
 realtime calls when fewer than ``realtime_retry_below`` remain, else in a new batch. The rest are
