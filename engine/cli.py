@@ -20,13 +20,7 @@ from typing import Any
 
 import anyio
 
-from .config import (
-    LocalServerConfig,
-    TaskConfig,
-    load_config,
-    merge_tables,
-    with_overrides,
-)
+from .config import LocalServerConfig, TaskConfig, load_config, merge_tables, with_overrides
 from .connect import Upstream, serve
 from .errors import ConfigError, EngineError, ProviderError
 from .evaluation import Evaluation

@@ -31,13 +31,7 @@ from .connect import open_provider
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
 from .formats import DESCRIBED, StructuredOutput
-from .journal import (
-    Journal,
-    check_journal,
-    has_records,
-    repair_torn_tail,
-    scan_journal,
-)
+from .journal import Journal, check_journal, has_records, repair_torn_tail, scan_journal
 from .prompts import PromptBuilder
 from .provider import ChatProvider, Provider
 from .report import summary
@@ -52,12 +46,7 @@ from .run.pipeline import JoinState, LiveStats, Pipeline
 from .run.realtime import RealtimeRunner, RealtimeStage
 from .run.retry import RetryPolicy
 from .run.stage import Stage
-from .rundir import (
-    RunDir,
-    check_resumable,
-    new_run_dir,
-    write_json,
-)
+from .rundir import RunDir, check_resumable, new_run_dir, write_json
 from .sessions import SessionLog, run_figures
 from .types import STAGES, JoinedRow, StageName
 

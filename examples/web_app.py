@@ -28,15 +28,7 @@ import anyio
 import anyio.lowlevel
 from aiohttp import web
 
-from engine import (
-    EngineError,
-    Evaluation,
-    JoinedRow,
-    TaskConfig,
-    example_config,
-    load_config,
-    with_overrides,
-)
+from engine import EngineError, Evaluation, JoinedRow, TaskConfig, example_config, load_config, with_overrides
 
 RUNS_ROOT = web.AppKey("runs_root", Path)
 _log = logging.getLogger(__name__)

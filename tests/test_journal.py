@@ -7,13 +7,7 @@ import polars as pl
 import pytest
 
 from engine.errors import JournalError
-from engine.journal import (
-    Journal,
-    check_journal,
-    record_to_outcome,
-    repair_torn_tail,
-    scan_journal,
-)
+from engine.journal import Journal, check_journal, record_to_outcome, repair_torn_tail, scan_journal
 from engine.rundir import RunDir
 from engine.types import ChatResult, Failure, Row, Usage, row_fingerprint
 

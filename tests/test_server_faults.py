@@ -20,14 +20,7 @@ from adapters.server.embedded import EmbeddedServer, embedded_server
 from adapters.server.server import SHUTDOWN_TIMEOUT_S
 
 from .test_server import GENRE_SET, genre_messages, judge_messages
-from .test_server_batches import (
-    batch_client,
-    jsonl,
-    lines_of,
-    request_line,
-    settle,
-    submit,
-)
+from .test_server_batches import batch_client, jsonl, lines_of, request_line, settle, submit
 
 Transport = Callable[[], Any]
 # The SDK's default httpx client, and the aiohttp one the engine uses on asyncio.

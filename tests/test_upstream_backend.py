@@ -18,14 +18,7 @@ from adapters.server.backends import SimBackend, SimSettings
 from adapters.server.backends.upstream import UpstreamBackend
 from adapters.server.embedded import embedded_server
 from tests.test_server import GENRE_SET, genre_messages
-from tests.test_server_batches import (
-    batch_client,
-    jsonl,
-    lines_of,
-    request_line,
-    settle,
-    submit,
-)
+from tests.test_server_batches import batch_client, jsonl, lines_of, request_line, settle, submit
 
 
 @asynccontextmanager

@@ -34,13 +34,7 @@ import openai
 import sniffio
 from openai.types import Batch
 
-from engine.errors import (
-    AuthError,
-    BatchApiMissingError,
-    ErrorKind,
-    ModelNotFoundError,
-    ProviderError,
-)
+from engine.errors import AuthError, BatchApiMissingError, ErrorKind, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import parse_retry_after
 from engine.types import ChatRequest, Outcome, Usage

@@ -26,14 +26,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from . import routes
-from .backends.base import (
-    Backend,
-    BackendError,
-    DropConnection,
-    Hang,
-    MalformedReply,
-    TruncatedReply,
-)
+from .backends.base import Backend, BackendError, DropConnection, Hang, MalformedReply, TruncatedReply
 from .batch_jobs import BatchSettings
 from .chat_request import chat_problem
 from .wire import chat_completion, error_response, parse_json

@@ -19,15 +19,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ..journal import Journal, record_to_outcome
 from ..judges import Judge, judge_index
 from ..prompts import PromptBuilder, prediction_is_valid
-from ..types import (
-    ChatResult,
-    Failure,
-    JoinedRow,
-    Outcome,
-    Row,
-    RowStatus,
-    Usage,
-)
+from ..types import ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Usage
 from . import streams
 from .batch_stage import BatchProgress
 from .retry import is_transient
