@@ -45,6 +45,7 @@ JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "status_code": pl.Int64(),
     "rate_limited": pl.Int64(),
     "fingerprint": pl.String(),
+    "cached": pl.Boolean(),
 }
 
 
@@ -66,6 +67,7 @@ def outcome_to_record(row: Row, outcome: Outcome) -> dict[str, Any]:
             "finished_at": outcome.finished_at,
             "rate_limited": outcome.rate_limited,
             "fingerprint": row.fingerprint,
+            **({"cached": True} if outcome.cached else {}),
         }
     return {
         "custom_id": outcome.custom_id,
@@ -95,6 +97,7 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
             started_at=record["started_at"] or 0.0,
             finished_at=record["finished_at"] or 0.0,
             rate_limited=record.get("rate_limited") or 0,
+            cached=bool(record.get("cached")),
         )
     return Failure(
         custom_id=record["custom_id"],

@@ -45,9 +45,22 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token of a reply with its log-probability, and the most likely alternatives at its
+    position (``top``: token -> log-probability), as OpenAI's ``logprobs.content`` gives them."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ChatResult:
     """A successful call. ``content`` is the assistant message text (never None); ``latency_s``
-    is None for an answer that came back in a provider batch."""
+    is None for an answer that came back in a provider batch. ``cached``: the answer came from
+    the response cache (``engine.cache``), no call was made; ``logprobs``: the reply's token
+    log-probabilities as the endpoint gave them (``choices[0].logprobs.content``), when asked.
+    """
 
     custom_id: str
     content: str
@@ -58,6 +71,8 @@ class ChatResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     rate_limited: int = 0
+    cached: bool = False
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
