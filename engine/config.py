@@ -38,6 +38,9 @@ class DatasetConfig(_Strict):
     format: Literal["csv", "parquet", "ndjson"] | None = None
     id_column: str | None = Field(None, description="unique row id; default: the row's position")
     label_column: str | None = None
+    reference_column: str | None = Field(
+        None, description="the expected answer of an open task: a judge template reads it as {reference}"
+    )
     label_separator: str = ","
     head: int | None = Field(None, ge=1)
     tail: int | None = Field(None, ge=1)
@@ -88,9 +91,60 @@ class StageConfig(_Strict):
     )
 
 
+JudgeKind = Literal["verdict", "score", "pairwise"]
+REASONING_MAX_TOKENS = 1024
+MIN_REASONING_TOKENS = 64
+
+
 class JudgeConfig(StageConfig):
+    """A judge: its kind (``engine.judges``), its prompt and how its reply is read.
+
+    ``verdict``: correct or incorrect, in one of ``verdicts``' words; ``score``: an integer on
+    ``scale`` against the ``rubric``, passing at ``pass_at``; ``pairwise``: which of two answers
+    is better (A, B or tie), judged in both orders with ``swap``. ``reasoning`` asks for the
+    reasoning first and reads the verdict from the reply's last final line; its ``max_tokens``
+    defaults to ``REASONING_MAX_TOKENS``. ``repeats`` judges each row that many times (with a
+    temperature above 0) and keeps the majority; ``logprobs`` keeps the probability of the
+    answer where the endpoint gives token log-probabilities.
+    """
+
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$", description="required in a panel of judges")
+    kind: JudgeKind = "verdict"
     verdicts: VerdictConfig = VerdictConfig()
+    reasoning: bool = Field(False, description="reason first, then a final line: VERDICT: ... / SCORE: ... / WINNER: ...")
+    scale: tuple[int, int] = Field((1, 5), description="score judges: the lowest and highest score")
+    pass_at: int | None = Field(None, description="score judges: a score at least this passes")
+    rubric: str = Field("", description="score judges: what each score means (in the prompt as {rubric}, or appended)")
+    swap: bool = Field(True, description="pairwise judges: judge each pair in both orders")
+    repeats: int = Field(1, ge=1, le=25, description="judge each row this many times; the majority decides")
+    logprobs: bool = Field(False, description="keep the answer's probability from the token logprobs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reasoning_budget(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reasoning") and "max_tokens" not in data:
+            return {**data, "max_tokens": REASONING_MAX_TOKENS}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JudgeConfig:
+        low, high = self.scale
+        if low >= high:
+            raise ValueError(f"scale: the lowest score must be below the highest, got [{low}, {high}]")
+        if self.reasoning and self.max_tokens < MIN_REASONING_TOKENS:
+            raise ValueError(
+                f"max_tokens = {self.max_tokens} leaves no room for reasoning: raise it (e.g. {REASONING_MAX_TOKENS}) "
+                "or leave it out"
+            )
+        if self.pass_at is not None and not low <= self.pass_at <= high:
+            raise ValueError(f"pass_at: {self.pass_at} is outside the scale [{low}, {high}]")
+        if self.kind != "score" and (self.pass_at is not None or self.rubric):
+            raise ValueError("pass_at and rubric belong to a judge of kind = \"score\"")
+        if self.repeats > 1 and self.temperature == 0:
+            raise ValueError(
+                f"repeats = {self.repeats} needs a temperature above 0 (at 0 every repeat gives the same answer)"
+            )
+        return self
 
 
 class EndpointConfig(_Strict):
@@ -208,11 +262,17 @@ class TaskConfig(_Strict):
                 raise ValueError("judge: each judge of a panel needs a unique `name`")
             if len({judge.mode for judge in judges}) > 1:
                 raise ValueError("judge: the judges of a panel share one mode (realtime or batch)")
+            if len({judge.kind for judge in judges}) > 1:
+                raise ValueError("judge: the judges of a panel share one kind (verdict, score or pairwise)")
         return self
 
     @property
     def judges(self) -> tuple[JudgeConfig, ...]:
         return self.judge if isinstance(self.judge, tuple) else (self.judge,)
+
+    @property
+    def judge_kind(self) -> JudgeKind:
+        return self.judges[0].kind
 
     @property
     def judge_mode(self) -> Mode:
@@ -244,10 +304,16 @@ class TaskConfig(_Strict):
 
 
 def _describe(error: ValidationError, source: str) -> str:
+    """One line per error, naming the setting. Pydantic names the branches of a union (``judge``
+    is one table or a panel's list) and its validators in the location: those parts are left
+    out, and of a union's branches only the one of the input's shape (table or list) speaks."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
+        branch = next((str(part) for part in item["loc"] if "[" in str(part)), "")
+        if branch.startswith("tuple[") != isinstance(item.get("input"), (list, tuple)) and "[" in branch:
+            continue
+        where = ".".join(str(part) for part in item["loc"] if "[" not in str(part)) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling)"
         lines.append(f"{source}: {where}: {message}")

@@ -235,7 +235,7 @@ class Evaluation:
         owed = dataset.rows(
             results.input_columns,
             exclude=results.done_row_ids(),
-            attach=_journal_records(self._dir, builder.judge_prefixes),
+            attach=_journal_records(self._dir, builder.call_prefixes),
         )
         self.stats.total = dataset.n_rows
         self.stats.started = time.perf_counter()
@@ -415,14 +415,14 @@ async def preflight(provider: ChatProvider, config: TaskConfig, builder: PromptB
             break
 
 
-def _journal_records(run_dir: RunDir, judge_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:
-    """The journal as frames to attach to owed rows: predictions, and each judge's verdicts
-    (none for a stage whose journal is still empty, as in a fresh run)."""
+def _journal_records(run_dir: RunDir, call_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:
+    """The journal as frames to attach to owed rows: predictions, and each judge call's verdicts
+    (by ``custom_id`` prefix; none for a stage whose journal is still empty, as in a fresh run)."""
     frames: dict[str, pl.LazyFrame] = {}
     if has_records(run_dir.journal("predict")):
         frames["predict"] = scan_journal(run_dir.journal("predict"))
     if has_records(run_dir.journal("judge")):
         judge = scan_journal(run_dir.journal("judge"))
-        for prefix in judge_prefixes:
+        for prefix in call_prefixes:
             frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
     return frames

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from .errors import ProviderError
-from .types import ChatRequest
+from .types import ChatRequest, caller_of
 
 Format = Literal["json_schema", "json_object", "prompt"]
 FORMATS: tuple[Format, ...] = ("json_schema", "json_object", "prompt")
@@ -65,6 +65,15 @@ class StructuredOutput:
         return True
 
 
+REASON = "First reason step by step."
+
+
+def final_line(marker: str, slot: str, what: str) -> str:
+    """The plain-text way to ask for an answer: on a final line (``VERDICT: correct``), which
+    ``engine.judges`` reads (and the simulator recognises)."""
+    return f"End your reply with a final line of the form `{marker}: <{slot}>`, where <{slot}> is {what}."
+
+
 def choice_format(choices: tuple[str, ...]) -> dict[str, Any]:
     """An OpenAI structured-output ``response_format`` whose only answer is one of ``choices``."""
     schema = {
@@ -73,10 +82,11 @@ def choice_format(choices: tuple[str, ...]) -> dict[str, Any]:
         "required": ["answer"],
         "additionalProperties": False,
     }
-    return _json_schema_format(schema)
+    return json_schema_format(schema)
 
 
-def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+def json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI structured-output ``response_format`` for ``schema``."""
     return {"type": "json_schema", "json_schema": {"name": "choice", "strict": True, "schema": schema}}
 
 
@@ -92,14 +102,28 @@ def converted(body: dict[str, Any], target: Format) -> dict[str, Any]:
     response_format = body["response_format"]
     schema = response_format["schema"] if "schema" in response_format else response_format["json_schema"]["schema"]
     if target == "json_schema":
-        return {**body, "response_format": _json_schema_format(schema)}
+        return {**body, "response_format": json_schema_format(schema)}
     if target == "json_object":
         return {**body, "response_format": {"type": "json_object", "schema": schema}}
-    choices = ", ".join(str(choice) for choice in schema["properties"]["answer"]["enum"])
     *earlier, last = body["messages"]
-    instruction = f"{last['content']}\n\nAnswer with exactly one of: {choices}."
+    instruction = f"{last['content']}\n\n{_in_words(schema)}"
     plain = {key: value for key, value in body.items() if key != "response_format"}
     return {**plain, "messages": [*earlier, {**last, "content": instruction}]}
+
+
+def _in_words(schema: dict[str, Any]) -> str:
+    """A constrained answer asked for in the prompt: one of the choices (``{"answer": ...}``), or
+    the answer property on a final line (a judge's ``{"reasoning", "verdict"}``)."""
+    properties = schema["properties"]
+    if "answer" in properties:
+        return "Answer with exactly one of: " + ", ".join(str(choice) for choice in properties["answer"]["enum"]) + "."
+    key = next(name for name in properties if name != "reasoning")
+    spec = properties[key]
+    if "enum" in spec:
+        what = "one of: " + ", ".join(str(choice) for choice in spec["enum"])
+    else:
+        what = f"an integer from {spec['minimum']} to {spec['maximum']}"
+    return final_line(key.upper(), key, what)
 
 
 def _format_of(body: dict[str, Any]) -> Format:
@@ -110,4 +134,4 @@ def _format_of(body: dict[str, Any]) -> Format:
 
 
 def _caller(request: ChatRequest) -> str:
-    return request.custom_id.partition(":")[0]
+    return caller_of(request.custom_id)

@@ -7,28 +7,56 @@ A judge kind (the ``Judge`` protocol) says:
 - ``messages(row, prediction)``: its request for a row and the prediction (the pipeline adds the
   model, its parameters and the structured-output format), and ``fields``, the data set's
   columns those messages read;
-- ``choices``: what a constrained reply chooses from (None: the reply is free text);
-- ``verdict(answer)``: the reply's answer parsed into a verdict (None: not recognised);
-- ``COLUMNS``: the ``results.parquet`` columns its verdicts fill (``engine.results``), which
-  ``engine.report.metrics`` reads.
+- ``response_format``: the JSON schema a constrained reply follows (None: free text);
+- ``read(content)``: the reply as a ``Reading`` (its answer, reasoning, verdict and score).
 
-``VerdictJudge`` (correct / incorrect) is the first kind; ``judges_for`` builds a task's judges.
-A new kind (a rubric score, a pairwise preference) is a class implementing ``Judge``, its name
-in the judge config, and its metrics beside the verdict kind's.
+Kinds: ``VerdictJudge`` (correct / incorrect) and ``ScoreJudge`` (an integer on a scale, against
+a rubric). A reasoning judge (and every score judge) is told to end its reply with a final line,
+``VERDICT: correct`` or ``SCORE: 4``; the answer is the *last* such line, so reasoning that quotes
+a verdict cannot decide it. A constrained one answers a JSON object with ``reasoning`` first.
+``judges_for`` builds a task's judges.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import polars as pl
 
 from .config import JudgeConfig, TaskConfig, VerdictConfig
+from .formats import REASON, choice_format, final_line, json_schema_format
 from .templates import Templates
 from .types import Row
 
 #: Fields a judge template may use besides the row's own columns.
-JUDGE_EXTRA_FIELDS = ("prediction", "labels")
+JUDGE_EXTRA_FIELDS = ("prediction", "labels", "reference", "rubric")
+
+#: The ``results.parquet`` columns the judges fill (``engine.results``), which
+#: ``engine.report.metrics`` reads. The plural columns hold each judge's, in panel order.
+JUDGE_COLUMNS: dict[str, pl.DataType] = {
+    "verdict_text": pl.String(),  # the judges' answers, joined by " | "
+    "verdict": pl.Boolean(),  # the strict majority of the recognised verdicts (a score judge's: passed)
+    "verdicts": pl.List(pl.Boolean()),
+    "verdict_texts": pl.List(pl.String()),
+    "reasoning": pl.String(),  # the judges' reasoning, joined by " | " (null without any)
+    "reasonings": pl.List(pl.String()),
+    "score": pl.Float64(),  # score judges: the mean of the recognised scores
+    "scores": pl.List(pl.Float64()),
+}
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One judge reply, read: ``answer`` as the judge wrote it (None when it wrote none),
+    ``reasoning`` (None without), ``verdict`` (correct/incorrect; a score judge's: passed, None
+    without ``pass_at``) and ``score`` (score judges; None when not a score on the scale)."""
+
+    answer: str | None
+    reasoning: str | None = None
+    verdict: bool | None = None
+    score: float | None = None
 
 
 class Judge(Protocol):
@@ -36,66 +64,207 @@ class Judge(Protocol):
 
     prefix: str
     config: JudgeConfig
-    COLUMNS: ClassVar[dict[str, pl.DataType]]
 
     @property
     def fields(self) -> tuple[str, ...]: ...
 
     @property
-    def choices(self) -> tuple[str, ...] | None: ...
+    def response_format(self) -> dict[str, Any] | None: ...
 
     def messages(self, row: Row, prediction: str) -> list[dict[str, str]]: ...
 
-    def verdict(self, answer: str) -> bool | None: ...
+    def read(self, content: str) -> Reading: ...
 
 
-class VerdictJudge:
-    """A judge that answers whether the prediction is correct, in one of its verdict words."""
+class _FinalLineJudge:
+    """What the kinds share: templates, the appended instruction, and reading the final line."""
 
-    COLUMNS: ClassVar[dict[str, pl.DataType]] = {
-        "verdict_text": pl.String(),  # the judges' replies, joined by " | "
-        "verdict": pl.Boolean(),  # the strict majority of the recognised verdicts
-        "verdicts": pl.List(pl.Boolean()),  # each judge's, in panel order
-        "verdict_texts": pl.List(pl.String()),
-    }
+    marker = ""
+    slot = ""
+    key = ""  # the answer's property in a constrained reply
 
-    def __init__(self, config: JudgeConfig, prefix: str, templates: Templates, labels: tuple[str, ...]) -> None:
+    def __init__(self, config: JudgeConfig, prefix: str, templates: Templates, labels: tuple[str, ...],
+                 reference_column: str | None = None) -> None:
         self.config = config
         self.prefix = prefix
         self._templates = templates
         self._labels_text = ", ".join(labels)
-        self._parse = VerdictParser(config.verdicts)
+        self._reference_column = reference_column
+        self._instruction = self._instructions()
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return tuple(name for name in self._templates.fields if name not in JUDGE_EXTRA_FIELDS)
+        fields = [name for name in self._templates.fields if name not in JUDGE_EXTRA_FIELDS]
+        if "reference" in self._templates.fields and self._reference_column:
+            fields.append(self._reference_column)
+        return tuple(fields)
 
     @property
-    def choices(self) -> tuple[str, ...] | None:
-        verdicts = self.config.verdicts
-        return verdicts.correct + verdicts.incorrect if self.config.constrain else None
+    def _asks_final_line(self) -> bool:
+        """Whether the reply ends with a final answer line (else it is the bare answer)."""
+        return self.config.reasoning
+
+    def _what(self) -> str:
+        raise NotImplementedError
+
+    def _instructions(self) -> str:
+        """What is appended to the user message: the reasoning request and the final line (for a
+        constrained judge only the reasoning request: the schema says the rest)."""
+        parts = [REASON] if self.config.reasoning else []
+        if self._asks_final_line and not self.config.constrain:
+            parts.append(final_line(self.marker, self.slot, self._what()))
+        return " ".join(parts)
+
+    def _schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        if not self.config.constrain:
+            return None
+        properties = {"reasoning": {"type": "string"}} if self.config.reasoning else {}
+        properties[self.key] = self._schema()
+        schema = {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+        return json_schema_format(schema)
+
+    def _values(self, row: Row, prediction: str) -> dict[str, Any]:
+        values = {**row.fields, "labels": self._labels_text, "prediction": prediction, "rubric": self.config.rubric}
+        if self._reference_column:
+            values["reference"] = row.fields.get(self._reference_column)
+        return values
 
     def messages(self, row: Row, prediction: str) -> list[dict[str, str]]:
-        return self._templates.messages({**row.fields, "labels": self._labels_text, "prediction": prediction})
+        messages = self._templates.messages(self._values(row, prediction))
+        if self._instruction:
+            *earlier, last = messages
+            messages = [*earlier, {**last, "content": f"{last['content'].rstrip()}\n\n{self._instruction}"}]
+        return messages
 
-    def verdict(self, answer: str) -> bool | None:
-        return self._parse(answer)
+    def _answer(self, content: str) -> tuple[str | None, str | None]:
+        """The reply's answer and reasoning: from a JSON object (a constrained reply), else the
+        last final line and the text before it, else the whole reply."""
+        return read_reply(content, self.marker, self.key)
+
+
+class VerdictJudge(_FinalLineJudge):
+    """A judge that answers whether the prediction is correct, in one of its verdict words."""
+
+    marker, slot, key = "VERDICT", "verdict", "verdict"
+
+    def __init__(self, config: JudgeConfig, prefix: str, templates: Templates, labels: tuple[str, ...],
+                 reference_column: str | None = None) -> None:
+        super().__init__(config, prefix, templates, labels, reference_column)
+        self._parse = VerdictParser(config.verdicts)
+
+    def _choices(self) -> tuple[str, ...]:
+        return self.config.verdicts.correct + self.config.verdicts.incorrect
+
+    def _what(self) -> str:
+        return "one of: " + ", ".join(self._choices())
+
+    def _schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self._choices())}
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        if self.config.constrain and not self.config.reasoning:
+            return choice_format(self._choices())  # one word: ``{"answer": "correct"}``
+        return super().response_format
+
+    def read(self, content: str) -> Reading:
+        answer, reasoning = self._answer(content)
+        return Reading(answer, reasoning, None if answer is None else self._parse(answer))
+
+
+class ScoreJudge(_FinalLineJudge):
+    """A judge that scores the prediction with an integer on ``scale`` against a rubric; it
+    passes at ``pass_at`` (without one, a score judge gives no verdict)."""
+
+    marker, slot, key = "SCORE", "score", "score"
+
+    @property
+    def _asks_final_line(self) -> bool:
+        return True
+
+    def _what(self) -> str:
+        low, high = self.config.scale
+        return f"an integer from {low} to {high}"
+
+    def _instructions(self) -> str:
+        rubric = self.config.rubric
+        rest = super()._instructions()
+        if rubric and "rubric" not in self._templates.fields:
+            return f"Rubric:\n{rubric.strip()}" + (f"\n\n{rest}" if rest else "")
+        return rest
+
+    def _schema(self) -> dict[str, Any]:
+        low, high = self.config.scale
+        return {"type": "integer", "minimum": low, "maximum": high}
+
+    def read(self, content: str) -> Reading:
+        answer, reasoning = self._answer(content)
+        score = self.score(answer)
+        passed = None if score is None or self.config.pass_at is None else score >= self.config.pass_at
+        return Reading(answer, reasoning, passed, score)
+
+    def score(self, answer: str | None) -> float | None:
+        """The integer an answer gives (``4``, ``4/5``, ``**4**``, ``4.0``), if it is on the scale."""
+        match = _SCORE.match(answer or "")
+        if match is None:
+            return None
+        value = float(match.group(1))
+        low, high = self.config.scale
+        return value if value.is_integer() and low <= value <= high else None
+
+
+_SCORE = re.compile(r"^[\s*_`\"']*(-?\d+(?:\.0+)?)(?:\s*/\s*\d+)?[\s*_`\"'.]*$")
+
+
+def read_reply(content: str, marker: str, key: str) -> tuple[str | None, str | None]:
+    """A judge reply's answer and reasoning (see ``_FinalLineJudge._answer``)."""
+    stripped = content.strip()
+    if stripped.startswith("{"):
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            answer = value.get(key, value.get("answer"))
+            reasoning = value.get("reasoning")
+            return (None if answer is None else str(answer)), (reasoning if isinstance(reasoning, str) else None)
+    lines = content.splitlines()
+    pattern = _final_line_pattern(marker)
+    for index in range(len(lines) - 1, -1, -1):
+        match = pattern.match(lines[index])
+        if match:
+            return match.group(1).strip(), "\n".join(lines[:index]).strip() or None
+    return stripped, None
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _final_line_pattern(marker: str) -> re.Pattern[str]:
+    """``VERDICT: correct``, tolerating markdown around the marker (``**VERDICT:** correct``)."""
+    pattern = _PATTERNS.get(marker)
+    if pattern is None:
+        pattern = _PATTERNS[marker] = re.compile(rf"^[\s*_#>`-]*{marker}[\s*_`]*:[\s*_`]*(.+?)[\s*_`]*$", re.IGNORECASE)
+    return pattern
+
+
+_KINDS: dict[str, type[VerdictJudge] | type[ScoreJudge]] = {"verdict": VerdictJudge, "score": ScoreJudge}
 
 
 def judges_for(config: TaskConfig, columns: list[str]) -> tuple[Judge, ...]:
     """The task's judges, in panel order, their templates checked against the data set's columns."""
-    return tuple(
-        VerdictJudge(
-            judge,
-            prefix,
-            Templates.of(
-                judge, "judge." if judge.name is None else f"judge {judge.name}: ", columns, JUDGE_EXTRA_FIELDS,
-                config.where,
-            ),
-            config.labels,
-        )
-        for prefix, judge in zip(judge_prefixes(config), config.judges, strict=True)
-    )
+    reference = config.dataset.reference_column
+    extra = tuple(name for name in JUDGE_EXTRA_FIELDS if name != "reference" or reference)
+    judges: list[Judge] = []
+    for prefix, judge in zip(judge_prefixes(config), config.judges, strict=True):
+        name = "judge." if judge.name is None else f"judge {judge.name}: "
+        templates = Templates.of(judge, name, columns, extra, config.where)
+        judges.append(_KINDS[judge.kind](judge, prefix, templates, config.labels, reference))
+    return tuple(judges)
 
 
 def judge_prefixes(config: TaskConfig) -> tuple[str, ...]:

@@ -12,7 +12,10 @@ from .errors import ConfigError
 from .formats import StructuredOutput, choice_format
 from .judges import JUDGE_EXTRA_FIELDS, Judge, judges_for, normalise
 from .templates import Templates, estimate_tokens
-from .types import ChatRequest, Row, StageName
+from .types import ChatRequest, Row, StageName, call_prefix, caller_of
+
+#: How many alternatives a logprobs judge asks for at each token (OpenAI allows up to 20).
+LOGPROB_ALTERNATIVES = 10
 
 
 class PromptBuilder:
@@ -24,9 +27,14 @@ class PromptBuilder:
         self._predict = Templates.of(config.predict, "predict.", columns, ("labels",), config.where)
         self.judges: tuple[Judge, ...] = judges_for(config, columns)
         self.judge_prefixes = tuple(judge.prefix for judge in self.judges)
+        #: Every judge call of a row, by ``custom_id`` prefix: (judge index, repeat).
+        self.calls = {
+            call_prefix(judge.prefix, repeat): (index, repeat)
+            for index, judge in enumerate(self.judges)
+            for repeat in range(judge.config.repeats)
+        }
         self.formats = StructuredOutput()
-        # Per constrained caller, built once: its response_format and its reply budget, with room
-        # for the whole JSON answer (a token is at least a character).
+        # Per constrained caller, built once: its response_format and its reply budget.
         self._constrained: dict[str, tuple[dict[str, Any], int]] = {}
         self._choices: dict[str, tuple[str, ...]] = {}
         if config.predict.constrain:
@@ -34,11 +42,12 @@ class PromptBuilder:
                 raise ConfigError(f"{config.where('predict.constrain')} needs the task's `labels` to choose from")
             self._constrain("predict", config.labels, config.predict.max_tokens)
         for judge in self.judges:
-            if judge.choices is not None:
-                self._constrain(judge.prefix, judge.choices, judge.config.max_tokens)
+            if judge.response_format is not None:
+                self._constrained[judge.prefix] = (judge.response_format, _budget(judge.response_format, judge.config.max_tokens))
 
     def _constrain(self, caller: str, choices: tuple[str, ...], max_tokens: int) -> None:
-        self._constrained[caller] = (choice_format(choices), max(max_tokens, 16 + max(map(len, choices))))
+        response_format = choice_format(choices)
+        self._constrained[caller] = (response_format, _budget(response_format, max_tokens))
         self._choices[caller] = choices
 
     def answer(self, caller: str, content: str) -> str:
@@ -60,6 +69,11 @@ class PromptBuilder:
         return self.formats.current(request)
 
     @property
+    def call_prefixes(self) -> tuple[str, ...]:
+        """The ``custom_id`` prefix of every judge call of a row, judge by judge, repeats in order."""
+        return tuple(self.calls)
+
+    @property
     def callers(self) -> tuple[str, ...]:
         """``predict`` and each judge's ``custom_id`` prefix."""
         return ("predict", *self.judge_prefixes)
@@ -76,7 +90,8 @@ class PromptBuilder:
         return tuple(name for name in dict.fromkeys(self._predict.fields) if name not in JUDGE_EXTRA_FIELDS)
 
     def _request(
-        self, stage: StageName, stage_config: StageConfig, row: Row, messages: list[dict[str, str]], prefix: str | None = None
+        self, stage: StageName, stage_config: StageConfig, row: Row, messages: list[dict[str, str]], prefix: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> ChatRequest:
         body: dict[str, Any] = {
             "model": stage_config.model,
@@ -84,9 +99,10 @@ class PromptBuilder:
             "temperature": stage_config.temperature,
             "max_tokens": stage_config.max_tokens,
         }
-        constrained = self._constrained.get(prefix or stage)
+        constrained = self._constrained.get(caller_of(prefix or stage))
         if constrained is not None:
             body["response_format"], body["max_tokens"] = constrained
+        body.update(extra or {})
         request = ChatRequest(
             custom_id=f"{prefix or stage}:{row.row_id}",
             row_id=row.row_id,
@@ -100,10 +116,25 @@ class PromptBuilder:
         messages = self._predict.messages({**row.fields, "labels": self._labels_text})
         return self._request("predict", self._config.predict, row, messages)
 
-    def judge(self, row: Row, prediction: str, index: int = 0) -> ChatRequest:
-        """The request of judge ``index`` of the panel (0 for a single judge)."""
+    def judge(self, row: Row, prediction: str, index: int = 0, repeat: int = 0) -> ChatRequest:
+        """The request of judge ``index`` of the panel (0 for a single judge), its ``repeat``-th
+        call (0-based). Repeated calls carry the repeat as their ``seed``: each is its own sample
+        (and its own key in a response cache)."""
         judge = self.judges[index]
-        return self._request("judge", judge.config, row, judge.messages(row, prediction), prefix=judge.prefix)
+        config = judge.config
+        extra: dict[str, Any] = {"seed": repeat} if config.repeats > 1 else {}
+        if config.logprobs:
+            extra.update(logprobs=True, top_logprobs=LOGPROB_ALTERNATIVES)
+        prefix = call_prefix(judge.prefix, repeat)
+        return self._request("judge", config, row, judge.messages(row, prediction), prefix=prefix, extra=extra)
+
+
+def _budget(response_format: dict[str, Any], max_tokens: int) -> int:
+    """A constrained reply's budget: room for the whole JSON answer (a token is at least a
+    character) around its longest choice."""
+    schema = response_format["json_schema"]["schema"]
+    choices = [str(choice) for spec in schema["properties"].values() for choice in spec.get("enum", ())]
+    return max(max_tokens, 16 + max(map(len, choices), default=0))
 
 
 def unwrap_choice(content: str, choices: tuple[str, ...] = ()) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import polars as pl
 
-from .judges import VerdictJudge
+from .judges import JUDGE_COLUMNS
 from .rundir import RunDir
 from .types import JoinedRow
 
@@ -34,7 +34,9 @@ def results_schema(input_columns: tuple[str, ...]) -> dict[str, pl.DataType]:
         "labels": pl.List(pl.String()),
         "prediction": pl.String(),
         "prediction_valid": pl.Boolean(),
-        **VerdictJudge.COLUMNS,
+        **JUDGE_COLUMNS,
+        "repeat_verdicts": pl.List(pl.Boolean()),
+        "repeat_scores": pl.List(pl.Float64()),
         "ground_truth_correct": pl.Boolean(),
         "error": pl.String(),
         "predict_prompt_tokens": pl.Int64(),
@@ -61,6 +63,12 @@ def _frame(rows: list[JoinedRow], input_columns: tuple[str, ...], schema: dict[s
         "verdict": [row.verdict for row in rows],
         "verdicts": _list_column([row.verdicts for row in rows], pl.Boolean()),
         "verdict_texts": _list_column([row.verdict_texts for row in rows], pl.String()),
+        "reasoning": [row.reasoning for row in rows],
+        "reasonings": _list_column([row.reasonings or None for row in rows], pl.String()),
+        "score": [row.score for row in rows],
+        "scores": _list_column([row.scores or None for row in rows], pl.Float64()),
+        "repeat_verdicts": _list_column([row.repeat_verdicts or None for row in rows], pl.Boolean()),
+        "repeat_scores": _list_column([row.repeat_scores or None for row in rows], pl.Float64()),
         "ground_truth_correct": [row.ground_truth_correct for row in rows],
         "error": [row.error for row in rows],
         "predict_prompt_tokens": [row.predict_tokens.prompt_tokens for row in rows],

@@ -2,19 +2,35 @@
 
 Every value is a frozen, slotted dataclass. ``custom_id`` is the join key everywhere: it is
 ``"predict:<row_id>"``, ``"judge:<row_id>"`` (``"judge.<name>:<row_id>"`` for each judge of a
-panel) and survives the round trip through a provider's Batch API unchanged.
+panel; ``"judge@2:<row_id>"`` for a judge's second repeat) and survives the round trip through a
+provider's Batch API unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 StageName = Literal["predict", "judge"]
 RowStatus = Literal["judged", "predict_failed", "judge_failed", "skipped"]
 STAGES: tuple[StageName, ...] = ("predict", "judge")
+
+
+def call_prefix(caller: str, repeat: int) -> str:
+    """The ``custom_id`` prefix of a caller's ``repeat``-th call of a row (0-based): the
+    caller's own for the first, ``<caller>@<n>`` for the n-th after it."""
+    return caller if repeat == 0 else f"{caller}@{repeat + 1}"
+
+
+_REPEAT = re.compile(r"@\d+$")
+
+
+def caller_of(custom_id: str) -> str:
+    """The caller (``predict``, ``judge``, ``judge.<name>``) a ``custom_id`` belongs to, whatever its repeat."""
+    return _REPEAT.sub("", custom_id.partition(":")[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +140,12 @@ class JoinedRow:
     """A data row with its prediction and verdict: one line of ``results.parquet``.
 
     ``status`` is ``judged`` when both stages succeeded, else ``predict_failed``,
-    ``judge_failed`` or ``skipped`` (nothing to ask) with ``error`` saying why. ``verdicts`` and
-    ``verdict_texts`` hold each judge's (one for a single judge); ``verdict`` is their strict
-    majority and ``verdict_text`` their texts joined by `` | ``.
+    ``judge_failed`` or ``skipped`` (nothing to ask) with ``error`` saying why. ``verdicts``,
+    ``verdict_texts`` (each judge's answer as written), ``reasonings`` and ``scores`` hold each
+    judge's (one for a single judge); ``verdict`` is their strict majority, ``score`` the mean of
+    the recognised scores, ``verdict_text`` and ``reasoning`` their texts joined by `` | ``. With
+    repeats, a judge's verdict is the strict majority of its repeats and its score their mean;
+    ``repeat_verdicts`` and ``repeat_scores`` hold every repeat, judge by judge (empty without).
     """
 
     row_id: str
@@ -146,3 +165,9 @@ class JoinedRow:
     judge_latency_s: float | None = None
     verdicts: tuple[bool | None, ...] = ()
     verdict_texts: tuple[str | None, ...] = ()
+    reasoning: str | None = None
+    reasonings: tuple[str | None, ...] = ()
+    score: float | None = None
+    scores: tuple[float | None, ...] = ()
+    repeat_verdicts: tuple[bool | None, ...] = ()
+    repeat_scores: tuple[float | None, ...] = ()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import polars as pl
 import pytest
 
 from engine import ConfigError, load_config, with_overrides
 from engine.config import JudgeConfig, TaskConfig
-from engine.judges import VerdictJudge, judges_for
+from engine.judges import judges_for
 from engine.prompts import PromptBuilder
 from engine.run.pipeline import JoinState
 from engine.shipped import example_config
@@ -45,8 +42,9 @@ def test_a_verdict_judge_asks_about_the_row_and_the_prediction_verbatim() -> Non
 def test_its_choices_are_its_verdict_words_only_when_constrained() -> None:
     (free,) = judges_for(task(**{"judge.constrain": False}), COLUMNS)
     (constrained,) = judges_for(task(**{"judge.constrain": True, "judge.verdicts.correct": ["yes"]}), COLUMNS)
-    assert free.choices is None
-    assert constrained.choices == ("yes", "incorrect")
+    assert free.response_format is None
+    assert constrained.response_format is not None
+    assert constrained.response_format["json_schema"]["schema"]["properties"]["answer"]["enum"] == ["yes", "incorrect"]
 
 
 @pytest.mark.parametrize(
@@ -55,7 +53,7 @@ def test_its_choices_are_its_verdict_words_only_when_constrained() -> None:
 )
 def test_its_reply_becomes_a_verdict_or_none(answer: str, verdict: bool | None) -> None:
     (judge,) = judges_for(task(), COLUMNS)
-    assert judge.verdict(answer) is verdict
+    assert judge.read(answer).verdict is verdict
 
 
 def test_a_panel_has_one_judge_per_table_each_with_its_own_prefix() -> None:
@@ -71,36 +69,94 @@ def test_a_judge_template_naming_no_column_is_refused_naming_the_judge() -> None
         judges_for(panel("a", "b", b={"user_template": "{Plot}"}), COLUMNS)
 
 
-class LastLineJudge:
-    """A test-only kind: the verdict is the reply's last ``VERDICT:`` line (what a reasoning
-    judge will do), and only ``pass`` is correct."""
-
-    COLUMNS: ClassVar[dict[str, pl.DataType]] = VerdictJudge.COLUMNS
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.config = JudgeConfig(model="j", user_template="{prediction}")
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return ()
-
-    @property
-    def choices(self) -> tuple[str, ...] | None:
-        return None
-
-    def messages(self, row: Row, prediction: str) -> list[dict[str, str]]:
-        return [{"role": "user", "content": f"Reason, then end with VERDICT: pass or fail. {prediction}"}]
-
-    def verdict(self, answer: str) -> bool | None:
-        lines = [line for line in answer.splitlines() if line.startswith("VERDICT:")]
-        return None if not lines else lines[-1].removeprefix("VERDICT:").strip() == "pass"
+def test_a_reasoning_judge_is_decided_by_its_last_verdict_line_and_keeps_its_reasoning() -> None:
+    config = task(**{"judge.reasoning": True, "judge.max_tokens": 512, "judge.constrain": False})
+    (judge,) = judges_for(config, COLUMNS)
+    content = judge.messages(ROW, "Crime")[-1]["content"]
+    assert content.endswith(
+        "First reason step by step. End your reply with a final line of the form `VERDICT: <verdict>`, "
+        "where <verdict> is one of: correct, incorrect."
+    )
+    reply = "The film is a heist.\nVERDICT: incorrect would be wrong here.\nSo it fits.\n**VERDICT:** Correct."
+    reading = judge.read(reply)
+    assert reading.verdict is True and reading.answer == "Correct."
+    assert reading.reasoning == "The film is a heist.\nVERDICT: incorrect would be wrong here.\nSo it fits."
+    # Quoting the verdict words in the reasoning without a final line decides nothing.
+    assert judge.read("It is correct, not incorrect.").verdict is None
 
 
-def test_another_kind_of_judge_joins_through_the_same_seam() -> None:
-    verdict_judge = judges_for(panel("words", "other"), COLUMNS)[0]
-    join = JoinState(("Crime", "Drama"), (verdict_judge, LastLineJudge("judge.lines")))
-    assert join.prediction(ROW, ChatResult("predict:7", "Crime", "m", Usage(1, 1), 0.1)) is None
-    assert join.verdict("7", ChatResult("judge.lines:7", "VERDICT: fail\nno, wait.\nVERDICT: pass", "m", Usage(), 0.1)) is None
-    joined = join.verdict("7", ChatResult("judge.words:7", "correct", "m", Usage(), 0.1))
-    assert joined is not None and joined.verdicts == (True, True) and joined.verdict is True
+def test_a_constrained_reasoning_judge_asks_for_reasoning_first_then_the_verdict() -> None:
+    (judge,) = judges_for(task(**{"judge.reasoning": True, "judge.constrain": True, "judge.max_tokens": 300}), COLUMNS)
+    assert judge.response_format is not None
+    schema = judge.response_format["json_schema"]["schema"]
+    assert list(schema["properties"]) == ["reasoning", "verdict"]
+    assert schema["properties"]["verdict"]["enum"] == ["correct", "incorrect"]
+    reading = judge.read('{"reasoning": "VERDICT: correct? no.", "verdict": "incorrect"}')
+    assert (reading.verdict, reading.reasoning) == (False, "VERDICT: correct? no.")
+    assert JudgeConfig(model="j", user_template="{prediction}", reasoning=True).max_tokens == 1024  # its default
+
+
+def test_reasoning_with_the_one_word_budget_is_refused_saying_what_to_do() -> None:
+    with pytest.raises(ConfigError, match=r"^command line: judge: max_tokens = 16 leaves no room for reasoning[^\n]*$"):
+        with_overrides(load_config(example_config("imdb")), {"judge.reasoning": True})
+
+
+@pytest.mark.parametrize(
+    ("reply", "score", "passed"),
+    [("SCORE: 4", 4.0, True), ("Fine.\nSCORE: 2", 2.0, False), ("**SCORE:** 5/5", 5.0, True), ("3", 3.0, True),
+     ("SCORE: 6", None, None), ("SCORE: 3.5", None, None), ("SCORE: good", None, None), ('{"score": 1}', 1.0, False)],
+)
+def test_a_score_judge_reads_an_integer_on_its_scale(reply: str, score: float | None, passed: bool | None) -> None:
+    config = task(**{"judge.kind": "score", "judge.scale": [1, 5], "judge.pass_at": 3})
+    (judge,) = judges_for(config, COLUMNS)
+    reading = judge.read(reply)
+    assert (reading.score, reading.verdict) == (score, passed)
+
+
+def test_a_score_judge_is_told_its_rubric_and_scale() -> None:
+    config = task(**{
+        "judge.kind": "score", "judge.scale": [0, 10], "judge.rubric": "10: exactly right.", "judge.constrain": False,
+    })
+    (judge,) = judges_for(config, COLUMNS)
+    content = judge.messages(ROW, "Crime")[-1]["content"]
+    assert content.endswith("Rubric:\n10: exactly right.\n\nEnd your reply with a final line of the form "
+                            "`SCORE: <score>`, where <score> is an integer from 0 to 10.")
+    assert judge.read("SCORE: 7").verdict is None  # no pass_at: a score, no verdict
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"judge.scale": [5, 1]}, "the lowest score must be below the highest"),
+     ({"judge.kind": "score", "judge.pass_at": 9}, "pass_at: 9 is outside the scale"),
+     ({"judge.pass_at": 3}, "belong to a judge of kind"),
+     ({"judge.repeats": 3}, "repeats = 3 needs a temperature above 0")],
+)
+def test_inconsistent_judge_settings_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        task(**changes)
+
+
+def test_a_reference_column_is_read_as_reference() -> None:
+    data = task().model_dump()
+    data["dataset"]["reference_column"] = "Genre"
+    data["judge"]["user_template"] = "Expected: {reference}. Got: {prediction}"
+    (judge,) = judges_for(TaskConfig.model_validate(data), COLUMNS)
+    assert judge.messages(ROW, "Drama")[-1]["content"] == "Expected: Crime. Got: Drama"
+    assert judge.fields == ("Genre",)
+    with pytest.raises(ConfigError, match=r"placeholder \{reference\}"):
+        judges_for(task(**{"judge.user_template": "{reference}"}), COLUMNS)
+
+
+def test_repeats_are_separate_calls_whose_majority_decides() -> None:
+    config = task(**{"judge.repeats": 3, "judge.temperature": 0.7})
+    builder = PromptBuilder(config, COLUMNS)
+    requests = [builder.judge(ROW, "Crime", 0, repeat) for repeat in range(3)]
+    assert [request.custom_id for request in requests] == ["judge:7", "judge@2:7", "judge@3:7"]
+    assert [request.body["seed"] for request in requests] == [0, 1, 2]
+    join = JoinState(("Crime",), builder.judges)
+    join.prediction(ROW, ChatResult("predict:7", "Crime", "m", Usage(1, 1), 0.1))
+    assert join.verdict("7", ChatResult("judge@3:7", "incorrect", "m", Usage(), 0.1)) is None
+    assert join.verdict("7", ChatResult("judge:7", "correct", "m", Usage(), 0.1)) is None
+    joined = join.verdict("7", ChatResult("judge@2:7", "correct", "m", Usage(), 0.1))
+    assert joined is not None and joined.verdict is True
+    assert joined.repeat_verdicts == (True, True, False) and joined.verdicts == (True,)

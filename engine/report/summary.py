@@ -96,7 +96,7 @@ def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
         for frame in journal_frames(run_dir.journal(stage), columns):
             sums = (
                 frame.filter(pl.col("ok"))
-                .group_by(pl.col("custom_id").str.split(":").list.first().alias("caller"))
+                .group_by(pl.col("custom_id").str.split(":").list.first().str.replace(r"@\d+$", "").alias("caller"))
                 .agg(
                     pl.col("prompt_tokens").sum().alias("prompt"),
                     pl.col("completion_tokens").sum().alias("completion"),

@@ -17,9 +17,9 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..journal import Journal, record_to_outcome
-from ..judges import Judge, judge_index
+from ..judges import Judge, Reading
 from ..prompts import PromptBuilder, prediction_is_valid
-from ..types import ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Usage
+from ..types import ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Usage, call_prefix
 from . import streams
 from .batch_stage import BatchProgress
 from .retry import is_transient
@@ -68,8 +68,9 @@ class LiveStats:
 class JoinState:
     """Pending predictions by row id; turns a prediction and its verdicts into a joined row.
 
-    With a panel of judges a row completes when every judge has answered (or failed); its
-    ``verdict`` is the strict majority of the recognised verdicts, None on a tie.
+    A row completes when every call of every judge (each of its ``repeats``) has answered or
+    failed. A judge's verdict is the strict majority of its repeats' recognised verdicts and its
+    score their mean; the row's ``verdict`` is the strict majority of the judges' (None on a tie).
     """
 
     def __init__(
@@ -78,13 +79,17 @@ class JoinState:
         judges: tuple[Judge, ...],
         answer: Callable[[str, str], str] = lambda caller, content: content,
     ) -> None:
-        """``answer(caller, content)`` reads the answer out of a reply (a constrained reply is
-        JSON); ``judges`` are the task's, in panel order."""
+        """``answer(caller, content)`` reads the answer out of a prediction (a constrained one is
+        JSON); ``judges`` are the task's, in panel order, and read their own replies."""
         self._labels = frozenset(label_set)
         self._judges = judges
-        self._prefixes = tuple(judge.prefix for judge in judges)
+        self._calls = {
+            call_prefix(judge.prefix, repeat): index
+            for index, judge in enumerate(judges)
+            for repeat in range(judge.config.repeats)
+        }
         self._answer = answer
-        self._pending: dict[str, tuple[Row, ChatResult, list[Outcome | None]]] = {}
+        self._pending: dict[str, tuple[Row, ChatResult, dict[str, Outcome]]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -92,25 +97,52 @@ class JoinState:
     def prediction(self, row: Row, outcome: Outcome) -> JoinedRow | None:
         """Record a prediction; a failed one completes the row at once."""
         if isinstance(outcome, Failure):
-            return _joined(row, None, [], self._labels, error=f"{outcome.reason}: {outcome.message}")
-        self._pending[row.row_id] = (row, self._answered("predict", outcome), [None] * len(self._judges))
+            return _joined(row, None, self._labels, error=f"{outcome.reason}: {outcome.message}")
+        answer = self._answer("predict", outcome.content)
+        prediction = outcome if answer == outcome.content else replace(outcome, content=answer)
+        self._pending[row.row_id] = (row, prediction, {})
         return None
 
     def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow | None:
-        """Record one judge's outcome; the joined row once every judge of the row has one."""
-        row, prediction, verdicts = self._pending[row_id]
-        index = judge_index(outcome.custom_id, self._prefixes)
-        if isinstance(outcome, ChatResult):
-            outcome = self._answered(self._prefixes[index], outcome)
-        verdicts[index] = outcome
-        if any(verdict is None for verdict in verdicts):
+        """Record one judge call's outcome; the joined row once every call of the row has one."""
+        row, prediction, calls = self._pending[row_id]
+        calls[outcome.custom_id.partition(":")[0]] = outcome
+        if len(calls) < len(self._calls):
             return None
         del self._pending[row_id]
-        return _joined(row, prediction, verdicts, self._labels, judges=self._judges)  # type: ignore[arg-type]
+        scored = self._judges[0].config.kind == "score"
+        return _joined(row, prediction, self._labels, verdicts=self._judgements(calls), scored=scored)
 
-    def _answered(self, caller: str, result: ChatResult) -> ChatResult:
-        answer = self._answer(caller, result.content)
-        return result if answer == result.content else replace(result, content=answer)
+    def _judgements(self, calls: dict[str, Outcome]) -> list[_Judgement]:
+        """Each judge's outcomes (in repeat order) and readings of its answered calls."""
+        judgements = [_Judgement() for _ in self._judges]
+        for prefix, index in self._calls.items():
+            outcome, judgement = calls[prefix], judgements[index]
+            judgement.outcomes.append(outcome)
+            judgement.readings.append(self._judges[index].read(outcome.content) if isinstance(outcome, ChatResult) else None)
+        return judgements
+
+
+@dataclass(slots=True)
+class _Judgement:
+    """One judge's calls of a row: an outcome per repeat, and each answered one read."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    readings: list[Reading | None] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> bool | None:
+        return majority([reading.verdict if reading else None for reading in self.readings])
+
+    @property
+    def score(self) -> float | None:
+        scores = [reading.score for reading in self.readings if reading and reading.score is not None]
+        return sum(scores) / len(scores) if scores else None
+
+    @property
+    def first(self) -> Reading | None:
+        """The first answered call's reading: whose answer and reasoning the row shows."""
+        return next((reading for reading in self.readings if reading), None)
 
 
 def majority(verdicts: list[bool | None]) -> bool | None:
@@ -123,21 +155,29 @@ def majority(verdicts: list[bool | None]) -> bool | None:
 def _joined(
     row: Row,
     prediction: ChatResult | None,
-    verdicts: list[Outcome],
     labels: frozenset[str],
     *,
     error: str | None = None,
-    judges: tuple[Judge, ...] = (),
+    verdicts: list[_Judgement] | None = None,
+    scored: bool = False,
 ) -> JoinedRow:
+    judgements = verdicts or []
     text = prediction.content if prediction else None
     answer = text.strip() if text is not None else None
-    answers = [verdict for verdict in verdicts if isinstance(verdict, ChatResult)]
-    failures = [verdict for verdict in verdicts if isinstance(verdict, Failure)]
-    parsed = [judge.verdict(v.content) if isinstance(v, ChatResult) else None for judge, v in zip(judges, verdicts, strict=True)]
+    outcomes = [outcome for judgement in judgements for outcome in judgement.outcomes]
+    answers = [outcome for outcome in outcomes if isinstance(outcome, ChatResult)]
+    failures = [outcome for outcome in outcomes if isinstance(outcome, Failure)]
     status: RowStatus = "predict_failed" if prediction is None else "judged" if answers else "judge_failed"
     if failures and error is None:
         error = "; ".join(f"{failure.reason}: {failure.message}" for failure in failures)
     latencies = [v.latency_s for v in answers if v.latency_s is not None]
+    firsts = [judgement.first for judgement in judgements]
+    texts = tuple(first.answer if first else None for first in firsts)
+    reasonings = tuple(first.reasoning if first else None for first in firsts)
+    scores = tuple(judgement.score for judgement in judgements)
+    recognised = [score for score in scores if score is not None]
+    repeated = any(len(judgement.readings) > 1 for judgement in judgements)
+    readings = [reading for judgement in judgements for reading in judgement.readings] if repeated else []
     return JoinedRow(
         row_id=row.row_id,
         index=row.index,
@@ -146,16 +186,22 @@ def _joined(
         labels=row.labels,
         prediction=text,
         prediction_valid=prediction_is_valid(text, labels) if text is not None else None,
-        verdict_text=" | ".join(v.content if isinstance(v, ChatResult) else "" for v in verdicts) if answers else None,
-        verdict=majority(parsed),
+        verdict_text=" | ".join(text or "" for text in texts) if answers else None,
+        verdict=majority([judgement.verdict for judgement in judgements]),
         ground_truth_correct=(answer in row.labels) if row.labels is not None and answer is not None else None,
         error=error,
         predict_tokens=prediction.usage if prediction else Usage(),
         judge_tokens=Usage(sum(v.usage.prompt_tokens for v in answers), sum(v.usage.completion_tokens for v in answers)),
         predict_latency_s=prediction.latency_s if prediction else None,
         judge_latency_s=max(latencies) if latencies else None,
-        verdicts=tuple(parsed),
-        verdict_texts=tuple(v.content if isinstance(v, ChatResult) else None for v in verdicts),
+        verdicts=tuple(judgement.verdict for judgement in judgements),
+        verdict_texts=texts,
+        reasoning=" | ".join(text or "" for text in reasonings) if any(reasonings) else None,
+        reasonings=reasonings if any(reasonings) else (),
+        score=sum(recognised) / len(recognised) if recognised else None,
+        scores=scores if scored else (),
+        repeat_verdicts=tuple(reading.verdict if reading else None for reading in readings),
+        repeat_scores=tuple(reading.score if reading else None for reading in readings) if scored else (),
     )
 
 
@@ -232,8 +278,8 @@ class Pipeline:
         if predict_record is not None and self._stands(predict_record, row):
             prediction = record_to_outcome(predict_record)
             judged = {
-                index: record_to_outcome(record)
-                for index, prefix in enumerate(self._builder.judge_prefixes)
+                prefix: record_to_outcome(record)
+                for prefix in self._builder.call_prefixes
                 if (record := records.get(prefix)) is not None and self._stands(record, row)
             }
             await self._predicted(row, prediction, judged)
@@ -255,8 +301,8 @@ class Pipeline:
         self._journal.append("predict", row, outcome)  # before any await: see journal.py
         await self._predicted(row, outcome, {})
 
-    async def _predicted(self, row: Row, outcome: Outcome, judged: dict[int, Outcome]) -> None:
-        """Join the prediction, then ask every judge that has not answered yet."""
+    async def _predicted(self, row: Row, outcome: Outcome, judged: dict[str, Outcome]) -> None:
+        """Join the prediction, then make every judge call (by ``custom_id`` prefix) that has no outcome yet."""
         joined = self._join.prediction(row, outcome)
         if joined is not None:
             await self._complete(joined)
@@ -264,11 +310,11 @@ class Pipeline:
         self._stats.predicted += 1
         assert isinstance(outcome, ChatResult)
         answer = self._builder.answer("predict", outcome.content)
-        for index in range(len(self._builder.judge_prefixes)):
-            if index in judged:
-                joined = self._join.verdict(row.row_id, judged[index])
+        for prefix, (index, repeat) in self._builder.calls.items():
+            if prefix in judged:
+                joined = self._join.verdict(row.row_id, judged[prefix])
             else:
-                await self._judge.submit(row, self._builder.judge(row, answer, index))
+                await self._judge.submit(row, self._builder.judge(row, answer, index, repeat))
         if joined is not None:
             await self._complete(joined)
 
