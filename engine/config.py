@@ -262,8 +262,10 @@ class TaskConfig(_Strict):
                 raise ValueError("judge: each judge of a panel needs a unique `name`")
             if len({judge.mode for judge in judges}) > 1:
                 raise ValueError("judge: the judges of a panel share one mode (realtime or batch)")
-            if len({judge.kind for judge in judges}) > 1:
-                raise ValueError("judge: the judges of a panel share one kind (verdict, score or pairwise)")
+            for setting, what in (("kind", "kind (verdict, score or pairwise)"), ("repeats", "number of repeats"),
+                                  ("scale", "score scale")):
+                if len({getattr(judge, setting) for judge in judges}) > 1:
+                    raise ValueError(f"judge: the judges of a panel share one {what}")
         return self
 
     @property

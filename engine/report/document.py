@@ -75,8 +75,10 @@ def write_report(run_dir: RunDir | Path) -> Path:
     drafted = [
         _overview(run),
         _accuracy(run, plots_dir),
+        _scores(run, plots_dir),
         _judge_vs_truth(run, plots_dir),
         _panel(run),
+        _repeats(run),
         _labels(run, plots_dir),
         _latency(run, plots_dir),
         _timing(run, plots_dir),
@@ -387,6 +389,65 @@ def _panel(run: FinishedRun) -> _Section | None:
     ])
 
 
+def _scores(run: FinishedRun, plots_dir: Path) -> _Section | None:
+    score = run.metrics.get("score")
+    if score is None:
+        return None
+    low, high = score["scale"]
+    mean = "n/a" if score["mean_score"] is None else f"{score['mean_score']:.2f}"
+    interval = score["mean_score_ci95"]
+    section = _Section("Scores", [
+        f"The judge scored each answer from {low} to {high} against its rubric. The mean is over the rows with a "
+        "recognised score (its 95% interval a normal approximation); the distribution counts every reply's score; "
+        + ("an answer passes with a score of at least "
+           f"{score['pass_at']} (the pass rate is over the rows with a score, with its Wilson interval)."
+           if score["pass_at"] is not None else "without pass_at there is no pass rate."),
+        _Table(("mean score", "95% CI", "sd", "median", "rows", "pass rate", "95% CI", "invalid scores"), [(
+            mean, "" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]",
+            "n/a" if score["sd"] is None else f"{score['sd']:.2f}",
+            "n/a" if score["median"] is None else f"{score['median']:g}", f"{score['n']:,}",
+            percent(score["pass_rate"]), interval_text(score["pass_rate_ci95"]),
+            f"{score['invalid_scores']:,} ({percent(score['invalid_score_rate'])})",
+        )]),
+        _Table(("score", *score["distribution"]), [("replies", *(f"{count:,}" for count in score["distribution"].values()))]),
+    ])
+    if score["distribution_n"]:
+        section.blocks.append(_Image(
+            plots.score_plot(plots_dir / "scores.png", score["distribution"], score["mean_score"], score["pass_at"]),
+            "score histogram",
+        ))
+    return section
+
+
+def _repeats(run: FinishedRun) -> _Section | None:
+    repeats = run.metrics.get("repeats")
+    if repeats is None:
+        return None
+    section = _Section("Repeated judgements", [
+        f"Each row was judged {repeats['repeats']} times; a judge's verdict is the strict majority of its repeats "
+        f"(a tie gives none: {repeats['ties']:,} rows). Agreement: the share of a row's recognised repeats that agree "
+        "with their majority, averaged over rows; unanimous: every repeat recognised and the same.",
+        _Table(("mean agreement", "unanimous rows", "ties", "rows"), [(
+            percent(repeats["mean_agreement"]), percent(repeats["unanimous_rate"]), f"{repeats['ties']:,}",
+            f"{repeats['pairs']:,}",
+        )]),
+        "How much the headline moves between repeats: the judge accuracy had only one repeat been asked.",
+        _Table(("repeat", "judge accuracy", "rows", *(("mean score",) if "single_repeat_mean_scores" in repeats else ())), [
+            (str(index + 1), percent(accuracy), f"{n:,}",
+             *((f"{repeats['single_repeat_mean_scores'][index]:.2f}",)
+               if repeats.get("single_repeat_mean_scores") and repeats["single_repeat_mean_scores"][index] is not None
+               else (("n/a",) if "single_repeat_mean_scores" in repeats else ())))
+            for index, (accuracy, n) in enumerate(zip(repeats["single_repeat_accuracies"], repeats["single_repeat_n"],
+                                                      strict=True))
+        ]),
+    ])
+    spread = repeats["accuracy_spread"]
+    if spread is not None:
+        section.blocks.append(f"Spread (max - min) of the single-repeat accuracies: {100 * spread:.1f} points "
+                              f"(sd {100 * repeats['accuracy_sd']:.1f}).")
+    return section
+
+
 def _examples(run: FinishedRun) -> _Section:
     verdict, truth = pl.col("verdict"), pl.col("ground_truth_correct")
     if _has_truth(run):
@@ -401,12 +462,15 @@ def _examples(run: FinishedRun) -> _Section:
     if examples.is_empty():
         section.blocks.append("None.")
         return section
-    header = ("row", "input", "prediction", "judge said", "labels", "right by truth")
+    reasoning = bool(run.metrics.get("reasoning"))
+    header = ("row", "input", "prediction", "judge said", *(("judge's reasoning",) if reasoning else ()))
     rows = [(row["row_id"], _inputs(row["inputs"]), row["prediction"] or "-", _clip(row["verdict_text"] or "-"),
+             *((_clip(row.get("reasoning") or "-"),) if reasoning else ()),
              ", ".join(row["labels"] or []) or "-", {True: "yes", False: "no", None: "-"}[row["ground_truth_correct"]])
             for row in examples.iter_rows(named=True)]
-    width = len(header) if _has_truth(run) else 4
-    section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
+    if _has_truth(run):
+        header = (*header, "labels", "right by truth")
+    section.blocks.append(_Table(header, [row[: len(header)] for row in rows]))
     return section
 
 

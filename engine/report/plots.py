@@ -166,3 +166,25 @@ def batch_timeline_figure(spans: pl.DataFrame) -> Figure:
 
 def batch_timeline_plot(path: Path, spans: pl.DataFrame) -> Path:
     return _save(batch_timeline_figure(spans), path)
+
+
+def score_figure(distribution: dict[str, int], mean: float | None, pass_at: int | None) -> Figure:
+    """Bars of how many replies gave each score (keys: the scale's values in order), the mean
+    as a line and the pass mark as a dashed one."""
+    figure, axes = _figure(5.2, 3.0)
+    values = [int(value) for value in distribution]
+    axes.bar(values, list(distribution.values()), color=STAGE_COLOURS["judge"], width=0.7)
+    if mean is not None:
+        axes.axvline(mean, color="#4c72b0", linewidth=1.5, label=f"mean {mean:.2f}")
+    if pass_at is not None:
+        axes.axvline(pass_at - 0.5, color="#c44e52", linestyle="--", linewidth=1.2, label=f"passes at {pass_at}")
+    axes.set_xticks(values)
+    axes.set_xlabel("score")
+    axes.set_ylabel("replies")
+    if mean is not None or pass_at is not None:
+        _legend_beside(axes)
+    return figure
+
+
+def score_plot(path: Path, distribution: dict[str, int], mean: float | None, pass_at: int | None) -> Path:
+    return _save(score_figure(distribution, mean, pass_at), path)

@@ -21,6 +21,7 @@ from ..judges import judge_prefixes
 from ..rundir import RunDir
 from ..sessions import RunFigures
 from ..types import STAGES
+from .judgements import repeat_metrics, score_metrics
 from .metrics import failure_reasons, panel_metrics, quality_metrics
 
 
@@ -52,6 +53,16 @@ def build_metrics(
     prefixes = judge_prefixes(config)
     metrics = quality_metrics(results)
     metrics["failure_reasons"] = failure_reasons(results)
+    judge = config.judges[0]
+    metrics["judge_kind"] = judge.kind
+    metrics["reasoning"] = any(judge.reasoning for judge in config.judges)
+    if judge.kind == "score":
+        metrics["score"] = score_metrics(results, judge.scale, judge.pass_at)
+        # A score judge's reply is recognised when it holds a score on the scale.
+        metrics["invalid_verdicts"] = metrics["score"]["invalid_scores"]
+        metrics["invalid_verdict_rate"] = metrics["score"]["invalid_score_rate"]
+    if judge.repeats > 1:
+        metrics["repeats"] = repeat_metrics(results, len(prefixes), judge.repeats, scored=judge.kind == "score")
     if len(prefixes) > 1:
         metrics["panel"] = panel_metrics(results, [judge.name or "" for judge in config.judges])
     by_caller = tokens_by_caller(run_dir)

@@ -1,0 +1,149 @@
+"""Metrics of the judge kinds beyond a verdict word: rubric scores and repeated judgements.
+
+Pure functions over the polars frame of ``results.parquet``, like ``engine.report.metrics``;
+each number carries its ``_n`` and its denominator is said where it is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from .metrics import Z_95, wilson_interval
+
+
+def score_metrics(results: pl.DataFrame | pl.LazyFrame, scale: tuple[int, int], pass_at: int | None) -> dict[str, Any]:
+    """A score judge's numbers. Denominators:
+
+    - ``mean_score`` (with its normal-approximation 95% interval, mean +- 1.96 sd / sqrt(n)),
+      ``sd`` and ``median``: judged rows with a recognised score (``n``; a row's score is the mean
+      of its judges' and repeats' recognised scores);
+    - ``distribution``: every recognised score of every reply (each judge, each repeat), by value
+      over the whole scale, zeros included (``distribution_n`` replies);
+    - ``pass_rate`` (Wilson interval): rows with a score, passing when the judges' majority
+      scored at least ``pass_at`` (None without ``pass_at``);
+    - ``invalid_score_rate``: judged rows without a recognised score (``invalid_scores``).
+    """
+    frame = results.lazy().select(
+        pl.col("status").cast(pl.String),
+        pl.col("score").cast(pl.Float64),
+        pl.col("verdict").cast(pl.Boolean),
+        pl.col("scores").cast(pl.List(pl.Float64)),
+        pl.col("repeat_scores").cast(pl.List(pl.Float64)),
+    ).filter(pl.col("status") == "judged")
+    score = pl.col("score")
+    totals, replies = pl.collect_all([
+        frame.select(
+            pl.len().alias("judged"),
+            score.count().alias("n"),
+            score.mean().alias("mean"),
+            score.std().alias("sd"),
+            score.median().alias("median"),
+            pl.col("verdict").filter(score.is_not_null()).count().alias("pass_n"),
+            pl.col("verdict").filter(score.is_not_null()).sum().alias("passed"),
+        ),
+        frame.select(
+            pl.when(pl.col("repeat_scores").list.len() > 0).then(pl.col("repeat_scores")).otherwise(pl.col("scores"))
+            .alias("reply")
+        ).explode("reply").drop_nulls().group_by("reply").agg(pl.len().alias("replies")),
+    ])
+    t = totals.row(0, named=True)
+    n, mean, sd = t["n"], t["mean"], t["sd"]
+    half = Z_95 * sd / math.sqrt(n) if n > 1 and sd is not None else None
+    counts = dict(zip(replies["reply"].to_list(), replies["replies"].to_list(), strict=True))
+    low, high = scale
+    pass_interval = wilson_interval(t["passed"] or 0, t["pass_n"]) if pass_at is not None else None
+    return {
+        "scale": [low, high],
+        "pass_at": pass_at,
+        "mean_score": mean,
+        "mean_score_ci95": [mean - half, mean + half] if half is not None else None,
+        "sd": sd,
+        "median": t["median"],
+        "n": n,
+        "distribution": {str(value): counts.get(float(value), 0) for value in range(low, high + 1)},
+        "distribution_n": sum(counts.values()),
+        "pass_rate": (t["passed"] or 0) / t["pass_n"] if pass_at is not None and t["pass_n"] else None,
+        "pass_rate_ci95": list(pass_interval) if pass_interval else None,
+        "pass_rate_n": t["pass_n"] if pass_at is not None else 0,
+        "invalid_scores": t["judged"] - n,
+        "invalid_score_rate": (t["judged"] - n) / t["judged"] if t["judged"] else None,
+    }
+
+
+def repeat_metrics(results: pl.DataFrame | pl.LazyFrame, judges: int, repeats: int, *, scored: bool) -> dict[str, Any]:
+    """How far repeated judgements of one row agree, and how much the headline moves between
+    repeats. ``repeat_verdicts`` holds each judge's ``repeats`` verdicts, judge by judge.
+
+    Over the judged rows, per judge and row (``pairs`` of them with a recognised repeat):
+    ``mean_agreement`` is the share of its recognised repeats that agree with their majority (a
+    tie counts one half); ``unanimous_rate`` the share of those where every repeat was recognised
+    and the same; ``ties`` those whose recognised repeats split evenly.
+
+    ``single_repeat_accuracies``: the judge accuracy (the panel's strict majority, rows with a
+    verdict) had only repeat r been asked, for each r, with its ``n``; ``accuracy_spread`` is
+    their max - min and ``accuracy_sd`` their standard deviation. For score judges the same for
+    the mean score (``single_repeat_mean_scores``, ``mean_score_spread``).
+    """
+    frame = results.lazy().select(
+        pl.col("status").cast(pl.String),
+        pl.col("repeat_verdicts").cast(pl.List(pl.Boolean)),
+        pl.col("repeat_scores").cast(pl.List(pl.Float64)),
+    ).filter(pl.col("status") == "judged")
+
+    def vote(judge: int, repeat: int, column: str = "repeat_verdicts") -> pl.Expr:
+        return pl.col(column).list.get(judge * repeats + repeat, null_on_oob=True)
+
+    per_judge = []
+    for judge in range(judges):
+        yes = pl.sum_horizontal(*((vote(judge, r) == True).cast(pl.UInt32) for r in range(repeats)))  # noqa: E712
+        no = pl.sum_horizontal(*((vote(judge, r) == False).cast(pl.UInt32) for r in range(repeats)))  # noqa: E712
+        per_judge.append(frame.select(
+            yes.alias("yes"), no.alias("no")
+        ).filter((pl.col("yes") + pl.col("no")) > 0).select(
+            pl.len().alias("pairs"),
+            (pl.max_horizontal("yes", "no") / (pl.col("yes") + pl.col("no"))).sum().alias("agreement"),
+            ((pl.col("yes") == repeats) | (pl.col("no") == repeats)).sum().alias("unanimous"),
+            (pl.col("yes") == pl.col("no")).sum().alias("ties"),
+        ))
+    single = []
+    for repeat in range(repeats):
+        yes = pl.sum_horizontal(*((vote(j, repeat) == True).cast(pl.UInt32) for j in range(judges)))  # noqa: E712
+        no = pl.sum_horizontal(*((vote(j, repeat) == False).cast(pl.UInt32) for j in range(judges)))  # noqa: E712
+        decided = yes != no
+        columns = [decided.sum().alias("n"), (yes > no).sum().alias("correct")]
+        if scored:
+            mean = pl.mean_horizontal(*(vote(j, repeat, "repeat_scores") for j in range(judges)))
+            columns.append(mean.mean().alias("mean_score"))
+        single.append(frame.select(*columns))
+    collected = pl.collect_all([*per_judge, *single])
+    agreements = [frame.row(0, named=True) for frame in collected[:judges]]
+    pairs = sum(a["pairs"] for a in agreements)
+    singles = [frame.row(0, named=True) for frame in collected[judges:]]
+    accuracies = [s["correct"] / s["n"] if s["n"] else None for s in singles]
+    metrics: dict[str, Any] = {
+        "repeats": repeats,
+        "pairs": pairs,
+        "mean_agreement": sum(a["agreement"] or 0.0 for a in agreements) / pairs if pairs else None,
+        "unanimous_rate": sum(a["unanimous"] for a in agreements) / pairs if pairs else None,
+        "ties": sum(a["ties"] for a in agreements),
+        "single_repeat_accuracies": accuracies,
+        "single_repeat_n": [s["n"] for s in singles],
+        **_spread("accuracy", accuracies),
+    }
+    if scored:
+        means = [s["mean_score"] for s in singles]
+        metrics["single_repeat_mean_scores"] = means
+        metrics.update(_spread("mean_score", means))
+    return metrics
+
+
+def _spread(name: str, values: list[float | None]) -> dict[str, float | None]:
+    known = [value for value in values if value is not None]
+    if len(known) < 2:
+        return {f"{name}_spread": None, f"{name}_sd": None}
+    mean = sum(known) / len(known)
+    sd = math.sqrt(sum((value - mean) ** 2 for value in known) / (len(known) - 1))
+    return {f"{name}_spread": max(known) - min(known), f"{name}_sd": sd}

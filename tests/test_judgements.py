@@ -1,0 +1,124 @@
+"""Reasoning, score and repeated judges through a whole run (the pipeline, both stage kinds, the
+journal, results.parquet, metrics.json and the report), against ``MockProvider``; every number
+is checked against an independent computation with the standard library."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from benchmarks.clocks import InstantClock
+from engine import Evaluation
+from engine.mock_provider import MockProvider
+from engine.report.metrics import wilson_interval
+from engine.types import ChatRequest
+
+from .conftest import imdb_config
+
+ROWS = 40
+
+
+def overview(request: ChatRequest) -> str:
+    return str(request.body["messages"][-1]["content"])
+
+
+def reasoning_judge(request: ChatRequest) -> str:
+    """Predicts Drama; a reasoning reply whose decoy line says the opposite of its last line."""
+    if request.stage == "predict":
+        return "Drama"
+    correct = "life" in overview(request)
+    final, decoy = ("correct", "incorrect") if correct else ("incorrect", "correct")
+    return f"Thinking about row {len(overview(request))}.\nVERDICT: {decoy}\nOn reflection, no.\nVERDICT: {final}"
+
+
+def score(request: ChatRequest, repeat: int = 0) -> int:
+    return (len(overview(request)) + 2 * repeat) % 5 + 1
+
+
+def score_judge(request: ChatRequest) -> str:
+    if request.stage == "predict":
+        return "Drama"
+    if "life" in overview(request):
+        return "The reply is vague.\nSCORE: none"  # no score: counted as invalid
+    return f"Reasons.\nSCORE: {score(request, int(request.body.get('seed', 0)))}"
+
+
+async def run(
+    tmp_path: Path, name: str, answer: Any, mode: str = "realtime", **overrides: Any
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    config = imdb_config(None, limit=ROWS, **{"predict.mode": mode, "judge.mode": mode, **overrides})
+    provider = MockProvider(answer)
+    async with Evaluation(config, run_dir=tmp_path / name, provider=provider, clock=InstantClock()):
+        pass
+    results = pl.read_parquet(tmp_path / name / "results.parquet")
+    return results, json.loads((tmp_path / name / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+async def test_a_reasoning_judge_keeps_its_reasoning_and_is_decided_by_its_last_line(tmp_path: Path, mode: str) -> None:
+    results, metrics = await run(
+        tmp_path, mode, reasoning_judge, mode, **{"judge.reasoning": True, "judge.constrain": False, "judge.max_tokens": 400}
+    )
+    assert results["status"].unique().to_list() == ["judged"]
+    expected = ["life" in (inputs["Overview"] or "") for inputs in results["inputs"].to_list()]
+    assert results["verdict"].to_list() == expected
+    assert all(text.startswith("Thinking about row") and "On reflection, no." in text for text in results["reasoning"])
+    assert results["verdict_text"].to_list() == ["correct" if value else "incorrect" for value in expected]
+    assert metrics["reasoning"] is True and metrics["judge_accuracy"] == sum(expected) / ROWS
+    report = (tmp_path / mode / "report.md").read_text()
+    assert "judge's reasoning" in report and "On reflection, no." in report
+
+
+async def test_score_metrics_equal_the_standard_librarys(tmp_path: Path) -> None:
+    settings: dict[str, Any] = {"judge.kind": "score", "judge.pass_at": 4, "judge.constrain": False}
+    results, metrics = await run(tmp_path, "score", score_judge, **settings)
+    scores = [value for value in results["score"].to_list() if value is not None]
+    invalid = results["score"].null_count()
+    assert invalid == sum("life" in (inputs["Overview"] or "") for inputs in results["inputs"].to_list()) > 0
+    s = metrics["score"]
+    assert s["n"] == len(scores) == ROWS - invalid
+    assert s["mean_score"] == pytest.approx(statistics.fmean(scores))
+    assert s["sd"] == pytest.approx(statistics.stdev(scores))
+    assert s["median"] == pytest.approx(statistics.median(scores))
+    half = 1.959963984540054 * statistics.stdev(scores) / math.sqrt(len(scores))
+    assert s["mean_score_ci95"] == pytest.approx([statistics.fmean(scores) - half, statistics.fmean(scores) + half])
+    counts = Counter(int(value) for value in scores)
+    assert s["distribution"] == {str(value): counts.get(value, 0) for value in range(1, 6)}
+    passed = sum(value >= 4 for value in scores)
+    assert s["pass_rate"] == pytest.approx(passed / len(scores)) and s["pass_rate_n"] == len(scores)
+    assert s["pass_rate_ci95"] == pytest.approx(list(wilson_interval(passed, len(scores)) or ()))
+    assert (s["invalid_scores"], s["invalid_score_rate"]) == (invalid, invalid / ROWS)
+    assert metrics["judge_kind"] == "score" and metrics["invalid_verdicts"] == invalid
+    report = (tmp_path / "score" / "report.md").read_text()
+    assert "## Scores" in report and (tmp_path / "score" / "plots" / "scores.png").exists()
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+async def test_repeats_are_judged_k_times_and_their_spread_is_reported(tmp_path: Path, mode: str) -> None:
+    def repeating(request: ChatRequest) -> str:
+        if request.stage == "predict":
+            return "Drama"
+        seed = int(request.body.get("seed", 0))
+        return "correct" if (len(overview(request)) + seed) % 3 else "incorrect"
+
+    results, metrics = await run(tmp_path, mode, repeating, mode, **{"judge.repeats": 3, "judge.temperature": 0.8})
+    votes = results["repeat_verdicts"].to_list()
+    assert all(len(row) == 3 for row in votes)
+    assert results["verdict"].to_list() == [sum(row) >= 2 for row in votes]
+    r = metrics["repeats"]
+    accuracies = [sum(row[k] for row in votes) / ROWS for k in range(3)]
+    assert r["single_repeat_accuracies"] == pytest.approx(accuracies) and r["single_repeat_n"] == [ROWS] * 3
+    assert r["accuracy_spread"] == pytest.approx(max(accuracies) - min(accuracies))
+    assert r["accuracy_sd"] == pytest.approx(statistics.stdev(accuracies))
+    agreement = [max(sum(row), 3 - sum(row)) / 3 for row in votes]
+    assert r["mean_agreement"] == pytest.approx(statistics.fmean(agreement))
+    assert r["unanimous_rate"] == pytest.approx(sum(value == 1 for value in agreement) / ROWS)
+    assert metrics["tokens"]["judge"]["prompt"] > 0  # the repeats' calls count under the judge stage
+    assert "## Repeated judgements" in (tmp_path / mode / "report.md").read_text()
