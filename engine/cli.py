@@ -24,6 +24,7 @@ from .config import LocalServerConfig, TaskConfig, load_config, merge_tables, wi
 from .connect import Upstream, serve
 from .errors import ConfigError, EngineError, ProviderError
 from .evaluation import Evaluation
+from .prior import Sources, judging_config
 from .progress import Style
 from .rundir import RunDir
 from .shipped import example_config
@@ -98,11 +99,38 @@ def _serve_parser(commands: Any) -> None:
     serve.add_argument("--seed", type=int, default=0)
 
 
+def _judge_parser(commands: Any) -> None:
+    judge = commands.add_parser(
+        "judge", help="judge the predictions of finished runs again, or compare two runs' answers pairwise",
+        description="Judge the predictions of a finished run with another judge (or a panel, or a score judge), "
+        "or with --pairwise which of two runs answered each row better. No predict call is made; the new run "
+        "directory names its sources, resumes with `run --resume` and reports like any run.",
+    )
+    judge.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="the finished run (two with --pairwise)")
+    judge.add_argument("--pairwise", action="store_true", help="compare two runs: which answer is better, row by row")
+    judge.add_argument(
+        "--config", type=Path, metavar="JUDGE.toml",
+        help="the judge: a [judge] table or [[judge]] panel (and optionally [endpoint], [prices], [batch]); "
+        "a whole task file serves (default: the source's judge; with --pairwise a built-in pairwise judge)",
+    )
+    judge.add_argument("--mode", choices=["realtime", "batch"], help="how the judge calls go (default: the judge's)")
+    judge.add_argument("--out", type=Path, help="run directory (default: runs/<task>-judged-<time>-<id>)")
+    judge.add_argument("--base-url", help="OpenAI-compatible endpoint (default: the source's)")
+    judge.add_argument("--api-key-env", help="name of the environment variable holding the API key")
+    judge.add_argument("--judge-model", help="judge model")
+    judge.add_argument("--concurrency", type=int, help="requests in flight at most")
+    judge.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                       help="override any config value, e.g. --set judge.reasoning=true (repeatable)")
+    judge.add_argument("--quiet", action="store_true", help="plain progress lines, even on a terminal")
+    judge.add_argument("--json-progress", action="store_true", help="progress as JSON lines (every 5 s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _run_parser(commands)
     _serve_parser(commands)
+    _judge_parser(commands)
     report = commands.add_parser("report", help="write report.md, report.html and plots from a run directory")
     report.add_argument("run_dir", type=Path)
     compare = commands.add_parser("compare", help="two runs side by side, with a paired test on shared rows")
@@ -142,19 +170,30 @@ def config_from_args(args: argparse.Namespace) -> TaskConfig:
 
 
 def _with_flags(config: TaskConfig, args: argparse.Namespace) -> TaskConfig:
-    overrides = {
+    overrides = _judging_flags(args) | {
         "predict.mode": args.mode,
-        "judge.mode": args.mode,
         "dataset.limit": args.limit,
-        "endpoint.base_url": args.base_url,
-        "endpoint.api_key_env": args.api_key_env,
         "predict.model": args.model,
-        "judge.model": args.judge_model,
         "local.latency_ms": args.sim_latency_ms,
-        "endpoint.concurrency": args.concurrency,
         "endpoint.rpm": args.rpm,
         "endpoint.tpm": args.tpm,
     }
+    return _with_settings(config, overrides, args)
+
+
+def _judging_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The overrides of the flags ``run`` and ``judge`` share."""
+    return {
+        "judge.mode": args.mode,
+        "endpoint.base_url": args.base_url,
+        "endpoint.api_key_env": args.api_key_env,
+        "judge.model": args.judge_model,
+        "endpoint.concurrency": args.concurrency,
+    }
+
+
+def _with_settings(config: TaskConfig, overrides: dict[str, Any], args: argparse.Namespace) -> TaskConfig:
+    """``config`` with the flags' ``overrides`` and every ``--set`` applied."""
     settings: dict[str, Any] = {}
     for key, table in args.set:  # merged first: two --set prices."m".… make one table
         merge_tables(settings, {key: table})
@@ -173,6 +212,15 @@ def _evaluation(args: argparse.Namespace) -> Evaluation:
     return Evaluation(_with_flags(base, args), run_dir=args.resume, resume=True, retry_failed=args.retry_failed)
 
 
+def _judging(args: argparse.Namespace) -> Evaluation:
+    """A run judging the predictions of ``args.runs`` (one, or two with ``--pairwise``)."""
+    if len(args.runs) != (2 if args.pairwise else 1):
+        raise ConfigError("judge takes one RUN_DIR, or two with --pairwise (RUN_A RUN_B)")
+    sources = Sources(tuple(args.runs))
+    config = _with_settings(judging_config(sources, args.config), _judging_flags(args), args)
+    return Evaluation(config, run_dir=args.out, sources=sources)
+
+
 def exit_status(metrics: dict[str, Any]) -> int:
     """0: every row judged or skipped; 1: no row judged; 3: some rows failed (see the module doc)."""
     if not metrics["n_judged"]:
@@ -181,15 +229,23 @@ def exit_status(metrics: dict[str, Any]) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .progress import show_progress
-    from .report.summary import print_summary
-
     if args.dry_run:
         from .estimate import estimate
 
         print(json.dumps(estimate(config_from_args(args)), indent=2))
         return 0
-    evaluation = _evaluation(args)
+    return await _evaluate(_evaluation(args), args)
+
+
+async def _judge(args: argparse.Namespace) -> int:
+    return await _evaluate(_judging(args), args)
+
+
+async def _evaluate(evaluation: Evaluation, args: argparse.Namespace) -> int:
+    """Run ``evaluation`` with progress, then print its summary; the exit status (module doc)."""
+    from .progress import show_progress
+    from .report.summary import print_summary
+
     try:
         async with evaluation, anyio.create_task_group() as group:
             args.started_run = evaluation
@@ -261,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "judge":
+            return anyio.run(_judge, args)
         return anyio.run(_run, args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command == "run":
+        if args.command in ("run", "judge"):
             print(_interrupted(args), file=sys.stderr)
         return 130

@@ -138,6 +138,8 @@ class JudgeConfig(StageConfig):
             )
         if self.pass_at is not None and not low <= self.pass_at <= high:
             raise ValueError(f"pass_at: {self.pass_at} is outside the scale [{low}, {high}]")
+        if self.kind == "pairwise" and self.repeats > 1:
+            raise ValueError("repeats: a pairwise judge judges each pair once per order (swap); repeats are not supported")
         if self.kind != "score" and (self.pass_at is not None or self.rubric):
             raise ValueError("pass_at and rubric belong to a judge of kind = \"score\"")
         if self.repeats > 1 and self.temperature == 0:

@@ -32,6 +32,7 @@ from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
 from .formats import DESCRIBED, StructuredOutput
 from .journal import Journal, check_journal, has_records, repair_torn_tail, scan_journal
+from .prior import PriorPredictions, Sources, missing_prediction
 from .prompts import PromptBuilder
 from .provider import ChatProvider, Provider
 from .report import summary
@@ -77,18 +78,25 @@ class Evaluation:
         clock: Clock | None = None,
         row_buffer: int = 64,
         provider: Provider | None = None,
+        sources: Sources | None = None,
     ) -> None:
         """``provider``: the endpoint to run against (an ``engine.provider.Provider``, such as
         ``MockProvider`` in tests), entered and closed by the evaluation; None for the one the
-        config's endpoint names, or the embedded server when it has no base URL."""
+        config's endpoint names, or the embedded server when it has no base URL. ``sources``:
+        judge the predictions of these finished runs instead of predicting (``engine.prior``:
+        re-judging, or a pairwise comparison of two runs); a resumed run reads them from its
+        ``run.json``."""
         if resume:
             if run_dir is None:
                 raise ValueError("resume=True needs the run_dir to resume")
             if config is None:
                 config = RunDir(run_dir).config()
+            if sources is None and RunDir(run_dir).is_run and (recorded := RunDir(run_dir).info().get("sources")):
+                sources = Sources.from_json(recorded)
         if config is None:
             raise ValueError("an Evaluation needs a config (or resume=True with a run_dir)")
         self.config = config
+        self.sources = sources
         self.resume = resume
         self.retry_failed = retry_failed
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(Path(runs_root), config.name)
@@ -105,6 +113,7 @@ class Evaluation:
         self.formats: StructuredOutput | None = None
         self.predict_runner: RealtimeRunner | None = None
         self.judge_runner: RealtimeRunner | None = None
+        self._predictions: dict[str, str] | None = None
         self._clock = clock or AnyioClock()
         self._row_buffer = row_buffer
         self._stack = AsyncExitStack()
@@ -131,7 +140,8 @@ class Evaluation:
             self.formats = builder.formats
             await preflight(provider, config, builder)
             self._note_formats(builder.formats)
-            self._dir.write_run(config, endpoint=self._endpoint_name(), started=started)
+            sources = self.sources.to_json() if self.sources else None
+            self._dir.write_run(config, endpoint=self._endpoint_name(), started=started, sources=sources)
             self.started = True
             self._make_runners(provider, builder.formats)
             await self._start(dataset, builder, provider, results)
@@ -217,6 +227,8 @@ class Evaluation:
                 progress=self.stats.batches,
                 outage_timeout_s=self.config.endpoint.outage_timeout_s,
             )
+        if self._predictions is not None:
+            stages["predict"] = PriorPredictions(self._predictions, self.config.predict.model)
         predict, judge = stages["predict"], stages["judge"]
         if isinstance(predict, BatchStage):
             predict.after_batch = judge.flush
@@ -242,6 +254,10 @@ class Evaluation:
         self._account_for_earlier_rows(results)
         emit, joined = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
         rows_in, self._rows_out = anyio.create_memory_object_stream[JoinedRow](self._row_buffer)
+        skip = None
+        if self.sources is not None:
+            self._predictions = await anyio.to_thread.run_sync(self.sources.predictions)
+            skip = missing_prediction(self.sources, self._predictions)
         predict, judge = self._make_stages(provider)
         rows_in_flight = 2 * self.config.endpoint.concurrency
         if self.config.uses_batch:
@@ -260,6 +276,7 @@ class Evaluation:
             stats=self.stats,
             rows_in_flight=rows_in_flight,
             retry_failed=self.retry_failed,
+            skip=skip,
         )
         group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
         group.start_soon(pipeline.run, owed)

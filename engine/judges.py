@@ -31,8 +31,12 @@ from .formats import REASON, choice_format, final_line, json_schema_format
 from .templates import Templates
 from .types import Row
 
-#: Fields a judge template may use besides the row's own columns.
-JUDGE_EXTRA_FIELDS = ("prediction", "labels", "reference", "rubric")
+#: Fields a judge template may use besides the row's own columns (``reference`` with a
+#: ``dataset.reference_column``; ``task``, ``answer_a`` and ``answer_b`` in a pairwise judge's).
+JUDGE_EXTRA_FIELDS = ("prediction", "labels", "reference", "rubric", "task", "answer_a", "answer_b")
+PAIRWISE_FIELDS = ("task", "answer_a", "answer_b")
+#: A pairwise judge's choices: the answer in the first position, the second, or neither.
+PAIRWISE_CHOICES = ("A", "B", "tie")
 
 #: The ``results.parquet`` columns the judges fill (``engine.results``), which
 #: ``engine.report.metrics`` reads. The plural columns hold each judge's, in panel order.
@@ -45,18 +49,22 @@ JUDGE_COLUMNS: dict[str, pl.DataType] = {
     "reasonings": pl.List(pl.String()),
     "score": pl.Float64(),  # score judges: the mean of the recognised scores
     "scores": pl.List(pl.Float64()),
+    "winner": pl.String(),  # pairwise: "a" (the first run's answer), "b" or "tie"
+    "winners": pl.List(pl.String()),  # each call's, in run letters: first order, then swapped
 }
 
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One judge reply, read: ``answer`` as the judge wrote it (None when it wrote none),
     ``reasoning`` (None without), ``verdict`` (correct/incorrect; a score judge's: passed, None
-    without ``pass_at``) and ``score`` (score judges; None when not a score on the scale)."""
+    without ``pass_at``), ``score`` (score judges; None when not a score on the scale) and
+    ``choice`` (pairwise judges: ``A``, ``B`` or ``tie`` by position; None when none of them)."""
 
     answer: str | None
     reasoning: str | None = None
     verdict: bool | None = None
     score: float | None = None
+    choice: str | None = None
 
 
 class Judge(Protocol):
@@ -217,6 +225,40 @@ class ScoreJudge(_FinalLineJudge):
         return value if value.is_integer() and low <= value <= high else None
 
 
+class PairwiseJudge(_FinalLineJudge):
+    """A judge that says which of two answers to the row is better: the one in the first
+    position (``A``), the second (``B``) or neither (``tie``). The prediction it reads is the pair
+    as a JSON array (``engine.prior``); ``{task}`` is the predict stage's request for the row."""
+
+    marker, slot, key = "WINNER", "winner", "winner"
+
+    def __init__(self, config: JudgeConfig, prefix: str, templates: Templates, labels: tuple[str, ...],
+                 reference_column: str | None = None, task: Templates | None = None) -> None:
+        super().__init__(config, prefix, templates, labels, reference_column)
+        self._task = task
+
+    @property
+    def _asks_final_line(self) -> bool:
+        return True
+
+    def _what(self) -> str:
+        return "one of: " + ", ".join(PAIRWISE_CHOICES)
+
+    def _schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(PAIRWISE_CHOICES)}
+
+    def _values(self, row: Row, prediction: str) -> dict[str, Any]:
+        first, second = json.loads(prediction)
+        task = "" if self._task is None else self._task.messages({**row.fields, "labels": self._labels_text})[-1]["content"]
+        return {**super()._values(row, prediction), "answer_a": first, "answer_b": second, "task": task}
+
+    def read(self, content: str) -> Reading:
+        answer, reasoning = self._answer(content)
+        wanted = normalise(answer or "")
+        choice = next((choice for choice in PAIRWISE_CHOICES if normalise(choice) == wanted), None)
+        return Reading(answer, reasoning, choice=choice)
+
+
 _SCORE = re.compile(r"^[\s*_`\"']*(-?\d+(?:\.0+)?)(?:\s*/\s*\d+)?[\s*_`\"'.]*$")
 
 
@@ -252,19 +294,32 @@ def _final_line_pattern(marker: str) -> re.Pattern[str]:
     return pattern
 
 
-_KINDS: dict[str, type[VerdictJudge] | type[ScoreJudge]] = {"verdict": VerdictJudge, "score": ScoreJudge}
-
-
 def judges_for(config: TaskConfig, columns: list[str]) -> tuple[Judge, ...]:
     """The task's judges, in panel order, their templates checked against the data set's columns."""
     reference = config.dataset.reference_column
-    extra = tuple(name for name in JUDGE_EXTRA_FIELDS if name != "reference" or reference)
+    pairwise = config.judge_kind == "pairwise"
+    extra = tuple(
+        name for name in JUDGE_EXTRA_FIELDS
+        if (name != "reference" or reference) and (name not in PAIRWISE_FIELDS or pairwise)
+    )
     judges: list[Judge] = []
     for prefix, judge in zip(judge_prefixes(config), config.judges, strict=True):
         name = "judge." if judge.name is None else f"judge {judge.name}: "
         templates = Templates.of(judge, name, columns, extra, config.where)
-        judges.append(_KINDS[judge.kind](judge, prefix, templates, config.labels, reference))
+        if judge.kind == "pairwise":
+            task = Templates.of(config.predict, "predict.", columns, ("labels",), config.where)
+            judges.append(PairwiseJudge(judge, prefix, templates, config.labels, reference, task))
+        elif judge.kind == "score":
+            judges.append(ScoreJudge(judge, prefix, templates, config.labels, reference))
+        else:
+            judges.append(VerdictJudge(judge, prefix, templates, config.labels, reference))
     return tuple(judges)
+
+
+def calls_of(config: JudgeConfig) -> int:
+    """How many calls a judge makes per row: one per repeat; a pairwise judge with ``swap``
+    two, the second with the answers swapped."""
+    return 2 if config.kind == "pairwise" and config.swap else config.repeats
 
 
 def judge_prefixes(config: TaskConfig) -> tuple[str, ...]:

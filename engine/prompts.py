@@ -10,7 +10,7 @@ from typing import Any
 from .config import StageConfig, TaskConfig
 from .errors import ConfigError
 from .formats import StructuredOutput, choice_format
-from .judges import JUDGE_EXTRA_FIELDS, Judge, judges_for, normalise
+from .judges import JUDGE_EXTRA_FIELDS, Judge, calls_of, judges_for, normalise
 from .templates import Templates, estimate_tokens
 from .types import ChatRequest, Row, StageName, call_prefix, caller_of
 
@@ -31,7 +31,7 @@ class PromptBuilder:
         self.calls = {
             call_prefix(judge.prefix, repeat): (index, repeat)
             for index, judge in enumerate(self.judges)
-            for repeat in range(judge.config.repeats)
+            for repeat in range(calls_of(judge.config))
         }
         self.formats = StructuredOutput()
         # Per constrained caller, built once: its response_format and its reply budget.
@@ -119,14 +119,22 @@ class PromptBuilder:
     def judge(self, row: Row, prediction: str, index: int = 0, repeat: int = 0) -> ChatRequest:
         """The request of judge ``index`` of the panel (0 for a single judge), its ``repeat``-th
         call (0-based). Repeated calls carry the repeat as their ``seed``: each is its own sample
-        (and its own key in a response cache)."""
+        (and its own key in a response cache). A pairwise judge's second call has the pair swapped."""
         judge = self.judges[index]
         config = judge.config
         extra: dict[str, Any] = {"seed": repeat} if config.repeats > 1 else {}
+        if config.kind == "pairwise" and repeat == 1:
+            prediction = swapped(prediction)
         if config.logprobs:
             extra.update(logprobs=True, top_logprobs=LOGPROB_ALTERNATIVES)
         prefix = call_prefix(judge.prefix, repeat)
         return self._request("judge", config, row, judge.messages(row, prediction), prefix=prefix, extra=extra)
+
+
+def swapped(pair: str) -> str:
+    """A pairwise prediction (``[A, B]`` as JSON) with its answers in the other order."""
+    first, second = json.loads(pair)
+    return json.dumps([second, first], ensure_ascii=False)
 
 
 def _budget(response_format: dict[str, Any], max_tokens: int) -> int:

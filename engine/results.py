@@ -69,6 +69,8 @@ def _frame(rows: list[JoinedRow], input_columns: tuple[str, ...], schema: dict[s
         "scores": _list_column([row.scores or None for row in rows], pl.Float64()),
         "repeat_verdicts": _list_column([row.repeat_verdicts or None for row in rows], pl.Boolean()),
         "repeat_scores": _list_column([row.repeat_scores or None for row in rows], pl.Float64()),
+        "winner": [row.winner for row in rows],
+        "winners": _list_column([row.winners or None for row in rows], pl.String()),
         "ground_truth_correct": [row.ground_truth_correct for row in rows],
         "error": [row.error for row in rows],
         "predict_prompt_tokens": [row.predict_tokens.prompt_tokens for row in rows],

@@ -138,11 +138,14 @@ class RunDir:
             raise ConfigError(f"{self.path}: a run lives here already; resume it with --resume {self.path}")
         return lock
 
-    def write_run(self, config: TaskConfig, *, endpoint: str, started: dict[str, Any] | None = None) -> None:
+    def write_run(
+        self, config: TaskConfig, *, endpoint: str, started: dict[str, Any] | None = None, sources: list[str] | None = None
+    ) -> None:
         """Write ``run.json``: from now on the directory is a run that ``--resume`` can finish.
 
         ``started`` is the ``run.json`` of the run's first session, when this is a later one: its
         creation time and the settings its results depend on are kept; the config is this session's.
+        ``sources``: the runs whose predictions this one judges (``engine.prior``), if any.
         """
         write_json(
             self.run_file,
@@ -152,6 +155,7 @@ class RunDir:
                 "endpoint": endpoint,
                 "config": config.model_dump(mode="json"),
                 "results_settings": started["results_settings"] if started else results_settings(config),
+                **({"sources": sources} if sources else {}),
             },
         )
 

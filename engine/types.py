@@ -146,6 +146,8 @@ class JoinedRow:
     the recognised scores, ``verdict_text`` and ``reasoning`` their texts joined by `` | ``. With
     repeats, a judge's verdict is the strict majority of its repeats and its score their mean;
     ``repeat_verdicts`` and ``repeat_scores`` hold every repeat, judge by judge (empty without).
+    A pairwise row's ``winner`` is ``a``, ``b`` or ``tie`` (see ``engine.judges.PairwiseJudge``)
+    and ``winners`` each call's, judge by judge.
     """
 
     row_id: str
@@ -171,3 +173,5 @@ class JoinedRow:
     scores: tuple[float | None, ...] = ()
     repeat_verdicts: tuple[bool | None, ...] = ()
     repeat_scores: tuple[float | None, ...] = ()
+    winner: str | None = None
+    winners: tuple[str | None, ...] = ()

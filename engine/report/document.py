@@ -101,6 +101,10 @@ def _stage_of(caller: str) -> str:
 def _overview(run: FinishedRun) -> _Section:
     m = run.metrics
     section = _Section("Run", [f"run {run.info['run_id']}, created {run.info['created_at']}, endpoint {run.info['endpoint']}"])
+    sources = run.info.get("sources")
+    if sources:
+        what = "which of two runs answered each row better" if len(sources) == 2 else "the predictions of an earlier run"
+        section.blocks.append(f"This run judged {what}, sending no predict request: {' and '.join(sources)}.")
     models: dict[str, Any] = m["models"]
     if any(name.startswith("sim:") for info in models.values() for name in info["served"]):
         section.blocks.append(_Note(

@@ -17,7 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..journal import Journal, record_to_outcome
-from ..judges import Judge, Reading
+from ..judges import Judge, Reading, calls_of
 from ..prompts import PromptBuilder, prediction_is_valid
 from ..types import ChatResult, Failure, JoinedRow, Outcome, Row, RowStatus, Usage, call_prefix
 from . import streams
@@ -86,7 +86,7 @@ class JoinState:
         self._calls = {
             call_prefix(judge.prefix, repeat): index
             for index, judge in enumerate(judges)
-            for repeat in range(judge.config.repeats)
+            for repeat in range(calls_of(judge.config))
         }
         self._answer = answer
         self._pending: dict[str, tuple[Row, ChatResult, dict[str, Outcome]]] = {}
@@ -110,8 +110,8 @@ class JoinState:
         if len(calls) < len(self._calls):
             return None
         del self._pending[row_id]
-        scored = self._judges[0].config.kind == "score"
-        return _joined(row, prediction, self._labels, verdicts=self._judgements(calls), scored=scored)
+        kind = self._judges[0].config.kind
+        return _joined(row, prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
 
     def _judgements(self, calls: dict[str, Outcome]) -> list[_Judgement]:
         """Each judge's outcomes (in repeat order) and readings of its answered calls."""
@@ -140,9 +140,36 @@ class _Judgement:
         return sum(scores) / len(scores) if scores else None
 
     @property
+    def winners(self) -> list[str | None]:
+        """A pairwise judge's choice in each call, in run letters: ``a`` (the first source's
+        answer), ``b`` or ``tie``; the second call had the answers swapped."""
+        letters = ({"A": "a", "B": "b", "tie": "tie"}, {"A": "b", "B": "a", "tie": "tie"})
+        return [letters[call % 2].get(reading.choice or "") if reading else None for call, reading in enumerate(self.readings)]
+
+    @property
+    def winner(self) -> str | None:
+        """The judge's winner: its choice when every call named the same one; ``tie`` when the
+        calls disagree (the choice changed with the order); None when a call named none."""
+        winners = self.winners
+        if not winners or any(winner is None for winner in winners):
+            return None
+        return winners[0] if len(set(winners)) == 1 else "tie"
+
+    @property
     def first(self) -> Reading | None:
         """The first answered call's reading: whose answer and reasoning the row shows."""
         return next((reading for reading in self.readings if reading), None)
+
+
+def plurality(winners: list[str | None]) -> str | None:
+    """The winner most judges of a panel named (a tie between them: ``tie``); None with none."""
+    named = [winner for winner in winners if winner is not None]
+    if not named:
+        return None
+    counts = {winner: named.count(winner) for winner in named}
+    best = max(counts.values())
+    leaders = [winner for winner, count in counts.items() if count == best]
+    return leaders[0] if len(leaders) == 1 else "tie"
 
 
 def majority(verdicts: list[bool | None]) -> bool | None:
@@ -159,7 +186,7 @@ def _joined(
     *,
     error: str | None = None,
     verdicts: list[_Judgement] | None = None,
-    scored: bool = False,
+    kind: str = "verdict",
 ) -> JoinedRow:
     judgements = verdicts or []
     text = prediction.content if prediction else None
@@ -176,7 +203,9 @@ def _joined(
     reasonings = tuple(first.reasoning if first else None for first in firsts)
     scores = tuple(judgement.score for judgement in judgements)
     recognised = [score for score in scores if score is not None]
-    repeated = any(len(judgement.readings) > 1 for judgement in judgements)
+    scored = kind == "score"
+    repeated = kind != "pairwise" and any(len(judgement.readings) > 1 for judgement in judgements)
+    winners = [judgement.winner for judgement in judgements] if kind == "pairwise" else []
     readings = [reading for judgement in judgements for reading in judgement.readings] if repeated else []
     return JoinedRow(
         row_id=row.row_id,
@@ -202,6 +231,8 @@ def _joined(
         scores=scores if scored else (),
         repeat_verdicts=tuple(reading.verdict if reading else None for reading in readings),
         repeat_scores=tuple(reading.score if reading else None for reading in readings) if scored else (),
+        winner=plurality(winners) if winners else None,
+        winners=tuple(winner for judgement in judgements for winner in judgement.winners) if winners else (),
     )
 
 
@@ -244,9 +275,11 @@ class Pipeline:
         stats: LiveStats,
         rows_in_flight: int,
         retry_failed: bool = False,
+        skip: Callable[[Row], str | None] | None = None,
     ) -> None:
         """``retry_failed``: a journaled failure is tried again whatever its reason (else only
-        a transient one is, see ``retry.is_transient``)."""
+        a transient one is, see ``retry.is_transient``); ``skip(row)``: why a row is skipped
+        rather than predicted (None: it is not), besides an empty input."""
         self._builder = builder
         self._join = join
         self._predict = predict
@@ -256,6 +289,7 @@ class Pipeline:
         self._stats = stats
         self._slots = anyio.Semaphore(rows_in_flight)
         self._retry_failed = retry_failed
+        self._skip = skip
 
     async def run(self, owed: Iterator[OwedRow]) -> None:
         """Process every owed row; returns when all are joined (and closes ``emit``)."""
@@ -285,6 +319,8 @@ class Pipeline:
             await self._predicted(row, prediction, judged)
         elif not any(str(row.fields.get(name) or "").strip() for name in self._builder.text_fields):
             await self._complete(skipped_row(row, "empty_input: every field the predict template reads is empty"))
+        elif self._skip is not None and (reason := self._skip(row)) is not None:
+            await self._complete(skipped_row(row, reason))
         else:
             await self._predict.submit(row, self._builder.predict(row))
 
