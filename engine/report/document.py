@@ -72,18 +72,18 @@ def write_report(run_dir: RunDir | Path) -> Path:
     run = run_dir.load()
     plots_dir = run_dir.plots_dir
     title = f"Evaluation report: {run.info['config']['name']}"
+    if "pairwise" in run.metrics:  # its predictions are pairs: no accuracy, labels or disagreements
+        judged = [_pairwise(run, plots_dir), _panel(run)]
+    else:
+        judged = [_accuracy(run, plots_dir), _scores(run, plots_dir), _judge_vs_truth(run, plots_dir), _panel(run),
+                  _repeats(run), _labels(run, plots_dir)]
     drafted = [
         _overview(run),
-        _accuracy(run, plots_dir),
-        _scores(run, plots_dir),
-        _judge_vs_truth(run, plots_dir),
-        _panel(run),
-        _repeats(run),
-        _labels(run, plots_dir),
+        *judged,
         _latency(run, plots_dir),
         _timing(run, plots_dir),
         _tokens(run),
-        _examples(run),
+        None if "pairwise" in run.metrics else _examples(run),
         _failures(run),
     ]
     sections = [section for section in drafted if section is not None]
@@ -419,6 +419,36 @@ def _scores(run: FinishedRun, plots_dir: Path) -> _Section | None:
         section.blocks.append(_Image(
             plots.score_plot(plots_dir / "scores.png", score["distribution"], score["mean_score"], score["pass_at"]),
             "score histogram",
+        ))
+    return section
+
+
+def _pairwise(run: FinishedRun, plots_dir: Path) -> _Section:
+    p = run.metrics["pairwise"]
+    sources = run.info.get("sources") or ["A", "B"]
+    correlation = "n/a" if p["length_correlation"] is None else f"{p['length_correlation']:+.3f}"
+    section = _Section("Pairwise comparison", [
+        f"A is {sources[0]}, B is {sources[-1]}. For every row both runs answered, the judge said which answer is "
+        "better" + (", once in each order; a choice that changed with the order counts as a tie (MT-Bench's rule)."
+                    if p["swap"] else " (in one order only: position bias is not corrected)."),
+        _Table(("rows", "A wins", "ties", "B wins", "B's win rate", "95% CI"), [(
+            f"{p['n']:,}", f"{p['a_wins']:,}", f"{p['ties']:,}", f"{p['b_wins']:,}", percent(p["b_win_rate"]),
+            interval_text(p["b_win_rate_ci95"]),
+        )]),
+        "B's win rate is (B's wins + ties / 2) / rows. Position consistency: the share of pairs whose choice did "
+        "not change with the order; first-position preference: of the calls that chose an answer, the share that "
+        "chose the one shown first (50% is no position bias); verbosity: how often the longer answer won, and the "
+        "correlation of B's result with how much longer B's answer was.",
+        _Table(("position consistency", "pairs", "first-position preference", "calls", "longer answer won", "rows",
+                "length correlation"), [(
+            percent(p["position_consistency"]), f"{p['position_consistency_n']:,}", percent(p["first_position_rate"]),
+            f"{p['first_position_n']:,}", percent(p["longer_answer_win_rate"]), f"{p['longer_answer_n']:,}", correlation,
+        )]),
+    ])
+    if p["n"]:
+        section.blocks.append(_Image(
+            plots.pairwise_plot(plots_dir / "pairwise.png", p["a_wins"], p["ties"], p["b_wins"], p["first_position_rate"]),
+            "pairwise outcomes and position preference",
         ))
     return section
 

@@ -147,3 +147,82 @@ def _spread(name: str, values: list[float | None]) -> dict[str, float | None]:
     mean = sum(known) / len(known)
     sd = math.sqrt(sum((value - mean) ** 2 for value in known) / (len(known) - 1))
     return {f"{name}_spread": max(known) - min(known), f"{name}_sd": sd}
+
+
+def pairwise_metrics(results: pl.DataFrame | pl.LazyFrame, judges: int, *, swap: bool) -> dict[str, Any]:
+    """A pairwise comparison of run B's answers against run A's. Denominators:
+
+    - ``a_wins``, ``b_wins``, ``ties`` and ``b_win_rate`` = (B's wins + ties / 2) / ``n``: judged
+      rows with a winner (a judge whose choice changed with the order counts a tie; a panel's
+      winner is the one most judges named). Its 95% interval is the normal approximation of the
+      mean of the per-row points (1, 1/2, 0);
+    - ``position_consistency``: per judge and row, the share of pairs judged in both orders
+      (``position_consistency_n``, both calls recognised) whose choice did not change with the
+      order (None without ``swap``);
+    - ``first_position_rate``: of the calls that chose an answer (not a tie), the share that chose
+      the one shown first (``first_position_n``); 0.5 is a judge without position bias;
+    - ``longer_answer_win_rate``: of the rows with a winner other than a tie whose answers differ in
+      length, the share the longer answer won (``longer_answer_n``); ``length_correlation``: the
+      Pearson correlation of B's points with B's length minus A's (characters), over ``n``.
+    """
+    frame = results.lazy().select(
+        pl.col("status").cast(pl.String),
+        pl.col("winner").cast(pl.String),
+        pl.col("winners").cast(pl.List(pl.String)),
+        pl.col("prediction").cast(pl.String),
+    ).filter(pl.col("status") == "judged")
+    pair = pl.col("prediction").str.json_decode(pl.List(pl.String))
+    decided = frame.filter(pl.col("winner").is_not_null()).with_columns(
+        points=pl.col("winner").replace_strict({"b": 1.0, "tie": 0.5, "a": 0.0}, return_dtype=pl.Float64),
+        longer=(pair.list.get(1).str.len_chars().cast(pl.Int64) - pair.list.get(0).str.len_chars().cast(pl.Int64)),
+    )
+    calls = 2 if swap else 1
+    consistency = []
+    for judge in range(judges if swap else 0):
+        first = pl.col("winners").list.get(calls * judge, null_on_oob=True)
+        second = pl.col("winners").list.get(calls * judge + 1, null_on_oob=True)
+        both = first.is_not_null() & second.is_not_null()
+        consistency.append(frame.select(both.sum().alias("n"), (both & (first == second)).sum().alias("same")))
+    positions = frame.select(
+        pl.col("winners").list.eval(
+            pl.struct(pl.element().alias("winner"), (pl.int_range(pl.len()) % calls).alias("order"))
+        ).alias("call")
+    ).explode("call").unnest("call").filter(pl.col("winner").is_in(["a", "b"])).select(
+        pl.len().alias("n"),
+        ((pl.col("order") == 0) == (pl.col("winner") == "a")).sum().alias("first"),
+    )
+    totals = decided.select(
+        pl.len().alias("n"),
+        (pl.col("winner") == "a").sum().alias("a_wins"),
+        (pl.col("winner") == "b").sum().alias("b_wins"),
+        (pl.col("winner") == "tie").sum().alias("ties"),
+        pl.col("points").mean().alias("mean"),
+        pl.col("points").std().alias("sd"),
+        pl.corr("points", "longer").alias("correlation"),
+        ((pl.col("winner") != "tie") & (pl.col("longer") != 0)).sum().alias("longer_n"),
+        ((pl.col("winner") != "tie") & ((pl.col("longer") > 0) == (pl.col("winner") == "b")) & (pl.col("longer") != 0))
+        .sum().alias("longer_won"),
+    )
+    collected = pl.collect_all([totals, positions, *consistency])
+    t, p = collected[0].row(0, named=True), collected[1].row(0, named=True)
+    n, mean, sd = t["n"], t["mean"], t["sd"]
+    half = Z_95 * sd / math.sqrt(n) if n > 1 and sd is not None else None
+    pairs = [frame.row(0, named=True) for frame in collected[2:]]
+    consistent_n = sum(c["n"] for c in pairs)
+    correlation = t["correlation"]
+    return {
+        "n": n,
+        "a_wins": t["a_wins"],
+        "b_wins": t["b_wins"],
+        "ties": t["ties"],
+        "b_win_rate": mean,
+        "b_win_rate_ci95": [max(0.0, mean - half), min(1.0, mean + half)] if half is not None else None,
+        "swap": swap,
+        "position_consistency": sum(c["same"] for c in pairs) / consistent_n if consistent_n else None,
+        "position_consistency_n": consistent_n,
+        "first_position_rate": p["first"] / p["n"] if p["n"] else None,
+        "first_position_n": p["n"],
+        "longer_answer_win_rate": t["longer_won"] / t["longer_n"] if t["longer_n"] else None,
+        "longer_answer_n": t["longer_n"],
+        "length_correlation": None if correlation is None or math.isnan(correlation) else correlation,
+    }

@@ -188,3 +188,28 @@ def score_figure(distribution: dict[str, int], mean: float | None, pass_at: int 
 
 def score_plot(path: Path, distribution: dict[str, int], mean: float | None, pass_at: int | None) -> Path:
     return _save(score_figure(distribution, mean, pass_at), path)
+
+
+def pairwise_figure(a_wins: int, ties: int, b_wins: int, first_position_rate: float | None) -> Figure:
+    """One bar split into A's wins, ties and B's wins; beside it, how often the judge chose the
+    answer shown first (0.5: no position bias)."""
+    figure = Figure(figsize=(6.4, 2.0), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    outcome, position = figure.subplots(1, 2, width_ratios=(3, 1))
+    left = 0
+    for count, label, colour in ((a_wins, "A wins", "#4c72b0"), (ties, "ties", "#bbbbbb"), (b_wins, "B wins", "#dd8452")):
+        outcome.barh(0, count, left=left, color=colour, label=f"{label}: {count}")
+        left += count
+    outcome.set_yticks([])
+    outcome.set_xlabel("rows")
+    outcome.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3)
+    if first_position_rate is not None:
+        position.bar(["first"], [first_position_rate], color="#8172b2")
+        position.axhline(0.5, color="#c44e52", linestyle="--", linewidth=1.2)
+    position.set_ylim(0, 1)
+    position.set_title("chose the first", fontsize=8)
+    return figure
+
+
+def pairwise_plot(path: Path, a_wins: int, ties: int, b_wins: int, first_position_rate: float | None) -> Path:
+    return _save(pairwise_figure(a_wins, ties, b_wins, first_position_rate), path)

@@ -21,7 +21,7 @@ from ..judges import judge_prefixes
 from ..rundir import RunDir
 from ..sessions import RunFigures
 from ..types import STAGES
-from .judgements import repeat_metrics, score_metrics
+from .judgements import pairwise_metrics, repeat_metrics, score_metrics
 from .metrics import failure_reasons, panel_metrics, quality_metrics
 
 
@@ -61,6 +61,12 @@ def build_metrics(
         # A score judge's reply is recognised when it holds a score on the scale.
         metrics["invalid_verdicts"] = metrics["score"]["invalid_scores"]
         metrics["invalid_verdict_rate"] = metrics["score"]["invalid_score_rate"]
+    if judge.kind == "pairwise":
+        metrics["pairwise"] = pairwise_metrics(results, len(prefixes), swap=judge.swap)
+        # A pairwise judge's reply is recognised when it names a winner.
+        unrecognised = metrics["n_judged"] - metrics["pairwise"]["n"]
+        metrics["invalid_verdicts"] = unrecognised
+        metrics["invalid_verdict_rate"] = unrecognised / metrics["n_judged"] if metrics["n_judged"] else None
     if judge.repeats > 1:
         metrics["repeats"] = repeat_metrics(results, len(prefixes), judge.repeats, scored=judge.kind == "score")
     if len(prefixes) > 1:
@@ -206,9 +212,33 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
         ("wall time", f"{metrics['wall_seconds']:.1f} s", ""),
         ("requests/s", f"{metrics['requests_per_second'] or 0:.1f}", ""),
     ]
+    rows[3:3] = _kind_rows(metrics)
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _kind_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The summary rows of a score or pairwise judge (see ``engine.report.judgements``)."""
+    rows: list[tuple[str, str, str]] = []
+    score = metrics.get("score")
+    if score is not None:
+        interval = score["mean_score_ci95"]
+        rows.append((f"mean score (n={score['n']}, scale {score['scale'][0]}-{score['scale'][1]})",
+                     "n/a" if score["mean_score"] is None else f"{score['mean_score']:.2f}",
+                     "" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"))
+        if score["pass_at"] is not None:
+            rows.append((f"pass rate, score >= {score['pass_at']} (n={score['pass_rate_n']})", percent(score["pass_rate"]),
+                         interval_text(score["pass_rate_ci95"])))
+    pairwise = metrics.get("pairwise")
+    if pairwise is not None:
+        rows += [
+            (f"B's win rate over A (n={pairwise['n']}; A/tie/B {pairwise['a_wins']}/{pairwise['ties']}/{pairwise['b_wins']})",
+             percent(pairwise["b_win_rate"]), interval_text(pairwise["b_win_rate_ci95"])),
+            (f"position consistency (n={pairwise['position_consistency_n']})", percent(pairwise["position_consistency"]), ""),
+            (f"chose the first position (n={pairwise['first_position_n']})", percent(pairwise["first_position_rate"]), ""),
+        ]
+    return rows
 
 
 TOP_REASONS = 5

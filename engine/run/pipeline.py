@@ -214,10 +214,11 @@ def _joined(
         fields=row.fields,
         labels=row.labels,
         prediction=text,
-        prediction_valid=prediction_is_valid(text, labels) if text is not None else None,
+        prediction_valid=prediction_is_valid(text, labels) if text is not None and kind != "pairwise" else None,
         verdict_text=" | ".join(text or "" for text in texts) if answers else None,
         verdict=majority([judgement.verdict for judgement in judgements]),
-        ground_truth_correct=(answer in row.labels) if row.labels is not None and answer is not None else None,
+        ground_truth_correct=(answer in row.labels) if row.labels is not None and answer is not None and kind != "pairwise"
+        else None,
         error=error,
         predict_tokens=prediction.usage if prediction else Usage(),
         judge_tokens=Usage(sum(v.usage.prompt_tokens for v in answers), sum(v.usage.completion_tokens for v in answers)),
