@@ -24,7 +24,7 @@ import polars as pl
 
 from .errors import JournalError
 from .rundir import RunDir
-from .types import STAGES, ChatResult, Failure, Outcome, Row, StageName, Usage
+from .types import STAGES, ChatResult, Failure, Outcome, Row, StageName, TokenLogprob, Usage
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one, not one per line as json.dumps(ensure_ascii=False) builds
 
@@ -46,6 +46,7 @@ JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "rate_limited": pl.Int64(),
     "fingerprint": pl.String(),
     "cached": pl.Boolean(),
+    "logprobs": pl.String(),  # a judge's answer token: [token, logprob, [[alternative, logprob], ...]] as JSON
 }
 
 
@@ -68,6 +69,8 @@ def outcome_to_record(row: Row, outcome: Outcome) -> dict[str, Any]:
             "rate_limited": outcome.rate_limited,
             "fingerprint": row.fingerprint,
             **({"cached": True} if outcome.cached else {}),
+            **({"logprobs": json.dumps([[t.token, t.logprob, [list(top) for top in t.top]] for t in outcome.logprobs],
+                                       ensure_ascii=False)} if outcome.logprobs else {}),
         }
     return {
         "custom_id": outcome.custom_id,
@@ -98,6 +101,7 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
             finished_at=record["finished_at"] or 0.0,
             rate_limited=record.get("rate_limited") or 0,
             cached=bool(record.get("cached")),
+            logprobs=_logprobs(record.get("logprobs")),
         )
     return Failure(
         custom_id=record["custom_id"],
@@ -108,6 +112,15 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
         started_at=record["started_at"] or 0.0,
         finished_at=record["finished_at"] or 0.0,
         rate_limited=record.get("rate_limited") or 0,
+    )
+
+
+def _logprobs(text: str | None) -> tuple[TokenLogprob, ...] | None:
+    if not text:
+        return None
+    return tuple(
+        TokenLogprob(token, logprob, tuple((alternative, value) for alternative, value in top))
+        for token, logprob, top in json.loads(text)
     )
 
 

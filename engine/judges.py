@@ -8,7 +8,9 @@ A judge kind (the ``Judge`` protocol) says:
   model, its parameters and the structured-output format), and ``fields``, the data set's
   columns those messages read;
 - ``response_format``: the JSON schema a constrained reply follows (None: free text);
-- ``read(content)``: the reply as a ``Reading`` (its answer, reasoning, verdict and score).
+- ``read(content, logprobs)``: the reply as a ``Reading`` (its answer, reasoning, verdict,
+  score, and with token logprobs the answer's probability); ``answer_logprobs`` keeps of the
+  reply's logprobs only the answer's token, which is what the journal records.
 
 Kinds: ``VerdictJudge`` (correct / incorrect) and ``ScoreJudge`` (an integer on a scale, against
 a rubric). A reasoning judge (and every score judge) is told to end its reply with a final line,
@@ -20,6 +22,7 @@ a verdict cannot decide it. A constrained one answers a JSON object with ``reaso
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +32,7 @@ import polars as pl
 from .config import JudgeConfig, TaskConfig, VerdictConfig
 from .formats import REASON, choice_format, final_line, json_schema_format
 from .templates import Templates
-from .types import Row
+from .types import Row, TokenLogprob
 
 #: Fields a judge template may use besides the row's own columns (``reference`` with a
 #: ``dataset.reference_column``; ``task``, ``answer_a`` and ``answer_b`` in a pairwise judge's).
@@ -51,6 +54,9 @@ JUDGE_COLUMNS: dict[str, pl.DataType] = {
     "scores": pl.List(pl.Float64()),
     "winner": pl.String(),  # pairwise: "a" (the first run's answer), "b" or "tie"
     "winners": pl.List(pl.String()),  # each call's, in run letters: first order, then swapped
+    "probability": pl.Float64(),  # logprobs: the probability of the judges' answers (their mean)
+    "p_correct": pl.Float64(),  # verdict judges: the probability of "correct" that implies
+    "weighted_score": pl.Float64(),  # score judges: the probability-weighted score (G-Eval)
 }
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +64,18 @@ class Reading:
     """One judge reply, read: ``answer`` as the judge wrote it (None when it wrote none),
     ``reasoning`` (None without), ``verdict`` (correct/incorrect; a score judge's: passed, None
     without ``pass_at``), ``score`` (score judges; None when not a score on the scale) and
-    ``choice`` (pairwise judges: ``A``, ``B`` or ``tie`` by position; None when none of them)."""
+    ``choice`` (pairwise judges: ``A``, ``B`` or ``tie`` by position; None when none of them).
+    From token logprobs (``judge.logprobs``): ``probability`` of the answer, ``p_correct`` (verdict
+    judges) and ``weighted_score`` (score judges); None without them."""
 
     answer: str | None
     reasoning: str | None = None
     verdict: bool | None = None
     score: float | None = None
     choice: str | None = None
+    probability: float | None = None
+    p_correct: float | None = None
+    weighted_score: float | None = None
 
 
 class Judge(Protocol):
@@ -81,7 +92,9 @@ class Judge(Protocol):
 
     def messages(self, row: Row, prediction: str) -> list[dict[str, str]]: ...
 
-    def read(self, content: str) -> Reading: ...
+    def read(self, content: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> Reading: ...
+
+    def answer_logprobs(self, content: str, logprobs: tuple[TokenLogprob, ...] | None) -> tuple[TokenLogprob, ...] | None: ...
 
 
 class _FinalLineJudge:
@@ -148,10 +161,22 @@ class _FinalLineJudge:
             messages = [*earlier, {**last, "content": f"{last['content'].rstrip()}\n\n{self._instruction}"}]
         return messages
 
-    def _answer(self, content: str) -> tuple[str | None, str | None]:
-        """The reply's answer and reasoning: from a JSON object (a constrained reply), else the
-        last final line and the text before it, else the whole reply."""
+    def _answer(self, content: str) -> tuple[str | None, str | None, int]:
+        """The reply's answer, its reasoning and the answer's offset: from a JSON object (a
+        constrained reply), else the last final line and the text before it, else the whole reply."""
         return read_reply(content, self.marker, self.key)
+
+    def answer_logprobs(self, content: str, logprobs: tuple[TokenLogprob, ...] | None) -> tuple[TokenLogprob, ...] | None:
+        """Of a reply's token logprobs, the answer's token alone (what ``read`` needs of them, and
+        what the journal keeps); None when the reply has none or they do not spell it."""
+        if not logprobs:
+            return None
+        token = answer_token(logprobs, self._answer(content)[2])
+        return None if token is None else (token,)
+
+    def _probability(self, content: str, logprobs: tuple[TokenLogprob, ...] | None) -> TokenLogprob | None:
+        kept = self.answer_logprobs(content, logprobs) if logprobs and len(logprobs) > 1 else logprobs
+        return kept[0] if kept else None
 
 
 class VerdictJudge(_FinalLineJudge):
@@ -179,9 +204,17 @@ class VerdictJudge(_FinalLineJudge):
             return choice_format(self._choices())  # one word: ``{"answer": "correct"}``
         return super().response_format
 
-    def read(self, content: str) -> Reading:
-        answer, reasoning = self._answer(content)
-        return Reading(answer, reasoning, None if answer is None else self._parse(answer))
+    def read(self, content: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> Reading:
+        """With ``logprobs``: the answer's probability (of its first token), and the probability
+        of ``correct`` it implies (the verdict's probability, or its complement)."""
+        answer, reasoning, _ = self._answer(content)
+        verdict = None if answer is None else self._parse(answer)
+        token = self._probability(content, logprobs)
+        if token is None or verdict is None:
+            return Reading(answer, reasoning, verdict)
+        probability = math.exp(token.logprob)
+        return Reading(answer, reasoning, verdict, probability=probability,
+                       p_correct=probability if verdict else 1.0 - probability)
 
 
 class ScoreJudge(_FinalLineJudge):
@@ -209,11 +242,22 @@ class ScoreJudge(_FinalLineJudge):
         low, high = self.config.scale
         return {"type": "integer", "minimum": low, "maximum": high}
 
-    def read(self, content: str) -> Reading:
-        answer, reasoning = self._answer(content)
+    def read(self, content: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> Reading:
+        """With ``logprobs``: the score's probability, and the probability-weighted score over
+        the alternatives at its position that are scores on the scale (G-Eval's score)."""
+        answer, reasoning, _ = self._answer(content)
         score = self.score(answer)
         passed = None if score is None or self.config.pass_at is None else score >= self.config.pass_at
-        return Reading(answer, reasoning, passed, score)
+        token = self._probability(content, logprobs)
+        if token is None or score is None:
+            return Reading(answer, reasoning, passed, score)
+        weights: dict[float, float] = {score: math.exp(token.logprob)}
+        for text, logprob in token.top:
+            value = self.score(text)
+            if value is not None:
+                weights.setdefault(value, math.exp(logprob))
+        weighted = sum(value * weight for value, weight in weights.items()) / sum(weights.values())
+        return Reading(answer, reasoning, passed, score, probability=math.exp(token.logprob), weighted_score=weighted)
 
     def score(self, answer: str | None) -> float | None:
         """The integer an answer gives (``4``, ``4/5``, ``**4**``, ``4.0``), if it is on the scale."""
@@ -252,18 +296,20 @@ class PairwiseJudge(_FinalLineJudge):
         task = "" if self._task is None else self._task.messages({**row.fields, "labels": self._labels_text})[-1]["content"]
         return {**super()._values(row, prediction), "answer_a": first, "answer_b": second, "task": task}
 
-    def read(self, content: str) -> Reading:
-        answer, reasoning = self._answer(content)
+    def read(self, content: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> Reading:
+        answer, reasoning, _ = self._answer(content)
         wanted = normalise(answer or "")
         choice = next((choice for choice in PAIRWISE_CHOICES if normalise(choice) == wanted), None)
-        return Reading(answer, reasoning, choice=choice)
+        token = self._probability(content, logprobs) if choice is not None else None
+        return Reading(answer, reasoning, choice=choice, probability=None if token is None else math.exp(token.logprob))
 
 
 _SCORE = re.compile(r"^[\s*_`\"']*(-?\d+(?:\.0+)?)(?:\s*/\s*\d+)?[\s*_`\"'.]*$")
 
 
-def read_reply(content: str, marker: str, key: str) -> tuple[str | None, str | None]:
-    """A judge reply's answer and reasoning (see ``_FinalLineJudge._answer``)."""
+def read_reply(content: str, marker: str, key: str) -> tuple[str | None, str | None, int]:
+    """A judge reply's answer, its reasoning and where in ``content`` the answer starts (see
+    ``_FinalLineJudge._answer``)."""
     stripped = content.strip()
     if stripped.startswith("{"):
         try:
@@ -273,14 +319,29 @@ def read_reply(content: str, marker: str, key: str) -> tuple[str | None, str | N
         if isinstance(value, dict):
             answer = value.get(key, value.get("answer"))
             reasoning = value.get("reasoning")
-            return (None if answer is None else str(answer)), (reasoning if isinstance(reasoning, str) else None)
-    lines = content.splitlines()
+            text = None if answer is None else str(answer)
+            return text, (reasoning if isinstance(reasoning, str) else None), content.rfind(text) if text else -1
+    lines = content.splitlines(keepends=True)
     pattern = _final_line_pattern(marker)
     for index in range(len(lines) - 1, -1, -1):
-        match = pattern.match(lines[index])
+        match = pattern.match(lines[index].rstrip("\r\n"))
         if match:
-            return match.group(1).strip(), "\n".join(lines[:index]).strip() or None
-    return stripped, None
+            start = sum(map(len, lines[:index])) + match.start(1)
+            return match.group(1).strip(), "".join(lines[:index]).strip() or None, start
+    return stripped, None, len(content) - len(content.lstrip())
+
+
+def answer_token(logprobs: tuple[TokenLogprob, ...], offset: int) -> TokenLogprob | None:
+    """The token of a reply that holds the character at ``offset`` (the answer's first), when
+    the tokens spell the reply."""
+    if offset < 0:
+        return None
+    position = 0
+    for token in logprobs:
+        position += len(token.token)
+        if position > offset:
+            return token
+    return None
 
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}

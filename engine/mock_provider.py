@@ -26,7 +26,7 @@ import anyio
 
 from .errors import BatchApiMissingError, ProviderError
 from .provider import BatchCounts, BatchJob, ChatReply
-from .types import ChatRequest, ChatResult, Failure, Outcome, StageName, Usage
+from .types import ChatRequest, ChatResult, Failure, Outcome, StageName, TokenLogprob, Usage
 
 Answer = Callable[[ChatRequest], str | ChatReply]
 
@@ -152,7 +152,13 @@ class MockProvider:
                     yield Failure(result["custom_id"], error["reason"], error["message"], error["status_code"])
                 else:
                     usage = Usage(*result["usage"])
-                    yield ChatResult(result["custom_id"], result["content"], result["model"], usage, latency_s=None)
+                    logprobs = result.get("logprobs")
+                    tokens = None if logprobs is None else tuple(
+                        TokenLogprob(token, logprob, tuple((text, value) for text, value in top))
+                        for token, logprob, top in logprobs
+                    )
+                    yield ChatResult(result["custom_id"], result["content"], result["model"], usage, latency_s=None,
+                                     logprobs=tokens)
 
     def _execute(self, batch: _Batch) -> None:
         """Answer every line of a batch and end it ``completed``."""
@@ -170,8 +176,10 @@ class MockProvider:
                 batch.results.append({"custom_id": request.custom_id, "error": {
                     "reason": error.reason, "message": str(error), "status_code": error.status_code}})
                 continue
+            logprobs = None if reply.logprobs is None else [[t.token, t.logprob, t.top] for t in reply.logprobs]
             batch.results.append({"custom_id": request.custom_id, "content": reply.content, "model": reply.model,
-                                  "usage": [reply.usage.prompt_tokens, reply.usage.completion_tokens]})
+                                  "usage": [reply.usage.prompt_tokens, reply.usage.completion_tokens],
+                                  "logprobs": logprobs})
         counts = BatchCounts(len(batch.lines), len(batch.lines) - failed, failed)
         batch.job = _ended(batch.job, "completed", counts)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .types import ChatRequest, Outcome, Usage
+from .types import ChatRequest, Outcome, TokenLogprob, Usage
 
 BatchStatus = Literal[
     "validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"
@@ -60,6 +60,7 @@ class ChatReply:
     usage: Usage
     latency_s: float
     rate_limits: RateLimits | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

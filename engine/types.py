@@ -147,7 +147,9 @@ class JoinedRow:
     repeats, a judge's verdict is the strict majority of its repeats and its score their mean;
     ``repeat_verdicts`` and ``repeat_scores`` hold every repeat, judge by judge (empty without).
     A pairwise row's ``winner`` is ``a``, ``b`` or ``tie`` (see ``engine.judges.PairwiseJudge``)
-    and ``winners`` each call's, judge by judge.
+    and ``winners`` each call's, judge by judge. With ``judge.logprobs``: ``probability`` of the
+    judges' answers, the ``p_correct`` it implies and the probability-``weighted_score`` (means
+    over the judges and calls that have them; see ``engine.judges.Reading``).
     """
 
     row_id: str
@@ -175,3 +177,6 @@ class JoinedRow:
     repeat_scores: tuple[float | None, ...] = ()
     winner: str | None = None
     winners: tuple[str | None, ...] = ()
+    probability: float | None = None
+    p_correct: float | None = None
+    weighted_score: float | None = None

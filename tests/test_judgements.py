@@ -17,8 +17,9 @@ import pytest
 from benchmarks.clocks import InstantClock
 from engine import Evaluation
 from engine.mock_provider import MockProvider
+from engine.provider import ChatReply
 from engine.report.metrics import wilson_interval
-from engine.types import ChatRequest
+from engine.types import ChatRequest, TokenLogprob, Usage
 
 from .conftest import imdb_config
 
@@ -122,3 +123,70 @@ async def test_repeats_are_judged_k_times_and_their_spread_is_reported(tmp_path:
     assert r["unanimous_rate"] == pytest.approx(sum(value == 1 for value in agreement) / ROWS)
     assert metrics["tokens"]["judge"]["prompt"] > 0  # the repeats' calls count under the judge stage
     assert "## Repeated judgements" in (tmp_path / mode / "report.md").read_text()
+
+
+def sure(request: ChatRequest) -> float:
+    """How sure the mock judge is of a row's answer: between 0.55 and 0.95."""
+    return 0.55 + (len(overview(request)) % 5) / 10
+
+
+def logprob_judge(request: ChatRequest) -> str | ChatReply:
+    """A reasoning judge whose reply carries token logprobs: the verdict token has ``sure`` and
+    its alternative the rest."""
+    if request.stage == "predict":
+        return "Drama"
+    if request.row_id == "preflight":
+        return "correct"
+    correct = "life" in overview(request)
+    final, other = ("correct", "incorrect") if correct else ("incorrect", "correct")
+    p = sure(request)
+    alternatives = ((" " + final, math.log(p)), (" " + other, math.log(1 - p)))
+    tokens = (TokenLogprob("Because", -0.1), TokenLogprob(".\n", -0.01), TokenLogprob("VERDICT", 0.0),
+              TokenLogprob(":", 0.0), TokenLogprob(" " + final, math.log(p), alternatives))
+    return ChatReply("".join(t.token for t in tokens), "mock", Usage(10, 5), 0.0, logprobs=tokens)
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+async def test_verdict_probabilities_give_a_brier_score_and_calibration(tmp_path: Path, mode: str) -> None:
+    settings: dict[str, Any] = {
+        "judge.reasoning": True, "judge.constrain": False, "judge.max_tokens": 300, "judge.logprobs": True,
+    }
+    results, metrics = await run(tmp_path, mode, logprob_judge, mode, **settings)
+    truth = results["ground_truth_correct"].to_list()
+    verdicts = results["verdict"].to_list()
+    probabilities = results["probability"].to_list()
+    assert None not in probabilities and all(0.55 <= p <= 0.95 + 1e-9 for p in probabilities)
+    p_correct = [p if verdict else 1 - p for p, verdict in zip(probabilities, verdicts, strict=True)]
+    assert results["p_correct"].to_list() == pytest.approx(p_correct)
+    known = [(p, t) for p, t in zip(p_correct, truth, strict=True) if t is not None]
+    m = metrics["probabilities"]
+    assert m["brier_n"] == len(known) > 0
+    assert m["brier_score"] == pytest.approx(statistics.fmean((p - t) ** 2 for p, t in known))
+    bins: dict[int, list[tuple[float, bool]]] = {}
+    for p, t in known:
+        bins.setdefault(min(int(p * 10), 9), []).append((p, t))
+    assert [b["rows"] for b in m["calibration"]] == [len(bins[key]) for key in sorted(bins)]
+    assert [b["observed"] for b in m["calibration"]] == pytest.approx(
+        [statistics.fmean(t for _, t in bins[key]) for key in sorted(bins)])
+    # The journal keeps only the verdict's token, with its alternatives.
+    records = [json.loads(line) for line in (tmp_path / mode / "journal" / "judge.ndjson").read_text().splitlines()]
+    kept = [json.loads(record["logprobs"]) for record in records if record["row_id"] != "preflight"]
+    assert all(len(tokens) == 1 and tokens[0][0].strip() in ("correct", "incorrect") for tokens in kept)
+    report = (tmp_path / mode / "report.md").read_text()
+    assert "## Verdict probabilities" in report and "Brier score" in report
+
+
+async def test_a_score_judge_weights_the_scores_at_its_answer_by_their_probability(tmp_path: Path) -> None:
+    def weighted(request: ChatRequest) -> str | ChatReply:
+        if request.stage == "predict":
+            return "Drama"
+        tokens = (TokenLogprob("SCORE", 0.0), TokenLogprob(":", 0.0),
+                  TokenLogprob(" 4", math.log(0.6), ((" 4", math.log(0.6)), (" 5", math.log(0.3)), (" x", math.log(0.1)))))
+        return ChatReply("".join(t.token for t in tokens), "mock", Usage(10, 5), 0.0, logprobs=tokens)
+
+    settings: dict[str, Any] = {"judge.kind": "score", "judge.constrain": False, "judge.logprobs": True}
+    results, metrics = await run(tmp_path, "weighted", weighted, **settings)
+    expected = (4 * 0.6 + 5 * 0.3) / 0.9  # " x" is no score: left out
+    assert results["weighted_score"].to_list() == pytest.approx([expected] * ROWS)
+    assert metrics["probabilities"]["mean_weighted_score"] == pytest.approx(expected)
+    assert metrics["score"]["mean_score"] == 4.0

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from engine.types import ChatRequest, ChatResult, Failure, Outcome, Usage
+from engine.types import ChatRequest, ChatResult, Failure, Outcome, TokenLogprob, Usage
 
 CHAT_COMPLETIONS: Final = "/v1/chat/completions"
 
@@ -46,13 +46,33 @@ def parse_output_line(line: dict[str, Any]) -> Outcome:
             if not isinstance(content, str) or not content.strip():
                 return Failure(custom_id, "empty_response", "the response has no message content")
             tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-            return ChatResult(custom_id, content, str(body.get("model") or ""), tokens, latency_s=None)
+            logprobs = read_logprobs(body["choices"][0])
+            return ChatResult(custom_id, content, str(body.get("model") or ""), tokens, latency_s=None, logprobs=logprobs)
         detail = body.get("error") if isinstance(body, dict) else None
         message = detail.get("message") if isinstance(detail, dict) else str(body)[:200]
         return Failure(custom_id, f"http_{status}", f"HTTP {status}: {message}", status_code=status)
     if isinstance(error, dict):
         return Failure(custom_id, str(error.get("code") or "batch_error"), str(error.get("message") or ""))
     return Failure(custom_id, "malformed_line", "the batch line has neither a response nor an error")
+
+
+def read_logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
+    """A choice's ``logprobs.content`` (each token, its log-probability and its top
+    alternatives); None when the reply has none or they are not in OpenAI's shape."""
+    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    try:
+        return tuple(
+            TokenLogprob(
+                str(item["token"]), float(item["logprob"]),
+                tuple((str(top["token"]), float(top["logprob"])) for top in item.get("top_logprobs") or ()),
+            )
+            for item in content
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def read_outcomes(path: Path) -> Iterator[Outcome]:

@@ -402,4 +402,4 @@ def _parse_completion(raw: bytes, latency_s: float, rate_limits: RateLimits | No
     if not isinstance(content, str) or not content.strip():
         raise ProviderError("the response has no message content", kind="transient", reason="empty_response")
     tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-    return ChatReply(content, model, tokens, latency_s, rate_limits)
+    return ChatReply(content, model, tokens, latency_s, rate_limits, batch_format.read_logprobs(choice))

@@ -76,7 +76,7 @@ def write_report(run_dir: RunDir | Path) -> Path:
         judged = [_pairwise(run, plots_dir), _panel(run)]
     else:
         judged = [_accuracy(run, plots_dir), _scores(run, plots_dir), _judge_vs_truth(run, plots_dir), _panel(run),
-                  _repeats(run), _labels(run, plots_dir)]
+                  _repeats(run), _probabilities(run, plots_dir), _labels(run, plots_dir)]
     drafted = [
         _overview(run),
         *judged,
@@ -450,6 +450,34 @@ def _pairwise(run: FinishedRun, plots_dir: Path) -> _Section:
             plots.pairwise_plot(plots_dir / "pairwise.png", p["a_wins"], p["ties"], p["b_wins"], p["first_position_rate"]),
             "pairwise outcomes and position preference",
         ))
+    return section
+
+
+def _probabilities(run: FinishedRun, plots_dir: Path) -> _Section | None:
+    p = run.metrics.get("probabilities")
+    if p is None:
+        return None
+    section = _Section("Verdict probabilities", [
+        f"From the judge's token logprobs: its mean probability of the answer it gave was {percent(p['mean_probability'])} "
+        f"over {p['n']:,} rows (rows without one: the endpoint gave no logprobs, or they did not spell the answer)."
+    ])
+    if p.get("mean_weighted_score") is not None:
+        interval = p["mean_weighted_score_ci95"]
+        section.blocks.append(
+            f"Probability-weighted mean score (G-Eval: each score weighted by its probability at the answer's "
+            f"position): {p['mean_weighted_score']:.2f}"
+            + ("" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]") + f" over {p['weighted_score_n']:,} rows."
+        )
+    if p["brier_n"]:
+        section.blocks.append(
+            f"Against the ground truth ({p['brier_n']:,} rows): Brier score {p['brier_score']:.3f} (0 is perfect, always "
+            f"saying 50% scores 0.250), expected calibration error {p['expected_calibration_error']:.3f}."
+        )
+        section.blocks.append(_Table(("probability of correct", "rows", "mean probability", "share correct by truth"), [
+            (f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", f"{b['rows']:,}", percent(b["predicted"]), percent(b["observed"]))
+            for b in p["calibration"]
+        ]))
+        section.blocks.append(_Image(plots.calibration_plot(plots_dir / "calibration.png", p["calibration"]), "calibration"))
     return section
 
 

@@ -226,3 +226,70 @@ def pairwise_metrics(results: pl.DataFrame | pl.LazyFrame, judges: int, *, swap:
         "longer_answer_n": t["longer_n"],
         "length_correlation": None if correlation is None or math.isnan(correlation) else correlation,
     }
+
+
+CALIBRATION_BINS = 10
+
+
+def probability_metrics(results: pl.DataFrame | pl.LazyFrame, *, scored: bool) -> dict[str, Any]:
+    """What the judges' token logprobs say (``judge.logprobs``). Denominators:
+
+    - ``mean_probability``: judged rows with a probability (``n``): how sure the judge was of its answer;
+    - ``brier_score`` and ``calibration``: rows with both ``p_correct`` and a ground-truth value
+      (``brier_n``): the mean squared gap between the judge's probability of "correct" and the
+      truth (0 is perfect; always answering 0.5 scores 0.25); the calibration table bins
+      ``p_correct`` into ``CALIBRATION_BINS`` equal bins, each with its rows, mean probability and
+      observed share correct; ``expected_calibration_error`` weighs each bin's gap by its rows;
+    - ``mean_weighted_score`` (score judges; normal-approximation 95% interval): rows with a
+      probability-weighted score (``weighted_score_n``).
+    """
+    frame = results.lazy().select(
+        pl.col("status").cast(pl.String),
+        pl.col("probability").cast(pl.Float64),
+        pl.col("p_correct").cast(pl.Float64),
+        pl.col("weighted_score").cast(pl.Float64),
+        pl.col("ground_truth_correct").cast(pl.Boolean),
+    ).filter(pl.col("status") == "judged")
+    truth = pl.col("ground_truth_correct").cast(pl.Float64)
+    known = frame.filter(pl.col("p_correct").is_not_null() & pl.col("ground_truth_correct").is_not_null())
+    bin_of = (pl.col("p_correct") * CALIBRATION_BINS).floor().clip(0, CALIBRATION_BINS - 1).cast(pl.Int64)
+    totals, bins = pl.collect_all([
+        frame.select(
+            pl.col("probability").count().alias("n"),
+            pl.col("probability").mean().alias("mean_probability"),
+            pl.col("weighted_score").count().alias("weighted_n"),
+            pl.col("weighted_score").mean().alias("weighted_mean"),
+            pl.col("weighted_score").std().alias("weighted_sd"),
+            ((pl.col("p_correct") - truth) ** 2).filter(pl.col("ground_truth_correct").is_not_null()).mean().alias("brier"),
+            (pl.col("p_correct").is_not_null() & pl.col("ground_truth_correct").is_not_null()).sum().alias("brier_n"),
+        ),
+        known.group_by(bin_of.alias("bin")).agg(
+            pl.len().alias("rows"), pl.col("p_correct").mean().alias("predicted"), truth.mean().alias("observed"),
+        ).sort("bin"),
+    ])
+    t = totals.row(0, named=True)
+    calibration = [
+        {"bin": [row["bin"] / CALIBRATION_BINS, (row["bin"] + 1) / CALIBRATION_BINS], "rows": row["rows"],
+         "predicted": row["predicted"], "observed": row["observed"]}
+        for row in bins.iter_rows(named=True)
+    ]
+    brier_n = t["brier_n"]
+    metrics: dict[str, Any] = {
+        "n": t["n"],
+        "mean_probability": t["mean_probability"],
+        "brier_score": t["brier"] if brier_n else None,
+        "brier_n": brier_n,
+        "calibration": calibration,
+        "expected_calibration_error": (
+            sum(b["rows"] * abs(b["observed"] - b["predicted"]) for b in calibration) / brier_n if brier_n else None
+        ),
+    }
+    if scored:
+        n, mean, sd = t["weighted_n"], t["weighted_mean"], t["weighted_sd"]
+        half = Z_95 * sd / math.sqrt(n) if n > 1 and sd is not None else None
+        metrics.update(
+            mean_weighted_score=mean,
+            mean_weighted_score_ci95=[mean - half, mean + half] if half is not None else None,
+            weighted_score_n=n,
+        )
+    return metrics

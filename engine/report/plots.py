@@ -213,3 +213,22 @@ def pairwise_figure(a_wins: int, ties: int, b_wins: int, first_position_rate: fl
 
 def pairwise_plot(path: Path, a_wins: int, ties: int, b_wins: int, first_position_rate: float | None) -> Path:
     return _save(pairwise_figure(a_wins, ties, b_wins, first_position_rate), path)
+
+
+def calibration_figure(bins: list[dict[str, float]]) -> Figure:
+    """The judge's probability of "correct" against the observed share correct, per bin (a
+    point per bin, sized by its rows), with the diagonal of a perfectly calibrated judge."""
+    figure, axes = _figure(4.0, 3.6)
+    axes.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", linewidth=1.0, label="calibrated")
+    axes.scatter([b["predicted"] for b in bins], [b["observed"] for b in bins],
+                 s=[20 + 180 * b["rows"] / max(bin_["rows"] for bin_ in bins) for b in bins], color="#4c72b0", label="bins")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("judge's probability of correct")
+    axes.set_ylabel("share correct by truth")
+    axes.legend(fontsize=8, loc="upper left")
+    return figure
+
+
+def calibration_plot(path: Path, bins: list[dict[str, float]]) -> Path:
+    return _save(calibration_figure(bins), path)

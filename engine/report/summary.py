@@ -21,7 +21,7 @@ from ..judges import judge_prefixes
 from ..rundir import RunDir
 from ..sessions import RunFigures
 from ..types import STAGES
-from .judgements import pairwise_metrics, repeat_metrics, score_metrics
+from .judgements import pairwise_metrics, probability_metrics, repeat_metrics, score_metrics
 from .metrics import failure_reasons, panel_metrics, quality_metrics
 
 
@@ -67,6 +67,8 @@ def build_metrics(
         unrecognised = metrics["n_judged"] - metrics["pairwise"]["n"]
         metrics["invalid_verdicts"] = unrecognised
         metrics["invalid_verdict_rate"] = unrecognised / metrics["n_judged"] if metrics["n_judged"] else None
+    if judge.logprobs:
+        metrics["probabilities"] = probability_metrics(results, scored=judge.kind == "score")
     if judge.repeats > 1:
         metrics["repeats"] = repeat_metrics(results, len(prefixes), judge.repeats, scored=judge.kind == "score")
     if len(prefixes) > 1:

@@ -113,13 +113,23 @@ class JoinState:
         kind = self._judges[0].config.kind
         return _joined(row, prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
 
+    def trimmed(self, outcome: Outcome) -> Outcome:
+        """A judge call's outcome with only the answer's token logprobs (all a judge reads of
+        them): what the journal keeps, instead of a logprob for every token of the reasoning."""
+        if not isinstance(outcome, ChatResult) or not outcome.logprobs:
+            return outcome
+        judge = self._judges[self._calls[outcome.custom_id.partition(":")[0]]]
+        return replace(outcome, logprobs=judge.answer_logprobs(outcome.content, outcome.logprobs))
+
     def _judgements(self, calls: dict[str, Outcome]) -> list[_Judgement]:
         """Each judge's outcomes (in repeat order) and readings of its answered calls."""
         judgements = [_Judgement() for _ in self._judges]
         for prefix, index in self._calls.items():
             outcome, judgement = calls[prefix], judgements[index]
             judgement.outcomes.append(outcome)
-            judgement.readings.append(self._judges[index].read(outcome.content) if isinstance(outcome, ChatResult) else None)
+            judgement.readings.append(
+                self._judges[index].read(outcome.content, outcome.logprobs) if isinstance(outcome, ChatResult) else None
+            )
         return judgements
 
 
@@ -138,6 +148,12 @@ class _Judgement:
     def score(self) -> float | None:
         scores = [reading.score for reading in self.readings if reading and reading.score is not None]
         return sum(scores) / len(scores) if scores else None
+
+    def mean(self, name: str) -> float | None:
+        """The mean of a reading's number (``probability``, ``p_correct``, ``weighted_score``)
+        over the calls that have it."""
+        values = [value for reading in self.readings if reading and (value := getattr(reading, name)) is not None]
+        return sum(values) / len(values) if values else None
 
     @property
     def winners(self) -> list[str | None]:
@@ -159,6 +175,11 @@ class _Judgement:
     def first(self) -> Reading | None:
         """The first answered call's reading: whose answer and reasoning the row shows."""
         return next((reading for reading in self.readings if reading), None)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return sum(known) / len(known) if known else None
 
 
 def plurality(winners: list[str | None]) -> str | None:
@@ -233,6 +254,9 @@ def _joined(
         repeat_verdicts=tuple(reading.verdict if reading else None for reading in readings),
         repeat_scores=tuple(reading.score if reading else None for reading in readings) if scored else (),
         winner=plurality(winners) if winners else None,
+        probability=_mean([judgement.mean("probability") for judgement in judgements]),
+        p_correct=_mean([judgement.mean("p_correct") for judgement in judgements]),
+        weighted_score=_mean([judgement.mean("weighted_score") for judgement in judgements]),
         winners=tuple(winner for judgement in judgements for winner in judgement.winners) if winners else (),
     )
 
@@ -356,6 +380,7 @@ class Pipeline:
             await self._complete(joined)
 
     async def _on_verdict(self, row: Row, outcome: Outcome) -> None:
+        outcome = self._join.trimmed(outcome)
         self._journal.append("judge", row, outcome)
         joined = self._join.verdict(row.row_id, outcome)
         if joined is not None:

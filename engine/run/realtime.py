@@ -117,6 +117,7 @@ class RealtimeRunner:
                     started_at=started_at,
                     finished_at=time.time(),
                     rate_limited=rate_limited,
+                    logprobs=reply.logprobs,
                 )
             finally:
                 self.stats.in_flight -= 1
