@@ -17,7 +17,7 @@ from typing import Any
 from .config import TaskConfig
 from .dataset import Dataset
 from .prompts import PromptBuilder
-from .types import ChatRequest
+from .types import ChatRequest, caller_of
 
 
 @dataclass(slots=True)
@@ -48,8 +48,8 @@ def estimate(config: TaskConfig) -> dict[str, Any]:
         predict = builder.predict(row)
         stages["predict"].add(predict)
         placeholder = "x" * (4 * predict.body["max_tokens"])  # the longest answer the predict call may give
-        for index, prefix in enumerate(builder.judge_prefixes):
-            stages[prefix].add(builder.judge(row, placeholder, index))
+        for prefix, (index, repeat) in builder.calls.items():  # each judge, each repeat
+            stages[caller_of(prefix)].add(builder.judge(row, placeholder, index, repeat))
     result: dict[str, Any] = {"rows": dataset.n_rows, "skipped": skipped, "stages": {}}
     total_cost: float | None = None
     for name, stage_config in (("predict", config.predict), *zip(builder.judge_prefixes, config.judges, strict=True)):

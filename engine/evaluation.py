@@ -95,6 +95,12 @@ class Evaluation:
                 sources = Sources.from_json(recorded)
         if config is None:
             raise ValueError("an Evaluation needs a config (or resume=True with a run_dir)")
+        if (config.judge_kind == "pairwise") != bool(sources and sources.pairwise):
+            raise ConfigError(
+                f"{config.where('judge.kind')}: a pairwise judge compares the answers of two finished runs: "
+                "python -m engine judge --pairwise RUN_A RUN_B --config JUDGE.toml"
+                if config.judge_kind == "pairwise" else "comparing two runs needs a judge of kind = \"pairwise\""
+            )
         self.config = config
         self.sources = sources
         self.resume = resume

@@ -190,3 +190,20 @@ async def test_a_score_judge_weights_the_scores_at_its_answer_by_their_probabili
     assert results["weighted_score"].to_list() == pytest.approx([expected] * ROWS)
     assert metrics["probabilities"]["mean_weighted_score"] == pytest.approx(expected)
     assert metrics["score"]["mean_score"] == 4.0
+
+
+def test_a_dry_run_counts_every_repeat() -> None:
+    from engine.estimate import estimate
+
+    once = estimate(imdb_config(None, limit=10))
+    thrice = estimate(imdb_config(None, limit=10, **{"judge.repeats": 3, "judge.temperature": 0.5}))
+    assert once["stages"]["judge"]["requests"] == 10 and thrice["stages"]["judge"]["requests"] == 30
+
+
+def test_a_pairwise_judge_outside_a_comparison_is_refused_saying_how_to_compare() -> None:
+    from engine.errors import ConfigError
+
+    pairwise: dict[str, Any] = {"judge.kind": "pairwise", "judge.user_template": "{answer_a} {answer_b}"}
+    config = imdb_config(None, **pairwise)
+    with pytest.raises(ConfigError, match=r"judge\.kind: a pairwise judge compares .* engine judge --pairwise"):
+        Evaluation(config)
