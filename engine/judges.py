@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,7 +98,7 @@ class Judge(Protocol):
     def answer_logprobs(self, content: str, logprobs: tuple[TokenLogprob, ...] | None) -> tuple[TokenLogprob, ...] | None: ...
 
 
-class _FinalLineJudge:
+class _FinalLineJudge(ABC):
     """What the kinds share: templates, the appended instruction, and reading the final line."""
 
     marker = ""
@@ -125,8 +126,9 @@ class _FinalLineJudge:
         """Whether the reply ends with a final answer line (else it is the bare answer)."""
         return self.config.reasoning
 
+    @abstractmethod
     def _what(self) -> str:
-        raise NotImplementedError
+        """What the final line's answer is, in words (``one of: correct, incorrect``)."""
 
     def _instructions(self) -> str:
         """What is appended to the user message: the reasoning request and the final line (for a
@@ -136,8 +138,13 @@ class _FinalLineJudge:
             parts.append(final_line(self.marker, self.slot, self._what()))
         return " ".join(parts)
 
+    @abstractmethod
     def _schema(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON schema of the answer property of a constrained reply."""
+
+    @abstractmethod
+    def read(self, content: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> Reading:
+        """The reply, read (see ``Reading``)."""
 
     @property
     def response_format(self) -> dict[str, Any] | None:

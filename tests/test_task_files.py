@@ -18,10 +18,13 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "examples").glob("*/*.toml"))
 
 
+def readme_blocks() -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.DOTALL)
+
+
 def readme_task() -> str:
-    blocks = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.DOTALL)
-    assert len(blocks) == 1
-    return str(blocks[0])
+    """The README's task file: its first TOML block (the later ones are tables to put in it)."""
+    return str(readme_blocks()[0])
 
 
 TASKS = {"README.md": (readme_task(), REPO / "examples" / "imdb")} | {
@@ -47,3 +50,13 @@ def test_templates_fit_the_data_set(name: str) -> None:
     with config.dataset.path.open(encoding="utf-8") as data:
         columns = next(csv.reader(data))
     PromptBuilder(config, columns)  # raises ConfigError naming the template otherwise
+
+
+def test_the_readmes_later_blocks_are_valid_tables_of_its_task() -> None:
+    blocks = readme_blocks()
+    assert len(blocks) > 1
+    for block in blocks[1:]:
+        data = tomllib.loads(readme_task())
+        for key, table in tomllib.loads(block).items():
+            data[key] = {**data.get(key, {}), **table}
+        parse_config(data, source="README.md", base_dir=REPO / "examples" / "imdb")
