@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .backends.base import BackendReply, Headers
+from .backends.base import BackendReply, Headers, TokenLogprob
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -78,11 +78,12 @@ def chat_completion(completion: BackendReply, request_id: str) -> dict[str, Any]
     """
     if completion.reply is not None:
         return {**completion.reply, "model": completion.model}
+    logprobs = completion.logprobs
     choice = {
         "index": 0,
         "message": {"role": "assistant", "content": completion.content, "refusal": None},
         "finish_reason": "stop",
-        "logprobs": None,
+        "logprobs": None if logprobs is None else {"content": [_token(t) for t in logprobs], "refusal": None},
     }
     return {
         "id": f"chatcmpl-{request_id}",
@@ -96,6 +97,12 @@ def chat_completion(completion: BackendReply, request_id: str) -> dict[str, Any]
             "total_tokens": completion.prompt_tokens + completion.completion_tokens,
         },
     }
+
+
+def _token(token: TokenLogprob) -> dict[str, Any]:
+    """OpenAI's ``ChatCompletionTokenLogprob`` for ``token``."""
+    top = [{"token": text, "logprob": logprob, "bytes": list(text.encode())} for text, logprob in token.top]
+    return {"token": token.token, "logprob": token.logprob, "bytes": list(token.token.encode()), "top_logprobs": top}
 
 
 def page(

@@ -41,6 +41,9 @@ class BackendReply:
     ``finish_reason``; ``usage``, ``system_fingerprint`` and the rest): it is sent as it came,
     with only ``model`` set to this completion's. ``content`` and the token counts then summarise
     it (the first choice's content, its usage) for code that counts or inspects answers.
+
+    ``logprobs`` (for a request with ``logprobs: true``) are the content's tokens, which spell it;
+    ``None`` sends ``logprobs: null``.
     """
 
     content: str | None
@@ -50,6 +53,17 @@ class BackendReply:
     headers: Headers = ()
     no_choices: bool = False
     reply: Mapping[str, Any] | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token of an answer, its log-probability, and ``top``: the most likely tokens at its
+    position with theirs, most likely first (OpenAI's ``top_logprobs``)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 class Backend(Protocol):

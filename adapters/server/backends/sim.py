@@ -1,17 +1,47 @@
 """The simulator backend, for tests and benchmarks: answers drawn from the prompt, limits, faults.
 
 Everything it answers says it is simulated: ``model`` is ``"sim:" + requested model``. Answers are
-a stable hash (blake2b) of ``(seed, model, messages)``, so the same request gets the same answer in
-every process; it never reads ground truth. In order of precedence it answers:
+a stable hash (blake2b) of ``(seed, model, messages)``, with the body's ``seed`` (OpenAI's
+parameter) appended when it has an integer one, so the same request gets the same answer in every
+process and the seeds 0, 1, 2 of one prompt get independent draws; it never reads ground truth.
+In order of precedence it answers:
 
-1. a ``response_format`` whose schema has an ``enum`` (on the schema, or on its one enum-carrying
+1. a judge's ``response_format`` (see below for where its schema is): an object whose properties
+   are ``reasoning`` (a string), then one answer property: an ``enum`` (a verdict, or a winner)
+   or an ``integer`` with ``minimum`` and ``maximum`` (a score). Also a lone integer property,
+   and a lone enum one when the prompt holds a pair of answers. It answers that object
+   (``{"reasoning": "(simulated reasoning) ...", "verdict": "correct"}``), the value chosen as
+   for a final line (4.);
+2. a ``response_format`` whose schema has an ``enum`` (on the schema, or on its one enum-carrying
    property): one enum value, JSON-encoded. The schema is ``json_schema.schema`` for a
    ``json_schema`` format, ``schema`` for a ``json_object`` one (llama-cpp-python's extension);
-2. a judge prompt (the words "correct" and "incorrect" both appear): ``"correct"`` with probability
+3. a final-line judge: the last user message has a line ending with
+   ``End your reply with a final line of the form `VERDICT: <verdict>`, where <verdict> is one of:
+   correct, incorrect.`` (any upper-case marker and slot; or ``is an integer from 1 to 5.``).
+   It answers ``VERDICT: <choice>``; when the message also says ``First reason step by step.``,
+   after a few sentences of "(simulated reasoning)" that hold, on a line of its own, a decoy:
+   the marker with another choice (a reader that takes the first marker line is fooled);
+4. a judge prompt (the words "correct" and "incorrect" both appear): ``"correct"`` with probability
    ``judge_correct_rate``, else ``"incorrect"``;
-3. the options listed in the prompt (the longest comma-separated run of at least 3 short items):
+5. the options listed in the prompt (the longest comma-separated run of at least 3 short items):
    one of them;
-4. otherwise ``"simulated answer"``.
+6. otherwise ``"simulated answer"``.
+
+A final line's or judge object's choice: of listed words, the first with probability
+``judge_correct_rate``, else the second (the draw of 4.). An integer from ``low`` to ``high``:
+``low + floor((high - low + 1) * u ** ((1 - r) / r))``, ``r`` the ``judge_correct_rate``, so scores
+lean high when ``r`` is high (their scaled mean is about ``r``). A pairwise judge, whose message
+holds two answers between ``[The Start of Answer A]`` / ``[The End of Answer A]`` and the same for
+``B``, choosing among three listed words (``A, B, tie``): the first (``A``) with probability
+``judge_first_position_rate``, whatever the answers (the draw is the request's, so the two orders
+of one pair draw apart); else by content, whatever the order: equal answers (stripped) tie, else
+the answer with the larger blake2b of ``(seed, answer)`` wins, named by its position.
+
+With ``logprobs: true`` the reply carries the content's tokens (words, spaces and punctuation
+marks; they spell the content), each with ``top_logprobs`` (at most the request's
+``top_logprobs``). The token that carries the answer (the choice, an enum value, an option) has a
+probability from 0.55 to 0.99 drawn from the hash, and the other choices share the rest (a score's
+by nearness, halving with each step), so it is the most likely; any other token's is 0.9999.
 
 A ``json_object`` format without an enum gets the answer wrapped as ``{"answer": ...}``. A
 ``response_format`` type outside ``response_formats`` is refused as llama-cpp-python's server
@@ -56,6 +86,7 @@ from .base import (
     Hang,
     Headers,
     MalformedReply,
+    TokenLogprob,
     TruncatedReply,
 )
 
@@ -66,6 +97,13 @@ _SEP = re.compile(r",\s*")
 _CORRECT = re.compile(r"\bcorrect\b", re.IGNORECASE)
 _INCORRECT = re.compile(r"\bincorrect\b", re.IGNORECASE)
 _CONJUNCTIONS = frozenset({"and", "or"})
+_FINAL_LINE = re.compile(
+    r"`([A-Z]+): <\w+>`, where <\w+> is (?:one of: (.+?)|an integer from (-?\d+) to (-?\d+))\.$", re.MULTILINE
+)
+_REASON = "First reason step by step."
+_POSITIONS = tuple(re.compile(rf"\[The Start of Answer {x}\](.*?)\[The End of Answer {x}\]", re.DOTALL) for x in "AB")
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]", re.DOTALL)
+_SURE = math.log(0.9999)  # a token that carries no choice
 _FALLBACK = "simulated answer"
 _MALFORMED = b'{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"index": 0, "mess'
 _TRUNCATED = json.dumps(
@@ -106,6 +144,8 @@ class SimSettings:
     llama-cpp-python's HTTP 500 (``("text", "json_object")`` is that server). ``slots`` bounds the
     requests answered at once (``1`` is a one-slot llama.cpp server); ``None``: no bound.
     The ``batch_*`` settings are the fields of the backend's :class:`BatchPolicy`.
+    ``judge_correct_rate`` tilts judges' answers to their first choice and high scores;
+    ``judge_first_position_rate`` is how often a pairwise judge answers ``A`` whatever the answers.
     """
 
     latency_ms: float = 0.0
@@ -123,6 +163,7 @@ class SimSettings:
     models: tuple[str, ...] | None = None
     seed: int = 0
     judge_correct_rate: float = 0.75
+    judge_first_position_rate: float = 0.0
     response_formats: tuple[str, ...] = _RESPONSE_FORMATS
     slots: int | None = None
     batch_min_seconds: float = 0.0
@@ -132,7 +173,7 @@ class SimSettings:
 
     def __post_init__(self) -> None:
         names = [f"{fault}_rate" for fault in _FAULTS]
-        for name in (*names, "judge_correct_rate", "batch_fail_rate"):
+        for name in (*names, "judge_correct_rate", "judge_first_position_rate", "batch_fail_rate"):
             if not 0.0 <= (rate := getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {rate}")
         if sum(rate for _, rate in self.fault_rates) > 1.0:
@@ -281,10 +322,14 @@ class SimBackend:
             raise Hang()
         if fault == "null_content":
             return BackendReply(None, prompt_tokens, 0, "sim:" + model, headers)
-        answer = self._answer(model, messages, texts, response_format)
-        tokens = math.ceil(len(answer) / 4)
+        answer = self._answer(model, messages, texts, response_format, body.get("seed"))
+        content = answer.text
+        logprobs = _logprobs(answer, _top(body)) if body.get("logprobs") is True else None
+        tokens = math.ceil(len(content) / 4)
         no_choices = fault == "empty_choices"
-        return BackendReply(answer, prompt_tokens, tokens, "sim:" + model, headers, no_choices=no_choices)
+        return BackendReply(
+            content, prompt_tokens, tokens, "sim:" + model, headers, no_choices=no_choices, logprobs=logprobs
+        )
 
     def _check_format(self, response_format: Any) -> None:
         """Refuse a ``response_format`` type not among ``response_formats``, as llama-cpp-python does."""
@@ -372,30 +417,74 @@ class SimBackend:
         return tuple(headers)
 
     def _answer(
-        self, model: str, messages: list[dict[str, Any]], texts: list[str], response_format: Any
-    ) -> str:
-        key = json.dumps([self.settings.seed, model, messages], sort_keys=True, separators=(",", ":"))
+        self, model: str, messages: list[dict[str, Any]], texts: list[str], response_format: Any, seed: Any
+    ) -> _Answer:
+        """The answer to a request (the module docstring's list); ``seed`` is the body's."""
+        parts: list[Any] = [self.settings.seed, model, messages]
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            parts.append(seed)
+        key = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2.0**64
         pick = int.from_bytes(digest[8:], "big")
-        if (structured := _schema_answer(response_format, pick)) is not None:
+        draws = random.Random(int.from_bytes(digest, "big"))
+        confidence = 0.55 + 0.44 * draws.random()
+        users = [text for m, text in zip(messages, texts, strict=True) if m["role"] == "user"]
+        last = users[-1] if users else ""
+        schema = _schema(response_format)
+        if schema is not None and (found := _schema_ask(schema, _pair(last) is not None)) is not None:
+            ask, reasoning = found
+            choice, decoy, others = self._choose(ask, last, draw, draws)
+            return _judge_object(ask, choice, decoy if reasoning else None, others, reasoning, confidence)
+        if schema is not None and (structured := _schema_answer(schema, pick, confidence)) is not None:
             return structured
-        answer = self._text_answer(messages, texts, digest, pick)
+        if (line := _final_line_ask(last)) is not None:
+            choice, decoy, others = self._choose(line, last, draw, draws)
+            answer = _final_line(line, choice, decoy if _REASON in last else None, others, confidence)
+        else:
+            answer = self._text_answer(messages, texts, draw, pick, confidence)
         if isinstance(response_format, dict) and response_format.get("type") == "json_object":
-            return json.dumps({"answer": answer})
+            return answer.wrapped()
         return answer
 
-    def _text_answer(self, messages: list[dict[str, Any]], texts: list[str], digest: bytes, pick: int) -> str:
+    def _text_answer(
+        self, messages: list[dict[str, Any]], texts: list[str], draw: float, pick: int, confidence: float
+    ) -> _Answer:
         text = "\n".join(texts)
         if _CORRECT.search(text) and _INCORRECT.search(text):
-            draw = int.from_bytes(digest[:8], "big") / 2.0**64
-            return "correct" if draw < self.settings.judge_correct_rate else "incorrect"
+            verdict, other = ("correct", "incorrect") if draw < self.settings.judge_correct_rate else ("incorrect", "correct")
+            return _Answer("", verdict, "", ((other, 1.0),), confidence)
         order = sorted(range(len(messages)), key=lambda i: messages[i]["role"] != "system")
         options: tuple[str, ...] = ()
         for i in order:
             found = _options(texts[i])
             if len(found) > len(options):
                 options = found
-        return options[pick % len(options)] if options else _FALLBACK
+        if not options:
+            return _Answer(_FALLBACK)
+        index = pick % len(options)
+        others = tuple((option, 1.0) for i, option in enumerate(options) if i != index)
+        return _Answer("", options[index], "", others, confidence)
+
+    def _choose(self, ask: _Ask, message: str, draw: float, draws: random.Random) -> tuple[Any, Any, _Weights]:
+        """A judge's choice, a decoy (another choice; ``None`` when there is none) and the other
+        choices with their weights; ``draw`` is the request's uniform draw, ``draws`` its generator."""
+        s = self.settings
+        if not ask.choices:
+            low, high = ask.low, ask.high
+            score = _score(low, high, s.judge_correct_rate, draw)
+            decoy = None if low == high else low + draws.randrange(high - low)
+            if decoy is not None and decoy >= score:
+                decoy += 1
+            return score, decoy, _neighbours(score, low, high)
+        pair = _pair(message) if len(ask.choices) == 3 else None
+        if pair is not None:
+            index = 0 if draw < s.judge_first_position_rate else _preferred(pair, s.seed)
+        else:
+            index = 0 if draw < s.judge_correct_rate or len(ask.choices) == 1 else 1
+        others = tuple((choice, 1.0) for i, choice in enumerate(ask.choices) if i != index)
+        decoy = others[draws.randrange(len(others))][0] if others else None
+        return ask.choices[index], decoy, others
 
 
 def _text(content: Any) -> str:
@@ -413,12 +502,14 @@ def _max_tokens(body: dict[str, Any]) -> int:
     return limit if isinstance(limit, int) and limit > 0 else 0
 
 
-def _schema_answer(response_format: Any, pick: int) -> str | None:
-    """One enum value of the response format's schema, JSON-encoded; None when it has none.
+def _top(body: dict[str, Any]) -> int:
+    top = body.get("top_logprobs")
+    return top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
 
-    The schema is ``json_schema.schema`` of a ``json_schema`` format, or ``schema`` of a
-    ``json_object`` one (as llama-cpp-python accepts it).
-    """
+
+def _schema(response_format: Any) -> dict[str, Any] | None:
+    """The response format's JSON schema: ``json_schema.schema`` of a ``json_schema`` format, or
+    ``schema`` of a ``json_object`` one (as llama-cpp-python accepts it); None without one."""
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind == "json_schema":
         spec = response_format.get("json_schema")
@@ -427,10 +518,13 @@ def _schema_answer(response_format: Any, pick: int) -> str | None:
         schema = response_format.get("schema")
     else:
         return None
-    if not isinstance(schema, dict):
-        return None
+    return schema if isinstance(schema, dict) else None
+
+
+def _schema_answer(schema: dict[str, Any], pick: int, confidence: float) -> _Answer | None:
+    """One enum value of ``schema``, JSON-encoded (alone, or as its one enum property); None when it has none."""
     if isinstance(enum := schema.get("enum"), list) and enum:
-        return json.dumps(enum[pick % len(enum)])
+        return _json_value("", enum, pick % len(enum), "", confidence)
     properties = schema.get("properties")
     if not isinstance(properties, dict):
         return None
@@ -442,7 +536,187 @@ def _schema_answer(response_format: Any, pick: int) -> str | None:
     if len(enums) != 1:
         return None
     name, values = enums[0]
-    return json.dumps({name: values[pick % len(values)]})
+    return _json_value(_json_head({name: None}), values, pick % len(values), "}", confidence)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What a judge asks for, under ``marker`` (a final line's, or a judge object's key): one of
+    ``choices``, else an integer from ``low`` to ``high``."""
+
+    marker: str
+    choices: tuple[Any, ...] = ()
+    low: int = 0
+    high: int = 0
+
+
+# (token, weight): the other choices at the answer's position, weighted relative to each other.
+_Weights = tuple[tuple[Any, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A reply, ``before + choice + after``: ``choice`` is the token that carries the answer
+    (empty: none), with probability ``confidence``; ``others`` share the rest."""
+
+    before: str
+    choice: str = ""
+    after: str = ""
+    others: tuple[tuple[str, float], ...] = ()
+    confidence: float = 1.0
+
+    @property
+    def text(self) -> str:
+        return self.before + self.choice + self.after
+
+    def wrapped(self) -> _Answer:
+        """This answer as ``{"answer": text}``, its tokens JSON-escaped."""
+        others = tuple((_escaped(token), weight) for token, weight in self.others)
+        before, choice, after = map(_escaped, (self.before, self.choice, self.after))
+        return _Answer('{"answer": "' + before, choice, after + '"}', others, self.confidence)
+
+
+def _escaped(text: str) -> str:
+    """``text`` as it is inside a JSON string (escaping is per character, so pieces join)."""
+    return json.dumps(text)[1:-1]
+
+
+def _token(value: Any) -> str:
+    """The token of a JSON value: a string's text inside its quotes, else its encoding."""
+    return _escaped(value) if isinstance(value, str) else json.dumps(value)
+
+
+def _json_head(obj: dict[str, Any]) -> str:
+    """``obj`` (its last value None) JSON-encoded up to that value."""
+    return json.dumps(obj)[: -len("null}")]
+
+
+def _json_value(before: str, values: list[Any], index: int, after: str, confidence: float) -> _Answer:
+    """``before`` + ``values[index]`` JSON-encoded + ``after``; the other values are equally likely alternatives."""
+    others = tuple((other, 1.0) for i, other in enumerate(values) if i != index)
+    return _json_choice(before, values[index], others, after, confidence)
+
+
+def _json_choice(before: str, value: Any, others: _Weights, after: str, confidence: float) -> _Answer:
+    """``before`` + ``value`` JSON-encoded + ``after``, ``others`` the alternatives to ``value``."""
+    quote = '"' if isinstance(value, str) else ""
+    alternatives = tuple((_token(other), weight) for other, weight in others)
+    return _Answer(before + quote, _token(value), quote + after, alternatives, confidence)
+
+
+def _schema_ask(schema: dict[str, Any], pairwise: bool) -> tuple[_Ask, bool] | None:
+    """The judge answer a schema asks for, and whether it asks for ``reasoning`` first; None when
+    it is no judge's (an object of ``reasoning`` and an enum or bounded integer, or a lone integer,
+    or a lone enum when the prompt is ``pairwise``)."""
+    properties = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(properties, dict) or not 1 <= len(properties) <= 2:
+        return None
+    *first, (key, spec) = properties.items()
+    reasoning = bool(first)
+    if not isinstance(spec, dict) or (reasoning and (first[0][0] != "reasoning" or not _is_string(first[0][1]))):
+        return None
+    low, high = spec.get("minimum"), spec.get("maximum")
+    if spec.get("type") == "integer" and isinstance(low, int) and isinstance(high, int) and low <= high:
+        return _Ask(key, low=low, high=high), reasoning
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum and (reasoning or pairwise):
+        return _Ask(key, tuple(enum)), reasoning
+    return None
+
+
+def _is_string(spec: Any) -> bool:
+    return isinstance(spec, dict) and spec.get("type") == "string"
+
+
+def _judge_object(
+    ask: _Ask, choice: Any, decoy: Any, others: _Weights, reasoning: bool, confidence: float
+) -> _Answer:
+    """The JSON object a structured judge answers (``ask.marker`` is its answer's key): its
+    ``reasoning`` (with ``decoy`` under the key in capitals), then its choice."""
+    head: dict[str, Any] = {"reasoning": _reasoning(ask.marker.upper(), decoy)} if reasoning else {}
+    return _json_choice(_json_head({**head, ask.marker: None}), choice, others, "}", confidence)
+
+
+def _final_line_ask(message: str) -> _Ask | None:
+    """What the message's final-line instruction asks for; None without one."""
+    match = _FINAL_LINE.search(message)
+    if match is None:
+        return None
+    marker, listed, low, high = match.groups()
+    if listed is not None:
+        return _Ask(marker, tuple(_SEP.split(listed)))
+    if int(low) > int(high):
+        return None
+    return _Ask(marker, low=int(low), high=int(high))
+
+
+def _final_line(ask: _Ask, choice: Any, decoy: Any, others: _Weights, confidence: float) -> _Answer:
+    """``MARKER: choice``, after simulated reasoning that holds ``decoy`` (None: no reasoning)."""
+    before = f"{ask.marker}: " if decoy is None else f"{_reasoning(ask.marker, decoy)}\n{ask.marker}: "
+    return _Answer(before, str(choice), "", tuple((str(other), weight) for other, weight in others), confidence)
+
+
+def _reasoning(marker: str, decoy: Any) -> str:
+    """Simulated reasoning with a decoy line: ``marker`` and another choice."""
+    lines = ["(simulated reasoning) I compare the answer with what the question asks for."]
+    if decoy is not None:
+        lines += ["A first reading suggests:", f"{marker}: {decoy}", "A closer look does not bear that out."]
+    return "\n".join(lines)
+
+
+def _score(low: int, high: int, rate: float, draw: float) -> int:
+    """An integer from ``low`` to ``high`` for the uniform ``draw``, leaning high as ``rate`` does."""
+    if rate == 0.0:
+        return low
+    scaled: float = draw ** ((1.0 - rate) / rate)
+    return min(high, low + math.floor((high - low + 1) * scaled))
+
+
+def _neighbours(score: int, low: int, high: int) -> _Weights:
+    """The scale's other values nearest ``score`` (at most 40), weighted by halves with distance."""
+    found: list[tuple[Any, float]] = []
+    distance = 1
+    while len(found) < 40 and (score - distance >= low or score + distance <= high):
+        found += [(value, 0.5**distance) for value in (score - distance, score + distance) if low <= value <= high]
+        distance += 1
+    return tuple(found)
+
+
+def _pair(message: str) -> tuple[str, str] | None:
+    """The answers A and B a pairwise prompt holds, stripped; None when it holds no pair."""
+    found = [pattern.search(message) for pattern in _POSITIONS]
+    if found[0] is None or found[1] is None:
+        return None
+    return found[0].group(1).strip(), found[1].group(1).strip()
+
+
+def _preferred(pair: tuple[str, str], seed: int) -> int:
+    """The position a content judge prefers, whatever the order: 2 (tie) for equal answers, else
+    that of the answer with the larger blake2b of ``(seed, answer)``."""
+    first, second = pair
+    if first == second:
+        return 2
+    strength = [hashlib.blake2b(f"{seed}:{answer}".encode(), digest_size=8).digest() for answer in pair]
+    return 0 if strength[0] > strength[1] else 1
+
+
+def _logprobs(answer: _Answer, top: int) -> tuple[TokenLogprob, ...]:
+    """The answer's tokens with their log-probabilities, and the ``top`` most likely at each position."""
+    tokens = [TokenLogprob(token, _SURE, ((token, _SURE),)[:top]) for token in _tokens(answer.before)]
+    if answer.choice:
+        rest = 1.0 - answer.confidence
+        total = sum(weight for _, weight in answer.others)
+        ranked = sorted(((token, rest * weight / total) for token, weight in answer.others), key=lambda t: -t[1])
+        alternatives = [(answer.choice, answer.confidence), *ranked][:top]
+        logprob = math.log(answer.confidence)
+        tokens.append(TokenLogprob(answer.choice, logprob, tuple((t, math.log(p)) for t, p in alternatives)))
+    tokens += [TokenLogprob(token, _SURE, ((token, _SURE),)[:top]) for token in _tokens(answer.after)]
+    return tuple(tokens)
+
+
+def _tokens(text: str) -> list[str]:
+    """``text`` as words, runs of spaces and single other characters; they join to ``text``."""
+    return _TOKEN.findall(text)
 
 
 @functools.lru_cache(maxsize=1024)
