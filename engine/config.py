@@ -219,6 +219,10 @@ class LocalServerConfig(_Strict):
     tpm: float | None = Field(None, gt=0)
     error_rate: float = Field(0.0, ge=0, le=1)
     batch_min_seconds: float = Field(0.0, ge=0, description="a batch's turnaround: done no sooner than this")
+    judge_correct_rate: float = Field(0.75, ge=0, le=1, description="sim: how often its judge says correct")
+    judge_first_position_rate: float = Field(
+        0.0, ge=0, le=1, description="sim: how often its pairwise judge picks the first answer, whatever the answers"
+    )
     seed: int = 0
 
 

@@ -77,6 +77,8 @@ def local_backend(local: LocalServerConfig) -> Backend:
         tpm=local.tpm,
         error_rate=local.error_rate,
         batch_min_seconds=local.batch_min_seconds,
+        judge_correct_rate=local.judge_correct_rate,
+        judge_first_position_rate=local.judge_first_position_rate,
         seed=local.seed,
     )
     return SimBackend(settings)
