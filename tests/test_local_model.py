@@ -157,3 +157,17 @@ def test_a_missing_model_file_is_named(tmp_path: Any) -> None:
     missing = tmp_path / "nothing.gguf"
     with pytest.raises(ModelUnavailable, match=r"(nothing.gguf|pip install)"):
         LlamaBackend(LlamaSettings(model_path=str(missing)))
+
+
+@pytest.mark.local_model
+async def test_logprobs_come_back_in_openais_shape_and_spell_the_answer(backend: LlamaBackend) -> None:
+    async with local_client(backend) as client:
+        plain = await ask(client, COUNT, max_tokens=12, temperature=0)
+        reply = await ask(client, COUNT, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert "".join(token.token for token in logprobs.content) == text(reply) == text(plain)
+    for token in logprobs.content:
+        assert token.logprob <= 0.0 and len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].logprob >= token.top_logprobs[-1].logprob
+    assert plain.choices[0].logprobs is None

@@ -10,7 +10,8 @@ The requested ``model`` name is ignored: every request is answered by the one lo
 ``model`` in the answer (and the id ``/v1/models`` lists) is the model file's name. Honoured:
 ``temperature`` (default 1, as OpenAI's), ``top_p``, ``max_completion_tokens``/``max_tokens``
 (default ``LlamaSettings.default_max_tokens``), ``stop``, ``seed`` (default the settings' seed)
-and ``response_format``; llama.cpp's own top-k (40) and min-p (0.05) filters also apply, and
+``logprobs``/``top_logprobs`` (answered by a second instance of the model that keeps every
+position's logits, loaded on the first such request) and ``response_format``; llama.cpp's own top-k (40) and min-p (0.05) filters also apply, and
 ``finish_reason`` is always ``stop`` (the server sets it). Formats:
 
 - ``json_schema`` whose answer is an enum (the schema has ``enum``, or is an object with one
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import BackendError, BackendReply
+from .base import BackendError, BackendReply, TokenLogprob
 
 __all__ = [
     "DEFAULT_MODEL_PACKAGE",
@@ -113,6 +114,7 @@ class LlamaBackend:
         self.name = self.path.stem
         self.load_seconds: float | None = None
         self._llama: Any = None  # a llama_cpp.Llama; the runtime is optional, so untyped here
+        self._scoring: Any = None  # the same model keeping every position's logits: for logprobs
         self._last_messages: list[dict[str, str]] = []
         self._lock = threading.Lock()  # load() may race the worker
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{self.name}")
@@ -132,27 +134,43 @@ class LlamaBackend:
         if self._llama is not None:
             return 0.0
         started = time.perf_counter()
-        self._llama = importlib.import_module("llama_cpp").Llama(
-            model_path=str(self.path),
-            n_ctx=self.settings.n_ctx,
-            n_threads=self.settings.n_threads or os.cpu_count() or 1,
-            verbose=False,
-        )
+        self._llama = self._instance(logits_all=False)
         self.load_seconds = time.perf_counter() - started
         _log.info("loaded %s in %.2f s", self.path, self.load_seconds)
         return self.load_seconds
 
+    def _instance(self, *, logits_all: bool) -> Any:
+        return importlib.import_module("llama_cpp").Llama(
+            model_path=str(self.path),
+            n_ctx=self.settings.n_ctx,
+            n_threads=self.settings.n_threads or os.cpu_count() or 1,
+            logits_all=logits_all,
+            verbose=False,
+        )
+
+    def _model_for(self, options: dict[str, Any]) -> Any:
+        """The instance that answers: a request for logprobs needs every position's logits,
+        which slow every prompt down, so a second instance keeps them, loaded on first use
+        (n_ctx x vocabulary floats: about 400 MB for the shipped model)."""
+        if not options.get("logprobs"):
+            return self._llama
+        if self._scoring is None:
+            self._scoring = self._instance(logits_all=True)
+        return self._scoring
+
     def _complete(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> BackendReply:
         with self._lock:
             self._load()
+            model = self._model_for(options)
             chat = [_message(m) for m in messages]
-            if not self.settings.reuse_prefix or chat == self._last_messages:
-                self._llama.reset()
-            self._last_messages = chat
+            if model is not self._llama or not self.settings.reuse_prefix or chat == self._last_messages:
+                model.reset()
+            if model is self._llama:
+                self._last_messages = chat
             if "grammar" in options:
                 options = {**options, "grammar": _grammar(options["grammar"])}
             try:
-                reply = self._llama.create_chat_completion(messages=chat, **options)
+                reply = model.create_chat_completion(messages=chat, **options)
             except ValueError as exc:
                 if "exceed context window" not in str(exc):
                     raise
@@ -161,8 +179,10 @@ class LlamaBackend:
                     param="messages",
                 ) from exc
         usage = reply["usage"]
-        content = reply["choices"][0]["message"]["content"] or ""
-        return BackendReply(content, usage["prompt_tokens"], usage["completion_tokens"], self.name)
+        choice = reply["choices"][0]
+        content = choice["message"]["content"] or ""
+        logprobs = _logprobs(choice.get("logprobs")) if options.get("logprobs") else None
+        return BackendReply(content, usage["prompt_tokens"], usage["completion_tokens"], self.name, logprobs=logprobs)
 
 
 def shipped_model_path(package: str = DEFAULT_MODEL_PACKAGE) -> Path:
@@ -207,8 +227,23 @@ def _options(body: dict[str, Any], settings: LlamaSettings) -> dict[str, Any]:
         options["stop"] = [options["stop"]]
     if not isinstance(options["stop"], list) or not all(isinstance(s, str) for s in options["stop"]):
         raise _bad("stop", "`stop` must be a string or an array of strings.")
+    if body.get("logprobs"):
+        options["logprobs"] = True
+        options["top_logprobs"] = body.get("top_logprobs") or 0
     options.update(_format_options(body.get("response_format")))
     return options
+
+
+def _logprobs(logprobs: Any) -> tuple[TokenLogprob, ...] | None:
+    """llama-cpp-python's chat ``logprobs`` (OpenAI's shape, numpy floats) as the server sends them."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    return tuple(
+        TokenLogprob(str(item["token"]), float(item["logprob"]),
+                     tuple((str(top["token"]), float(top["logprob"])) for top in item.get("top_logprobs") or ()))
+        for item in content
+    )
 
 
 def _number(body: dict[str, Any], key: str, default: float) -> float:
