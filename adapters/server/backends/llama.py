@@ -9,10 +9,11 @@ constructor raises :class:`ModelUnavailable`, whose message says so.
 The requested ``model`` name is ignored: every request is answered by the one local model, and
 ``model`` in the answer (and the id ``/v1/models`` lists) is the model file's name. Honoured:
 ``temperature`` (default 1, as OpenAI's), ``top_p``, ``max_completion_tokens``/``max_tokens``
-(default ``LlamaSettings.default_max_tokens``), ``stop``, ``seed`` (default the settings' seed)
+(default ``LlamaSettings.default_max_tokens``), ``stop``, ``seed`` (default the settings' seed),
 ``logprobs``/``top_logprobs`` (answered by a second instance of the model that keeps every
-position's logits, loaded on the first such request) and ``response_format``; llama.cpp's own top-k (40) and min-p (0.05) filters also apply, and
-``finish_reason`` is always ``stop`` (the server sets it). Formats:
+position's logits, loaded on the first such request) and ``response_format``; llama.cpp's own
+top-k (40) and min-p (0.05) filters also apply, and ``finish_reason`` is always ``stop`` (the
+server sets it). Formats:
 
 - ``json_schema`` whose answer is an enum (the schema has ``enum``, or is an object with one
   enum-carrying property): decoding is constrained by a GBNF grammar to those values, and the
