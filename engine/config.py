@@ -311,14 +311,15 @@ class TaskConfig(_Strict):
         )
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(error: ValidationError, source: str, data: dict[str, Any]) -> str:
     """One line per error, naming the setting. Pydantic names the branches of a union (``judge``
     is one table or a panel's list) and its validators in the location: those parts are left
-    out, and of a union's branches only the one of the input's shape (table or list) speaks."""
+    out, and of the union's branches only the one of the shape ``data`` gives it speaks."""
+    panel = isinstance(data.get("judge"), (list, tuple))
     lines = []
     for item in error.errors():
         branch = next((str(part) for part in item["loc"] if "[" in str(part)), "")
-        if branch.startswith("tuple[") != isinstance(item.get("input"), (list, tuple)) and "[" in branch:
+        if branch and item["loc"][0] == "judge" and branch.startswith("tuple[") != panel:
             continue
         where = ".".join(str(part) for part in item["loc"] if "[" not in str(part)) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
@@ -332,7 +333,7 @@ def parse_config(data: dict[str, Any], *, source: str, base_dir: Path) -> TaskCo
     try:
         config = TaskConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(_describe(exc, source, data)) from None
     path = config.dataset.path
     if not path.is_absolute():
         path = base_dir / path
@@ -392,4 +393,4 @@ def with_overrides(config: TaskConfig, overrides: dict[str, Any]) -> TaskConfig:
     try:
         return TaskConfig.model_validate(data).with_source(config.source)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, "command line")) from None
+        raise ConfigError(_describe(exc, "command line", data)) from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine import ConfigError, load_config, with_overrides
-from engine.config import JudgeConfig, TaskConfig
+from engine.config import JudgeConfig, TaskConfig, parse_config
 from engine.judges import judges_for
 from engine.prompts import PromptBuilder
 from engine.run.pipeline import JoinState
@@ -160,3 +162,12 @@ def test_repeats_are_separate_calls_whose_majority_decides() -> None:
     joined = join.verdict("7", ChatResult("judge@2:7", "correct", "m", Usage(), 0.1))
     assert joined is not None and joined.verdict is True
     assert joined.repeat_verdicts == (True, True, False) and joined.verdicts == (True,)
+
+
+def test_a_bad_setting_in_a_panel_is_named_once_by_its_place() -> None:
+    data = task().model_dump(mode="json")
+    judge = data.pop("judge")
+    data["judge"] = [{**judge, "name": "a", "temperature": 9}, {**judge, "name": "b"}]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source="t.toml", base_dir=Path("."))
+    assert str(caught.value) == "t.toml: judge.0.temperature: Input should be less than or equal to 2"
