@@ -234,7 +234,8 @@ class Evaluation:
                 outage_timeout_s=self.config.endpoint.outage_timeout_s,
             )
         if self._predictions is not None:
-            stages["predict"] = PriorPredictions(self._predictions, self.config.predict.model)
+            assert self.sources is not None
+            stages["predict"] = PriorPredictions(self._predictions, self.sources.model())
         predict, judge = stages["predict"], stages["judge"]
         if isinstance(predict, BatchStage):
             predict.after_batch = judge.flush

@@ -67,6 +67,20 @@ class Sources:
         }
 
 
+    def model(self) -> str:
+        """The model that made the predictions: what each source's ``metrics.json`` says it
+        served (else the model it asked for); a pair's as ``A | B``."""
+        return " | ".join(_served(RunDir(run)) for run in self.runs)
+
+
+def _served(run_dir: RunDir) -> str:
+    try:
+        models = json.loads(run_dir.metrics_file.read_text(encoding="utf-8"))["models"]["predict"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return run_dir.config().predict.model
+    return ", ".join(models.get("served") or []) or str(models.get("requested"))
+
+
 def _predictions(run_dir: RunDir) -> pl.DataFrame:
     """The run's predictions (rows whose predict call succeeded) by row id; a clear error when
     the directory is not a finished run."""

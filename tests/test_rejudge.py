@@ -60,6 +60,8 @@ async def test_a_judge_file_judges_the_sources_predictions_without_a_predict_cal
     assert after["prediction"].to_list() == before["prediction"].to_list()
     assert again.metrics is not None and again.metrics["tokens"]["predict"]["prompt"] == 0
     assert RunDir(tmp_path / "again").info()["sources"] == [str(source.resolve())]
+    served = json.loads((source / "metrics.json").read_text())["models"]["predict"]["served"]
+    assert again.metrics["models"]["predict"]["served"] == served  # who made the predictions
     comparison = compare_runs(source, tmp_path / "again")
     assert comparison["prediction_agreement"] == 1.0  # the same predictions, two judges
 
