@@ -207,3 +207,17 @@ def test_a_pairwise_judge_outside_a_comparison_is_refused_saying_how_to_compare(
     config = imdb_config(None, **pairwise)
     with pytest.raises(ConfigError, match=r"judge\.kind: a pairwise judge compares .* engine judge --pairwise"):
         Evaluation(config)
+
+
+async def test_the_summary_of_a_score_run_without_a_pass_mark_shows_scores_not_verdicts(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from engine.report.summary import print_summary
+
+    settings: dict[str, Any] = {"judge.kind": "score", "judge.constrain": False}
+    _, metrics = await run(tmp_path, "score", score_judge, **settings)
+    console = Console(record=True, width=200)
+    print_summary(metrics, tmp_path / "score", console)
+    text = console.export_text()
+    assert "mean score (n=" in text and "no score on the scale" in text
+    assert "judge accuracy" not in text and "pass rate" not in text

@@ -184,6 +184,29 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
     rows: list[tuple[str, str, str]] = [
         ("rows", str(metrics["n_rows"]), ""),
         ("judged / failed / skipped", f"{metrics['n_judged']} / {metrics['n_failed']} / {metrics['n_skipped']}", ""),
+        *_kind_rows(metrics),
+        *(_verdict_rows(metrics) if _has_verdicts(metrics) else []),
+        ("cost", "n/a (no price for the models)" if metrics["cost_usd"] is None else f"${metrics['cost_usd']['total']:.4f}", ""),
+        ("mode (predict / judge)", f"{metrics['mode']['predict']} / {metrics['mode']['judge']}", ""),
+        ("batches created", str(metrics["batches_created"]), ""),
+        ("wall time", f"{metrics['wall_seconds']:.1f} s", ""),
+        ("requests/s", f"{metrics['requests_per_second'] or 0:.1f}", ""),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _has_verdicts(metrics: dict[str, Any]) -> bool:
+    """Whether the judges gave verdicts: not a pairwise comparison, nor a score judge without
+    ``pass_at`` (its verdict rows would all read n/a, or 0% counted conservatively)."""
+    score = metrics.get("score")
+    return "pairwise" not in metrics and (score is None or score["pass_at"] is not None)
+
+
+def _verdict_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The summary rows of the judges' verdicts: their accuracy, against the ground truth."""
+    return [
         (
             f"judge accuracy (n={metrics['judge_accuracy_n']}: rows with a verdict)",
             percent(metrics["judge_accuracy"]),
@@ -208,16 +231,7 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
         ),
         ("invalid predictions", percent(metrics["invalid_prediction_rate"]), ""),
         (f"no recognised verdict ({metrics['invalid_verdicts']} rows)", percent(metrics["invalid_verdict_rate"]), ""),
-        ("cost", "n/a (no price for the models)" if metrics["cost_usd"] is None else f"${metrics['cost_usd']['total']:.4f}", ""),
-        ("mode (predict / judge)", f"{metrics['mode']['predict']} / {metrics['mode']['judge']}", ""),
-        ("batches created", str(metrics["batches_created"]), ""),
-        ("wall time", f"{metrics['wall_seconds']:.1f} s", ""),
-        ("requests/s", f"{metrics['requests_per_second'] or 0:.1f}", ""),
     ]
-    rows[3:3] = _kind_rows(metrics)
-    for row in rows:
-        table.add_row(*row)
-    return table
 
 
 def _kind_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -232,6 +246,7 @@ def _kind_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
         if score["pass_at"] is not None:
             rows.append((f"pass rate, score >= {score['pass_at']} (n={score['pass_rate_n']})", percent(score["pass_rate"]),
                          interval_text(score["pass_rate_ci95"])))
+        rows.append((f"no score on the scale ({score['invalid_scores']} rows)", percent(score["invalid_score_rate"]), ""))
     pairwise = metrics.get("pairwise")
     if pairwise is not None:
         rows += [
@@ -239,6 +254,7 @@ def _kind_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
              percent(pairwise["b_win_rate"]), interval_text(pairwise["b_win_rate_ci95"])),
             (f"position consistency (n={pairwise['position_consistency_n']})", percent(pairwise["position_consistency"]), ""),
             (f"chose the first position (n={pairwise['first_position_n']})", percent(pairwise["first_position_rate"]), ""),
+            (f"no winner named ({metrics['invalid_verdicts']} rows)", percent(metrics["invalid_verdict_rate"]), ""),
         ]
     return rows
 
