@@ -193,7 +193,7 @@ def score_plot(path: Path, distribution: dict[str, int], mean: float | None, pas
 def pairwise_figure(a_wins: int, ties: int, b_wins: int, first_position_rate: float | None) -> Figure:
     """One bar split into A's wins, ties and B's wins; beside it, how often the judge chose the
     answer shown first (0.5: no position bias)."""
-    figure = Figure(figsize=(6.4, 2.0), dpi=_DPI, layout="constrained")
+    figure = Figure(figsize=(6.4, 2.4), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(figure)
     outcome, position = figure.subplots(1, 2, width_ratios=(3, 1))
     left = 0
@@ -202,7 +202,7 @@ def pairwise_figure(a_wins: int, ties: int, b_wins: int, first_position_rate: fl
         left += count
     outcome.set_yticks([])
     outcome.set_xlabel("rows")
-    outcome.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3)
+    outcome.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3)
     if first_position_rate is not None:
         position.bar(["first"], [first_position_rate], color="#8172b2")
         position.axhline(0.5, color="#c44e52", linestyle="--", linewidth=1.2)
