@@ -221,3 +221,10 @@ async def test_the_summary_of_a_score_run_without_a_pass_mark_shows_scores_not_v
     text = console.export_text()
     assert "mean score (n=" in text and "no score on the scale" in text
     assert "judge accuracy" not in text and "pass rate" not in text
+
+
+async def test_a_score_report_without_a_pass_mark_has_no_accuracy_section(tmp_path: Path) -> None:
+    settings: dict[str, Any] = {"judge.kind": "score", "judge.constrain": False}
+    await run(tmp_path, "score", score_judge, **settings)
+    report = (tmp_path / "score" / "report.md").read_text()
+    assert "## Scores" in report and "## Accuracy" not in report and "pass rate" not in report

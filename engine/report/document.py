@@ -22,7 +22,7 @@ from ..journal import EventLog, journal_frames
 from ..rundir import FinishedRun, RunDir
 from ..types import STAGES, StageName
 from . import plots
-from .summary import interval_text, percent
+from .summary import has_verdicts, interval_text, percent
 
 INVALID_LABEL = "(not a label)"
 EXAMPLES = 8
@@ -75,8 +75,10 @@ def write_report(run_dir: RunDir | Path) -> Path:
     if "pairwise" in run.metrics:  # its predictions are pairs: no accuracy, labels or disagreements
         judged = [_pairwise(run, plots_dir), _panel(run)]
     else:
-        judged = [_accuracy(run, plots_dir), _scores(run, plots_dir), _judge_vs_truth(run, plots_dir), _panel(run),
-                  _repeats(run), _probabilities(run, plots_dir), _labels(run, plots_dir)]
+        open_answers = not run.info["config"].get("labels")  # free text: no label to break the answers down by
+        accuracy = _accuracy(run, plots_dir) if has_verdicts(run.metrics) else None  # a score judge without pass_at
+        judged = [accuracy, _scores(run, plots_dir), _judge_vs_truth(run, plots_dir), _panel(run),
+                  _repeats(run), _probabilities(run, plots_dir), None if open_answers else _labels(run, plots_dir)]
     drafted = [
         _overview(run),
         *judged,
@@ -135,8 +137,11 @@ def _accuracy(run: FinishedRun, plots_dir: Path) -> _Section:
     section = _Section("Accuracy")
     baseline = f"baseline: always '{m['majority_baseline_label']}'"
     truth_n = m["ground_truth_accuracy_n"] or 0
+    score = m.get("score")
+    verdict = (f"pass rate (a score of at least {score['pass_at']}, of the rows with a score)" if score
+               else "judge accuracy (judge says correct, of the rows with a verdict)")
     section.blocks.append(_Table(("metric", "value", "95% CI", "rows"), [
-        ("judge accuracy (judge says correct, of the rows with a verdict)", percent(m["judge_accuracy"]),
+        (verdict, percent(m["judge_accuracy"]),
          interval_text(m["judge_accuracy_ci95"]), f"{m['judge_accuracy_n']:,}"),
         ("judge accuracy, a row without a verdict counted as not correct", percent(m["judge_accuracy_conservative"]),
          interval_text(m["judge_accuracy_conservative_ci95"]), f"{m['judge_accuracy_conservative_n']:,}"),

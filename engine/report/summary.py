@@ -185,7 +185,7 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
         ("rows", str(metrics["n_rows"]), ""),
         ("judged / failed / skipped", f"{metrics['n_judged']} / {metrics['n_failed']} / {metrics['n_skipped']}", ""),
         *_kind_rows(metrics),
-        *(_verdict_rows(metrics) if _has_verdicts(metrics) else []),
+        *(_verdict_rows(metrics) if has_verdicts(metrics) else []),
         ("cost", "n/a (no price for the models)" if metrics["cost_usd"] is None else f"${metrics['cost_usd']['total']:.4f}", ""),
         ("mode (predict / judge)", f"{metrics['mode']['predict']} / {metrics['mode']['judge']}", ""),
         ("batches created", str(metrics["batches_created"]), ""),
@@ -197,7 +197,7 @@ def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
     return table
 
 
-def _has_verdicts(metrics: dict[str, Any]) -> bool:
+def has_verdicts(metrics: dict[str, Any]) -> bool:
     """Whether the judges gave verdicts: not a pairwise comparison, nor a score judge without
     ``pass_at`` (its verdict rows would all read n/a, or 0% counted conservatively)."""
     score = metrics.get("score")
