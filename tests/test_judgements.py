@@ -227,4 +227,5 @@ async def test_a_score_report_without_a_pass_mark_has_no_accuracy_section(tmp_pa
     settings: dict[str, Any] = {"judge.kind": "score", "judge.constrain": False}
     await run(tmp_path, "score", score_judge, **settings)
     report = (tmp_path / "score" / "report.md").read_text()
-    assert "## Scores" in report and "## Accuracy" not in report and "pass rate" not in report
+    assert "## Scores" in report and "## Accuracy" not in report and "pass rate (" not in report
+    assert "## Where the judge and the ground truth disagree" not in report  # no verdicts to disagree

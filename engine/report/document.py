@@ -85,7 +85,7 @@ def write_report(run_dir: RunDir | Path) -> Path:
         _latency(run, plots_dir),
         _timing(run, plots_dir),
         _tokens(run),
-        None if "pairwise" in run.metrics else _examples(run),
+        _examples(run) if has_verdicts(run.metrics) else None,
         _failures(run),
     ]
     sections = [section for section in drafted if section is not None]
