@@ -171,6 +171,8 @@ class Evaluation:
     def _redo_stale_rows(self, dataset: Dataset, results: ResultsWriter) -> None:
         for part in results.set_aside_damaged():
             self.notes.append(f"{part}: a damaged results part, set aside; its rows are rebuilt from the journal")
+        if results.conform_parts():
+            self.notes.append("results parts written by an earlier version gained this version's columns (empty)")
         stale = stale_rows(
             results.parts(), dataset, results.input_columns, retry_failed=self.retry_failed, workdir=self.run_dir
         )

@@ -136,6 +136,25 @@ class ResultsWriter:
                 damaged.append(aside)
         return damaged
 
+    def conform_parts(self) -> list[Path]:
+        """Bring parts written by an earlier version of the engine to this schema (its new
+        columns null, in order; each part rewritten whole, then renamed over the old one), so a
+        run started before an upgrade resumes; returns the parts rewritten."""
+        rewritten = []
+        for part in self.parts():
+            if dict(pl.read_parquet_schema(part)) == self.schema:
+                continue
+            frame = pl.read_parquet(part)
+            conformed = frame.select(
+                pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
+                for name, dtype in self.schema.items()
+            )
+            temporary = part.with_suffix(".tmp")
+            conformed.write_parquet(temporary)
+            os.replace(temporary, part)
+            rewritten.append(part)
+        return rewritten
+
     def drop_rows(self, row_ids: set[str]) -> int:
         """Remove these rows from the parts (each part rewritten whole, then renamed over the
         old one), so that they can be done again; returns how many were removed."""

@@ -33,7 +33,7 @@ from typing import Any
 
 import polars as pl
 
-from .config import TaskConfig
+from .config import JudgeConfig, TaskConfig
 from .errors import ConfigError, JournalError, RunInUseError
 from .types import StageName
 
@@ -225,11 +225,23 @@ def results_settings(config: TaskConfig) -> dict[str, Any]:
     judges = data["judge"] if isinstance(data["judge"], list) else [data["judge"]]
     callers += [("judge" if len(judges) == 1 else f"judge.{judge['name']}", judge) for judge in judges]
     for caller, stage in callers:
-        settings.update({f"{caller}.{key}": value for key, value in stage.items() if key != "mode"})
+        settings.update({
+            f"{caller}.{key}": value for key, value in stage.items()
+            if key != "mode" and not (key in _JUDGE_DEFAULTS and value == _JUDGE_DEFAULTS[key])
+        })
     embedded = config.endpoint.base_url is None
     settings["local.backend"] = data["local"]["backend"] if embedded else None
     settings["local.seed"] = data["local"]["seed"] if embedded else None
     return settings
+
+
+# Judge settings added after runs were first journaled: at their defaults they change nothing a
+# run's results depend on, so they are left out, and a run started before they existed resumes.
+_JUDGE_DEFAULTS: dict[str, Any] = {
+    name: JudgeConfig.model_fields[name].get_default() for name in
+    ("kind", "reasoning", "scale", "pass_at", "rubric", "swap", "repeats", "logprobs")
+}
+_JUDGE_DEFAULTS["scale"] = list(_JUDGE_DEFAULTS["scale"])  # as model_dump(mode="json") gives it
 
 
 def changed_settings(started: dict[str, Any], now: dict[str, Any]) -> list[str]:

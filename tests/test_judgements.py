@@ -229,3 +229,31 @@ async def test_a_score_report_without_a_pass_mark_has_no_accuracy_section(tmp_pa
     report = (tmp_path / "score" / "report.md").read_text()
     assert "## Scores" in report and "## Accuracy" not in report and "pass rate (" not in report
     assert "## Where the judge and the ground truth disagree" not in report  # no verdicts to disagree
+
+
+async def test_a_run_started_before_the_judge_kinds_existed_resumes(tmp_path: Path) -> None:
+    """Its results parts lack the new columns and its run.json the new judge settings."""
+    from engine.judges import JUDGE_COLUMNS
+    from engine.rundir import RunDir, write_json
+
+    def plain(request: ChatRequest) -> str:
+        return "Drama" if request.stage == "predict" else "correct"
+
+    await run(tmp_path, "old", plain)
+    directory = RunDir(tmp_path / "old")
+    whole = pl.read_parquet(directory.results_file)
+    new = [*list(JUDGE_COLUMNS)[4:], "repeat_verdicts", "repeat_scores"]
+    for part in directory.results_parts.glob("part-*.parquet"):
+        pl.read_parquet(part).drop(new).write_parquet(part)
+    info = directory.info()
+    info["results_settings"] = {key: value for key, value in info["results_settings"].items()
+                                if key.split(".")[-1] not in ("kind", "reasoning", "scale", "swap", "repeats", "logprobs",
+                                                               "pass_at", "rubric")}
+    write_json(directory.run_file, info)
+    directory.results_file.unlink()
+    async with Evaluation(run_dir=tmp_path / "old", resume=True, provider=MockProvider(plain),
+                          clock=InstantClock()) as resumed:
+        pass
+    assert any("earlier version" in note for note in resumed.notes)
+    assert pl.read_parquet(directory.results_file).drop("predict_latency_s", "judge_latency_s").equals(
+        whole.drop("predict_latency_s", "judge_latency_s"))
