@@ -56,6 +56,8 @@ def _run_parser(commands: Any) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
         help="override any config value, e.g. --set batch.poll_initial_s=1 (TOML value; repeatable)",
     )
+    run.add_argument("--cache", type=Path, metavar="DIR",
+                     help="a response cache shared across runs: a request already answered is not sent again")
     run.add_argument("--quiet", action="store_true", help="plain progress lines, even on a terminal")
     run.add_argument("--json-progress", action="store_true", help="progress as JSON lines (every 5 s)")
 
@@ -121,6 +123,8 @@ def _judge_parser(commands: Any) -> None:
     judge.add_argument("--concurrency", type=int, help="requests in flight at most")
     judge.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
                        help="override any config value, e.g. --set judge.reasoning=true (repeatable)")
+    judge.add_argument("--cache", type=Path, metavar="DIR",
+                       help="a response cache shared across runs: a request already answered is not sent again")
     judge.add_argument("--quiet", action="store_true", help="plain progress lines, even on a terminal")
     judge.add_argument("--json-progress", action="store_true", help="progress as JSON lines (every 5 s)")
 
@@ -189,6 +193,7 @@ def _judging_flags(args: argparse.Namespace) -> dict[str, Any]:
         "endpoint.api_key_env": args.api_key_env,
         "judge.model": args.judge_model,
         "endpoint.concurrency": args.concurrency,
+        "cache_dir": None if args.cache is None else str(args.cache.resolve()),
     }
 
 

@@ -240,6 +240,9 @@ class TaskConfig(_Strict):
     batch: BatchConfig = BatchConfig()
     prices: dict[str, Price] = Field(default_factory=dict, description="by model name")
     local: LocalServerConfig = LocalServerConfig()
+    cache_dir: Path | None = Field(
+        None, description="a response cache shared across runs (engine.response_cache); relative to the file; off when unset"
+    )
     _source: str = PrivateAttr("task config")
 
     @property
@@ -337,8 +340,10 @@ def parse_config(data: dict[str, Any], *, source: str, base_dir: Path) -> TaskCo
     path = config.dataset.path
     if not path.is_absolute():
         path = base_dir / path
-    config = config.model_copy(update={"dataset": config.dataset.model_copy(update={"path": path})})
-    return config.with_source(source)
+    update: dict[str, Any] = {"dataset": config.dataset.model_copy(update={"path": path})}
+    if config.cache_dir is not None and not config.cache_dir.is_absolute():
+        update["cache_dir"] = base_dir / config.cache_dir
+    return config.model_copy(update=update).with_source(source)
 
 
 def load_config(path: str | Path) -> TaskConfig:

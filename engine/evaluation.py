@@ -37,6 +37,7 @@ from .prompts import PromptBuilder
 from .provider import ChatProvider, Provider
 from .report import summary
 from .report.document import write_report
+from .response_cache import CachedStage, ResponseCache, cache_endpoint, temperature_notes
 from .results import ResultsWriter
 from .resume import check_mode_change, stale_rows
 from .run import streams
@@ -146,6 +147,8 @@ class Evaluation:
             self.formats = builder.formats
             await preflight(provider, config, builder)
             self._note_formats(builder.formats)
+            if config.cache_dir is not None:
+                self.notes += temperature_notes(config)
             sources = self.sources.to_json() if self.sources else None
             self._dir.write_run(config, endpoint=self._endpoint_name(), started=started, sources=sources)
             self.started = True
@@ -211,7 +214,9 @@ class Evaluation:
 
     def _make_stages(self, provider: Provider) -> tuple[Stage, Stage]:
         """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
-        stage after each batch, so a finished batch's rows are judged at once."""
+        stage after each batch, so a finished batch's rows are judged at once. With a response
+        cache each stage answers what it holds first; a judging run's predictions come from its
+        sources."""
         assert self.predict_runner is not None and self.judge_runner is not None
         stages: dict[StageName, Stage] = {}
         runners: tuple[tuple[StageName, RealtimeRunner], ...] = (
@@ -235,13 +240,16 @@ class Evaluation:
                 progress=self.stats.batches,
                 outage_timeout_s=self.config.endpoint.outage_timeout_s,
             )
+        if isinstance(stages["predict"], BatchStage):
+            stages["predict"].after_batch = stages["judge"].flush
+        if self.config.cache_dir is not None:
+            cache = self._stack.enter_context(ResponseCache(self.config.cache_dir))
+            endpoint = cache_endpoint(self.config, None if self._provider is None else type(self._provider).__name__)
+            stages = {name: CachedStage(stage, cache, endpoint) for name, stage in stages.items()}
         if self._predictions is not None:
             assert self.sources is not None
             stages["predict"] = PriorPredictions(self._predictions, self.sources.model())
-        predict, judge = stages["predict"], stages["judge"]
-        if isinstance(predict, BatchStage):
-            predict.after_batch = judge.flush
-        return predict, judge
+        return stages["predict"], stages["judge"]
 
     async def _start(
         self, dataset: Dataset, builder: PromptBuilder, provider: Provider, results: ResultsWriter

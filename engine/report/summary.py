@@ -90,6 +90,7 @@ def build_metrics(
     metrics["retries"] = figures.retries
     metrics["rate_limited"] = figures.rate_limited
     metrics["batches_created"] = batches_created(run_dir)
+    metrics["cache_hits"] = cache_hits(run_dir)
     metrics["stage_overlap"] = stage_overlap(run_dir)
     metrics["models"] = {
         caller: {"requested": stage_config.model, "served": by_caller.get(caller, {}).get("served", []), "backend": backend}
@@ -130,6 +131,15 @@ def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
                     total[kind] += int(row[kind] or 0)
                 total["served"].update(row["served"])
     return {caller: {**total, "served": sorted(total["served"])[:5]} for caller, total in totals.items()}
+
+
+def cache_hits(run_dir: RunDir) -> dict[str, int]:
+    """Calls per stage answered from the response cache (``engine.response_cache``): journaled
+    with ``cached``, no tokens and no attempt, so they add nothing to requests, tokens or cost."""
+    return {
+        stage: sum(int(frame["cached"].fill_null(False).sum()) for frame in journal_frames(run_dir.journal(stage), ("cached",)))
+        for stage in STAGES
+    }
 
 
 def batches_created(run_dir: RunDir) -> int:
