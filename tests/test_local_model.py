@@ -171,3 +171,15 @@ async def test_logprobs_come_back_in_openais_shape_and_spell_the_answer(backend:
         assert token.logprob <= 0.0 and len(token.top_logprobs) == 3
         assert token.top_logprobs[0].logprob >= token.top_logprobs[-1].logprob
     assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.local_model
+async def test_an_integer_on_a_scale_keeps_to_it_beside_free_text(backend: LlamaBackend) -> None:
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string", "maxLength": 40},
+                                               "score": {"type": "integer", "minimum": 1, "maximum": 5}},
+              "required": ["reasoning", "score"], "additionalProperties": False}
+    ask_score = [{"role": "user", "content": "Rate the number 99 from 1 to 5. Reply in JSON with reasoning and score."}]
+    async with local_client(backend) as client:
+        reply = await ask(client, ask_score, max_tokens=80, temperature=0, response_format=schema_format(schema))
+    answer = json.loads(text(reply))
+    assert answer["score"] in range(1, 6) and isinstance(answer["reasoning"], str)

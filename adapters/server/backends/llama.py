@@ -273,7 +273,25 @@ def _format_options(response_format: Any) -> dict[str, Any]:
         raise _bad("response_format", "`response_format.json_schema.schema` must be an object.")
     if (gbnf := _enum_grammar(schema)) is not None:
         return {"grammar": gbnf}  # compiled on the worker: the runtime may not be imported yet
-    return {"response_format": {"type": "json_object", "schema": schema}}
+    return {"response_format": {"type": "json_object", "schema": _bounded_integers(schema)}}
+
+
+MAX_INTEGER_CHOICES = 1000
+
+
+def _bounded_integers(schema: Any) -> Any:
+    """``schema`` with each integer bounded by ``minimum`` and ``maximum`` (a judge's score on its
+    scale) as the ``enum`` of its values: llama.cpp's JSON-schema grammar ignores the bounds but
+    keeps to an enum. A range wider than ``MAX_INTEGER_CHOICES`` stays as it is."""
+    if isinstance(schema, list):
+        return [_bounded_integers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if schema.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):
+        if 0 <= high - low < MAX_INTEGER_CHOICES:
+            return {"enum": list(range(low, high + 1))}
+    return {key: _bounded_integers(value) for key, value in schema.items()}
 
 
 def _enum_grammar(schema: dict[str, Any]) -> str | None:
