@@ -16,6 +16,10 @@ The task
     ``TaskConfig``: a validated task; ``load_config`` reads one from a TOML file,
     ``with_overrides`` changes settings by dotted name, ``example_config`` is the path of a
     shipped example's TOML file.
+Judging finished runs (``Evaluation(config, sources=...)``, what ``python -m engine judge`` does)
+    ``Sources``: the finished run whose predictions a run judges again, or the two runs a
+    pairwise comparison judges; ``judging_config`` builds such a run's config from them and a
+    judge file.
 The rows
     ``JoinedRow``: a data row with its prediction and verdict (a line of ``results.parquet``);
     ``RowStatus``: how a row ended (``judged``, ``predict_failed``, ``judge_failed``, ``skipped``).
@@ -50,6 +54,7 @@ from .errors import (
 )
 from .evaluation import Evaluation
 from .mock_provider import MockProvider
+from .prior import Sources, judging_config
 from .provider import BatchCounts, BatchJob, ChatReply, Provider, RateLimits
 from .shipped import example_config
 from .types import ChatRequest, ChatResult, Failure, JoinedRow, RowStatus, Usage
@@ -76,9 +81,11 @@ __all__ = [
     "RateLimits",
     "RowStatus",
     "RunInUseError",
+    "Sources",
     "TaskConfig",
     "Usage",
     "example_config",
+    "judging_config",
     "load_config",
     "with_overrides",
 ]

@@ -20,6 +20,9 @@ PUBLIC = {
     "example_config",
     "load_config",
     "with_overrides",
+    # judging finished runs
+    "Sources",
+    "judging_config",
     # the rows
     "JoinedRow",
     "RowStatus",

@@ -55,3 +55,14 @@ def test_provider_example_runs_without_an_endpoint(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[:5] == [f"{row} Drama True" for row in range(5)] and lines[5] == "1.0 5"
+
+
+def test_the_judging_example_judges_a_finished_run_again(tmp_path: Path) -> None:
+    examples = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+    example = next(block for block in examples if "judging_config" in block)
+    done = subprocess.run(
+        [sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True,
+        timeout=LOCAL_MODEL_RUN_S, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0.0 0"  # the stricter judge, and no predict call
