@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from benchmarks.clocks import InstantClock
-from engine import Evaluation
+from engine import Evaluation, TaskConfig
 from engine.mock_provider import MockProvider
 from engine.provider import ChatReply
 from engine.report.metrics import wilson_interval
@@ -257,3 +257,24 @@ async def test_a_run_started_before_the_judge_kinds_existed_resumes(tmp_path: Pa
     assert any("earlier version" in note for note in resumed.notes)
     assert pl.read_parquet(directory.results_file).drop("predict_latency_s", "judge_latency_s").equals(
         whole.drop("predict_latency_s", "judge_latency_s"))
+
+
+async def test_a_panel_of_score_judges_averages_their_scores_and_votes_with_their_passes(tmp_path: Path) -> None:
+    def two_graders(request: ChatRequest) -> str:
+        if request.stage == "predict":
+            return "Drama"
+        return "SCORE: 5" if request.custom_id.startswith("judge.kind:") else "SCORE: 2"
+
+    data = imdb_config(None, limit=ROWS, **{"judge.kind": "score", "judge.pass_at": 3,
+                                            "judge.constrain": False}).model_dump()
+    judge = data.pop("judge")
+    data["judge"] = [{**judge, "name": "kind"}, {**judge, "name": "harsh"}]
+    config = TaskConfig.model_validate(data)
+    async with Evaluation(config, run_dir=tmp_path / "panel", provider=MockProvider(two_graders), clock=InstantClock()):
+        pass
+    results = pl.read_parquet(tmp_path / "panel" / "results.parquet")
+    assert results["scores"].to_list() == [[5.0, 2.0]] * ROWS and results["score"].to_list() == [3.5] * ROWS
+    assert results["verdicts"].to_list() == [[True, False]] * ROWS and results["verdict"].null_count() == ROWS  # a tie
+    metrics = json.loads((tmp_path / "panel" / "metrics.json").read_text())
+    assert metrics["score"]["distribution"] == {"1": 0, "2": ROWS, "3": 0, "4": 0, "5": ROWS}
+    assert metrics["panel"]["ties"] == ROWS
