@@ -66,7 +66,6 @@ class Sources:
             for row_id, a, b in zip(pairs["row_id"], pairs["prediction"], pairs["prediction_b"], strict=True)
         }
 
-
     def model(self) -> str:
         """The model that made the predictions: what each source's ``metrics.json`` says it
         served (else the model it asked for); a pair's as ``A | B``."""
