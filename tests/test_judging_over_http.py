@@ -71,9 +71,11 @@ async def test_a_score_judge_grades_the_open_qa_example_against_its_reference(
     assert score["n"] == 40 and score["distribution_n"] == 40 and score["invalid_scores"] == 0
     assert len(set(frame["score"].to_list())) > 1 and score["pass_at"] == 4
     assert frame["reasoning"].null_count() == 0
-    # The judge read each row's reference answer.
+    # The judge read each row's reference answer, and was asked to reason first (its answer is
+    # the constrained {reasoning, score} object the example asks for).
     judged = [json.loads(key)[1][-1]["content"] for key in sim_backend.requests if "Reference answer:" in key]
-    assert len(judged) == 40 and all("SCORE: <score>" in text for text in judged)
+    assert len(judged) == 40 and all(text.endswith("First reason step by step.") for text in judged)
+    assert all(text.isdigit() for text in frame["verdict_text"])  # the JSON answers read into score and reasoning
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Scores" in report and "## Accuracy" in report
 
