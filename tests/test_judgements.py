@@ -278,3 +278,23 @@ async def test_a_panel_of_score_judges_averages_their_scores_and_votes_with_thei
     metrics = json.loads((tmp_path / "panel" / "metrics.json").read_text())
     assert metrics["score"]["distribution"] == {"1": 0, "2": ROWS, "3": 0, "4": 0, "5": ROWS}
     assert metrics["panel"]["ties"] == ROWS
+
+
+async def test_the_summary_of_a_task_without_labels_shows_no_ground_truth_rows(tmp_path: Path, api_key: str) -> None:
+    from rich.console import Console
+
+    from engine import example_config, load_config, with_overrides
+    from engine.report.summary import print_summary
+
+    def grader(request: ChatRequest) -> str:
+        return "An answer." if request.stage == "predict" else '{"reasoning": "fine", "score": 4}'
+
+    config = with_overrides(load_config(example_config("open_qa")), {"dataset.limit": 5})
+    async with Evaluation(config, run_dir=tmp_path / "open", provider=MockProvider(grader), clock=InstantClock()) as done:
+        pass
+    assert done.metrics is not None
+    console = Console(record=True, width=200)
+    print_summary(done.metrics, tmp_path / "open", console)
+    text = console.export_text()
+    assert "pass rate, score >= 4 (n=5)" in text and "100.0%" in text
+    assert "ground-truth" not in text and "baseline" not in text

@@ -215,18 +215,9 @@ def has_verdicts(metrics: dict[str, Any]) -> bool:
 
 
 def _verdict_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """The summary rows of the judges' verdicts: their accuracy, against the ground truth."""
-    return [
-        (
-            f"judge accuracy (n={metrics['judge_accuracy_n']}: rows with a verdict)",
-            percent(metrics["judge_accuracy"]),
-            interval_text(metrics["judge_accuracy_ci95"]),
-        ),
-        (
-            f"judge accuracy, no verdict = not correct (n={metrics['judge_accuracy_conservative_n']})",
-            percent(metrics["judge_accuracy_conservative"]),
-            interval_text(metrics["judge_accuracy_conservative_ci95"]),
-        ),
+    """The summary rows of the judges' verdicts: their accuracy, and against the ground truth
+    where a row has one (a task without labels shows none of those rows)."""
+    truth: list[tuple[str, str, str]] = [] if metrics["ground_truth_accuracy"] is None else [
         (
             f"ground-truth accuracy (n={metrics['ground_truth_accuracy_n'] or 0})",
             percent(metrics["ground_truth_accuracy"]),
@@ -239,6 +230,19 @@ def _verdict_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             percent(metrics["majority_baseline_accuracy"]),
             "",
         ),
+    ]
+    return [
+        (
+            f"judge accuracy (n={metrics['judge_accuracy_n']}: rows with a verdict)",
+            percent(metrics["judge_accuracy"]),
+            interval_text(metrics["judge_accuracy_ci95"]),
+        ),
+        (
+            f"judge accuracy, no verdict = not correct (n={metrics['judge_accuracy_conservative_n']})",
+            percent(metrics["judge_accuracy_conservative"]),
+            interval_text(metrics["judge_accuracy_conservative_ci95"]),
+        ),
+        *truth,
         ("invalid predictions", percent(metrics["invalid_prediction_rate"]), ""),
         (f"no recognised verdict ({metrics['invalid_verdicts']} rows)", percent(metrics["invalid_verdict_rate"]), ""),
     ]
