@@ -23,6 +23,7 @@ from ..sessions import RunFigures
 from ..types import STAGES
 from .judgements import pairwise_metrics, probability_metrics, repeat_metrics, score_metrics
 from .metrics import failure_reasons, panel_metrics, quality_metrics
+from .trusted import trusted_metrics
 
 
 def stage_overlap(run_dir: RunDir) -> dict[str, Any]:
@@ -53,6 +54,12 @@ def build_metrics(
     prefixes = judge_prefixes(config)
     metrics = quality_metrics(results)
     metrics["failure_reasons"] = failure_reasons(results)
+    trusted = trusted_metrics(results)
+    ppi = trusted["ppi"] if trusted else None
+    metrics["ppi_accuracy"] = ppi["accuracy"] if ppi else None
+    metrics["ppi_accuracy_ci95"] = ppi["ci95"] if ppi else None
+    metrics["ppi_accuracy_n"] = ppi["n"] if ppi else 0
+    metrics["trusted_labels"] = trusted
     judge = config.judges[0]
     metrics["judge_kind"] = judge.kind
     metrics["reasoning"] = any(judge.reasoning for judge in config.judges)
