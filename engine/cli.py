@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
-from .config import LocalServerConfig, TaskConfig, load_config, merge_tables, with_overrides
+from .config import CalibrationConfig, LocalServerConfig, TaskConfig, load_config, merge_tables, with_overrides
 from .connect import Upstream, serve
 from .errors import ConfigError, EngineError, ProviderError
 from .evaluation import Evaluation
@@ -137,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     _judge_parser(commands)
     report = commands.add_parser("report", help="write report.md, report.html and plots from a run directory")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--labels", type=Path, metavar="FILE",
+                        help="trusted labels for some rows (csv, parquet or ndjson), joined by --id-column: metrics.json "
+                        "is computed again with them (PPI and the judge's error rates); no call is made")
+    report.add_argument("--id-column", help="the labels file's row id column (the data set's ids)")
+    labels = report.add_mutually_exclusive_group()
+    labels.add_argument("--label-column", help="the labels file's column of true labels")
+    labels.add_argument("--verdict-column", help="the labels file's column of a person's verdicts (correct/incorrect)")
     compare = commands.add_parser("compare", help="two runs side by side, with a paired test on shared rows")
     compare.add_argument("run_a", type=Path)
     compare.add_argument("run_b", type=Path)
@@ -153,7 +161,20 @@ def _progress_style(args: argparse.Namespace) -> Style:
 def _report(args: argparse.Namespace) -> int:
     from .report.document import write_report
 
-    print(write_report(RunDir(args.run_dir)))  # a clear error when it is not a finished run
+    run_dir = RunDir(args.run_dir)
+    if args.labels is not None:
+        from .report.summary import refresh_metrics
+
+        if not args.id_column or not (args.label_column or args.verdict_column):
+            raise ConfigError("report --labels FILE needs --id-column and one of --label-column or --verdict-column")
+        try:
+            calibration = CalibrationConfig(path=args.labels, id_column=args.id_column, label_column=args.label_column,
+                                            verdict_column=args.verdict_column)
+        except ValidationError as exc:
+            raise ConfigError(f"report --labels: {exc.errors()[0]['msg']}") from None
+        trusted = refresh_metrics(run_dir, calibration)["trusted_labels"]
+        print(f"trusted labels: {0 if trusted is None else trusted['labelled_n']} rows of {args.labels}")
+    print(write_report(run_dir))  # a clear error when it is not a finished run
     return 0
 
 

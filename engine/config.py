@@ -204,6 +204,24 @@ class Price(_Strict):
         return self.input / 1e6, self.output / 1e6
 
 
+class CalibrationConfig(_Strict):
+    """Trusted labels for some rows, from a file joined to the run's rows by id: the rows' true
+    labels (``label_column``, several split by ``label_separator``), or a person's verdict on
+    each prediction (``verdict_column``: correct / incorrect, also true / false, yes / no, 1 / 0)."""
+
+    path: Path
+    id_column: str
+    label_column: str | None = None
+    verdict_column: str | None = None
+    label_separator: str = ","
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CalibrationConfig:
+        if (self.label_column is None) == (self.verdict_column is None):
+            raise ValueError("set one of label_column (the rows' true labels) or verdict_column (verdicts on the predictions)")
+        return self
+
+
 class LocalServerConfig(_Strict):
     """The embedded server started when ``endpoint.base_url`` is unset.
 
@@ -240,6 +258,7 @@ class TaskConfig(_Strict):
     batch: BatchConfig = BatchConfig()
     prices: dict[str, Price] = Field(default_factory=dict, description="by model name")
     local: LocalServerConfig = LocalServerConfig()
+    calibration: CalibrationConfig | None = Field(None, description="trusted labels from a file, joined by id")
     cache_dir: Path | None = Field(
         None, description="a response cache shared across runs (engine.response_cache); relative to the file; off when unset"
     )
@@ -343,6 +362,8 @@ def parse_config(data: dict[str, Any], *, source: str, base_dir: Path) -> TaskCo
     update: dict[str, Any] = {"dataset": config.dataset.model_copy(update={"path": path})}
     if config.cache_dir is not None and not config.cache_dir.is_absolute():
         update["cache_dir"] = base_dir / config.cache_dir
+    if config.calibration is not None and not config.calibration.path.is_absolute():
+        update["calibration"] = config.calibration.model_copy(update={"path": base_dir / config.calibration.path})
     return config.model_copy(update=update).with_source(source)
 
 

@@ -77,7 +77,7 @@ def write_report(run_dir: RunDir | Path) -> Path:
     else:
         open_answers = not run.info["config"].get("labels")  # free text: no label to break the answers down by
         accuracy = _accuracy(run, plots_dir) if has_verdicts(run.metrics) else None  # a score judge without pass_at
-        judged = [accuracy, _scores(run, plots_dir), _judge_vs_truth(run, plots_dir), _panel(run),
+        judged = [_trusted(run), accuracy, _scores(run, plots_dir), _judge_vs_truth(run, plots_dir), _panel(run),
                   _repeats(run), _probabilities(run, plots_dir), None if open_answers else _labels(run, plots_dir)]
     drafted = [
         _overview(run),
@@ -396,6 +396,48 @@ def _panel(run: FinishedRun) -> _Section | None:
             f"{panel['no_recognised_verdict']:,}", f"{panel['decided_by_fewer_than_majority']:,}",
         )]),
     ])
+
+
+def _trusted(run: FinishedRun) -> _Section | None:
+    t = run.metrics.get("trusted_labels")
+    if not t or not has_verdicts(run.metrics):
+        return None
+    ppi, judge = t["ppi"], t["judge_calibration"]
+    section = _Section("Accuracy with trusted labels", [
+        f"{t['labelled_n']:,} rows with a verdict carry a trusted label"
+        + (f" (from {t['source']})" if t.get("source") else "") + f", {t['unlabelled_n']:,} do not.",
+    ])
+    rows: list[tuple[str, ...]] = []
+    if ppi is not None:
+        rows.append(("prediction-powered (PPI++)", percent(ppi["accuracy"]), interval_text(ppi["ci95"]),
+                     f"{ppi['n']:,} + {ppi['unlabelled_n']:,}",
+                     "the judge's verdicts on every row, corrected by its errors on the labelled rows: unbiased"))
+    if judge["corrected_accuracy"] is not None:
+        rows.append(("judge corrected for its error rates (Rogan-Gladen)", percent(judge["corrected_accuracy"]),
+                     interval_text(judge["corrected_accuracy_ci95"]), f"{judge['judge_rate_n']:,}",
+                     "the judge's rate, corrected by its sensitivity and specificity on the labelled rows"))
+    rows.append(("the labels alone", percent(t["labels_only"]["accuracy"]), interval_text(t["labels_only"]["ci95"]),
+                 f"{t['labels_only']['n']:,}", "the share correct among the labelled rows"))
+    rows.append(("the judge alone (raw)", percent(t["judge_only"]["accuracy"]), interval_text(t["judge_only"]["ci95"]),
+                 f"{t['judge_only']['n']:,}", "the share the judge calls correct: biased by its errors"))
+    section.blocks.append(_Table(("estimate of the true accuracy", "value", "95% CI", "rows", "what it is"), rows))
+    section.blocks.append(_Table(("judge's sensitivity", "95% CI", "rows", "judge's specificity", "95% CI", "rows"), [(
+        percent(judge["sensitivity"]), interval_text(judge["sensitivity_ci95"]), f"{judge['sensitivity_n']:,}",
+        percent(judge["specificity"]), interval_text(judge["specificity_ci95"]), f"{judge['specificity_n']:,}",
+    )]))
+    section.blocks.append("Sensitivity: of the labelled rows that are correct, the share the judge calls correct; "
+                          "specificity: of those that are not, the share it calls incorrect.")
+    if judge["warning"]:
+        section.blocks.append(_Note(judge["warning"]))
+    if ppi is not None:
+        more = ppi["labels_to_halve"]
+        section.blocks.append(
+            f"The PPI interval is {100 * ppi['width']:.1f} points wide. "
+            + (f"Labelling about {more:,} more rows would halve it." if more is not None else
+               "Labelling every remaining row would not halve it (too few rows are left, or the judge's own "
+               "variance already takes more than a quarter of it).")
+        )
+    return section
 
 
 def _scores(run: FinishedRun, plots_dir: Path) -> _Section | None:

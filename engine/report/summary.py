@@ -14,16 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import TaskConfig
+from ..config import CalibrationConfig, TaskConfig
 from ..formats import DESCRIBED, FORMATS
 from ..journal import EventLog, journal_frames
 from ..judges import judge_prefixes
-from ..rundir import RunDir
-from ..sessions import RunFigures
+from ..rundir import RunDir, write_json
+from ..sessions import RunFigures, run_figures
 from ..types import STAGES
 from .judgements import pairwise_metrics, probability_metrics, repeat_metrics, score_metrics
 from .metrics import failure_reasons, panel_metrics, quality_metrics
-from .trusted import trusted_metrics
+from .trusted import trusted_metrics, with_trusted_labels
 
 
 def stage_overlap(run_dir: RunDir) -> dict[str, Any]:
@@ -47,10 +47,15 @@ def build_metrics(
     *,
     figures: RunFigures,
     backend: str | None,
+    calibration: CalibrationConfig | None = None,
 ) -> dict[str, Any]:
     """Every number of ``metrics.json``; ``figures`` cover every session of the run (see
-    ``engine.sessions``)."""
+    ``engine.sessions``). Trusted labels from ``calibration`` (default: the config's) are the
+    ground truth of the rows they label."""
     results = pl.scan_parquet(run_dir.results_file)
+    calibration = calibration or config.calibration
+    if calibration is not None:
+        results = with_trusted_labels(results, calibration)
     prefixes = judge_prefixes(config)
     metrics = quality_metrics(results)
     metrics["failure_reasons"] = failure_reasons(results)
@@ -60,6 +65,8 @@ def build_metrics(
     metrics["ppi_accuracy_ci95"] = ppi["ci95"] if ppi else None
     metrics["ppi_accuracy_n"] = ppi["n"] if ppi else 0
     metrics["trusted_labels"] = trusted
+    if trusted is not None and calibration is not None:
+        trusted["source"] = str(calibration.path)
     judge = config.judges[0]
     metrics["judge_kind"] = judge.kind
     metrics["reasoning"] = any(judge.reasoning for judge in config.judges)
@@ -103,6 +110,19 @@ def build_metrics(
         caller: {"requested": stage_config.model, "served": by_caller.get(caller, {}).get("served", []), "backend": backend}
         for caller, stage_config in (("predict", config.predict), *zip(prefixes, config.judges, strict=True))
     }
+    return metrics
+
+
+def refresh_metrics(run_dir: RunDir, calibration: CalibrationConfig) -> dict[str, Any]:
+    """``metrics.json`` of a finished run computed again with trusted labels added (no call is
+    made: everything comes from the run directory); returns the new metrics."""
+    run = run_dir.load()
+    metrics = build_metrics(
+        run_dir, run.config, figures=run_figures(run_dir), backend=run.metrics["models"]["predict"]["backend"],
+        calibration=calibration,
+    )
+    metrics["structured_output"] = run.metrics.get("structured_output", {})
+    write_json(run_dir.metrics_file, metrics)
     return metrics
 
 
@@ -238,7 +258,13 @@ def _verdict_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             "",
         ),
     ]
+    ppi = (metrics.get("trusted_labels") or {}).get("ppi")
+    corrected = [] if ppi is None else [(
+        f"accuracy, prediction-powered (n={ppi['n']} labelled + {ppi['unlabelled_n']})", percent(ppi["accuracy"]),
+        interval_text(ppi["ci95"]),
+    )]
     return [
+        *corrected,
         (
             f"judge accuracy (n={metrics['judge_accuracy_n']}: rows with a verdict)",
             percent(metrics["judge_accuracy"]),

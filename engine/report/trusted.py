@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from ..config import CalibrationConfig
+from ..errors import ConfigError
 from .metrics import Z_95, wilson_interval
 
 #: Below this, sensitivity + specificity - 1 leaves the judge's verdicts barely related to the
@@ -102,8 +105,8 @@ def ppi_accuracy(counts: LabelCounts, *, lam: float | None = None, z: float = Z_
 
 def labels_to_halve(counts: LabelCounts, ppi: PPIEstimate) -> int | None:
     """How many more rows to label (taken from the unlabelled ones) to halve the PPI interval,
-    ``lam`` and the two variances as now; None when labels alone cannot (the judge's part of the
-    variance is already more than a quarter of it)."""
+    ``lam`` and the two variances as now; None when labelling every remaining row would not (too
+    few are left, or the judge's part of the variance is already more than a quarter of it)."""
     target = ppi.se**2 / 4
     n, N = counts.n, counts.unlabelled
     for more in range(N):
@@ -196,6 +199,59 @@ def trusted_metrics(results: pl.DataFrame | pl.LazyFrame) -> dict[str, Any] | No
         },
         "judge_calibration": rogan_gladen(counts),
     }
+
+
+_VERDICT_WORDS = {"correct": True, "true": True, "yes": True, "1": True,
+                  "incorrect": False, "false": False, "no": False, "0": False}
+
+
+def with_trusted_labels(results: pl.LazyFrame, calibration: CalibrationConfig) -> pl.LazyFrame:
+    """``results`` with ``ground_truth_correct`` from the calibration file where it has the row
+    (by id): whether the prediction is one of the row's trusted labels, or the person's verdict
+    on it; elsewhere as it was. A cell that is empty or not a verdict word labels nothing."""
+    path = calibration.path
+    label = calibration.label_column or calibration.verdict_column
+    assert label is not None
+    try:
+        trusted = _scan(path).select(
+            pl.col(calibration.id_column).cast(pl.String).alias("row_id"),
+            pl.col(label).cast(pl.String).str.strip_chars().alias("trusted"),
+        ).collect()
+    except (pl.exceptions.ColumnNotFoundError, pl.exceptions.SchemaError) as exc:
+        raise ConfigError(
+            f"{path}: needs the columns {calibration.id_column!r} and {label!r} (calibration.id_column and "
+            f"calibration.{'label' if calibration.label_column else 'verdict'}_column): {_first_line(exc)}"
+        ) from None
+    except (OSError, pl.exceptions.ComputeError) as exc:
+        raise ConfigError(f"{path}: cannot read the calibration file: {_first_line(exc)}") from None
+    duplicated = trusted.filter(pl.col("row_id").is_duplicated())
+    if duplicated.height:
+        raise ConfigError(f"{path}: id {duplicated['row_id'][0]!r} in {calibration.id_column!r} is not unique")
+    if calibration.verdict_column:
+        truth = pl.col("trusted").str.to_lowercase().replace_strict(_VERDICT_WORDS, default=None, return_dtype=pl.Boolean)
+    else:
+        accepted = pl.col("trusted").str.split(calibration.label_separator).list.eval(pl.element().str.strip_chars())
+        truth = pl.when(pl.col("trusted").fill_null("") == "").then(None).otherwise(
+            accepted.list.contains(pl.col("prediction").str.strip_chars())
+        )
+    return (
+        results.join(trusted.lazy(), on="row_id", how="left", maintain_order="left")
+        .with_columns(pl.coalesce(truth, pl.col("ground_truth_correct")).alias("ground_truth_correct"))
+        .drop("trusted")
+    )
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pl.scan_parquet(path)
+    if suffix in (".ndjson", ".jsonl"):
+        return pl.scan_ndjson(path)
+    return pl.scan_csv(path, infer_schema=False, encoding="utf8")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _interval(successes: int, n: int) -> list[float] | None:

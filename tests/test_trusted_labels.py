@@ -1,0 +1,119 @@
+"""Trusted labels on some rows, through a whole run and through ``engine report --labels`` on a
+finished run (no call is made): the corrected estimates reach metrics.json, the summary and the
+report, first."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from benchmarks.clocks import InstantClock
+from engine import ConfigError, Evaluation
+from engine.cli import main
+from engine.mock_provider import MockProvider
+from engine.report.trusted import label_counts, ppi_accuracy
+from engine.types import ChatRequest
+
+from .conftest import imdb_config
+
+ROWS = 120
+IMDB = Path(__file__).resolve().parent.parent / "examples" / "imdb" / "imdb_top_1000.csv"
+
+
+def data_file(tmp_path: Path, labelled: int) -> Path:
+    """The first ROWS IMDB rows with an id column; only the first ``labelled`` keep their genre."""
+    with IMDB.open(encoding="utf-8") as source:
+        rows = list(csv.DictReader(source))[:ROWS]
+    path = tmp_path / "movies.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "Overview", "Genre"])
+        for number, row in enumerate(rows):
+            writer.writerow([f"m{number}", row["Overview"], row["Genre"] if number < labelled else ""])
+    return path
+
+
+def answer(request: ChatRequest) -> str:
+    """Predicts Drama; the judge calls it correct when the overview mentions a life or a man."""
+    if request.stage == "predict":
+        return "Drama"
+    text = request.body["messages"][-1]["content"]
+    return "correct" if " life" in text or " man" in text else "incorrect"
+
+
+async def finished(tmp_path: Path, path: Path, **overrides: Any) -> Path:
+    config = imdb_config(None, limit=ROWS, **{"dataset.path": str(path), "dataset.id_column": "id", **overrides})
+    async with Evaluation(config, run_dir=tmp_path / "run", provider=MockProvider(answer), clock=InstantClock()):
+        pass
+    return tmp_path / "run"
+
+
+def metrics(run_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((run_dir / "metrics.json").read_text()))
+
+
+async def test_a_partly_labelled_data_set_gives_the_prediction_powered_accuracy(tmp_path: Path) -> None:
+    run = await finished(tmp_path, data_file(tmp_path, labelled=40))
+    m = metrics(run)
+    results = pl.read_parquet(run / "results.parquet")
+    counts = label_counts(results)
+    assert (counts.n, counts.unlabelled) == (40, ROWS - 40)
+    expected = ppi_accuracy(counts)
+    assert expected is not None
+    assert m["ppi_accuracy"] == pytest.approx(expected.estimate) and m["ppi_accuracy_n"] == 40
+    assert m["ppi_accuracy_ci95"] == pytest.approx(list(expected.ci95))
+    assert m["trusted_labels"]["labels_only"]["n"] == 40 and m["trusted_labels"]["judge_only"]["n"] == ROWS
+    report = (run / "report.md").read_text()
+    assert report.index("## Accuracy with trusted labels") < report.index("## Accuracy\n")
+    assert "prediction-powered (PPI++)" in report and "The PPI interval is" in report
+
+
+def test_labels_added_to_a_finished_run_are_used_by_report_without_a_call(tmp_path: Path) -> None:
+    import anyio
+
+    run = anyio.run(lambda: finished(tmp_path, data_file(tmp_path, labelled=0), **{"dataset.label_column": None}))
+    assert metrics(run)["trusted_labels"] is None and metrics(run)["ppi_accuracy"] is None
+    results = pl.read_parquet(run / "results.parquet")
+    judge_said = dict(zip(results["row_id"], results["verdict"], strict=True))
+    labels = tmp_path / "labels.csv"
+    # A person checked 50 predictions; they agree with the judge on 40 of them.
+    with labels.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["movie", "human"])
+        for number in range(50):
+            said = judge_said[f"m{number}"]
+            writer.writerow([f"m{number}", ("correct" if said else "incorrect") if number < 40 else
+                             ("incorrect" if said else "correct")])
+    status = main(["report", str(run), "--labels", str(labels), "--id-column", "movie", "--verdict-column", "human"])
+    assert status == 0
+    m = metrics(run)
+    trusted = m["trusted_labels"]
+    assert trusted["labelled_n"] == 50 and trusted["unlabelled_n"] == ROWS - 50 and trusted["source"] == str(labels)
+    assert m["ppi_accuracy"] is not None and m["ground_truth_accuracy_n"] == 50
+    calibration = trusted["judge_calibration"]
+    agree = calibration["sensitivity"] * calibration["sensitivity_n"] + calibration["specificity"] * calibration["specificity_n"]
+    assert round(agree) == 40
+    assert "## Accuracy with trusted labels" in (run / "report.md").read_text()
+
+
+def test_a_labels_file_of_true_labels_and_its_mistakes(tmp_path: Path) -> None:
+    import anyio
+
+    run = anyio.run(lambda: finished(tmp_path, data_file(tmp_path, labelled=0), **{"dataset.label_column": None}))
+    labels = tmp_path / "genres.csv"
+    labels.write_text("movie,genres\nm0,\"Drama, Crime\"\nm1,Comedy\nm2,\n", encoding="utf-8")
+    assert main(["report", str(run), "--labels", str(labels), "--id-column", "movie", "--label-column", "genres"]) == 0
+    assert metrics(run)["trusted_labels"]["labelled_n"] == 2  # m2's empty cell labels nothing
+    assert metrics(run)["trusted_labels"]["labels_only"]["accuracy"] == 0.5  # Drama is right for m0 only
+    assert main(["report", str(run), "--labels", str(labels), "--id-column", "id", "--label-column", "genres"]) == 2
+    with pytest.raises(ConfigError, match=r"genres\.csv: needs the columns 'id' and 'genres'"):
+        from engine.config import CalibrationConfig
+        from engine.report.summary import refresh_metrics
+        from engine.rundir import RunDir
+
+        refresh_metrics(RunDir(run), CalibrationConfig(path=labels, id_column="id", label_column="genres"))
