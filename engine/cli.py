@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     labels = report.add_mutually_exclusive_group()
     labels.add_argument("--label-column", help="the labels file's column of true labels")
     labels.add_argument("--verdict-column", help="the labels file's column of a person's verdicts (correct/incorrect)")
+    sample = commands.add_parser("sample-for-labels", help="write a CSV of a run's rows for a person to label")
+    sample.add_argument("run_dir", type=Path)
+    sample.add_argument("--n", type=int, default=200, help="rows to sample (default 200)")
+    sample.add_argument("--stratify", choices=["verdict"], help="sample each judge verdict in proportion to its share")
+    sample.add_argument("--show-verdict", action="store_true", help="include the judge's verdict (hidden by default)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", type=Path, help="the CSV to write (default: RUN_DIR/labels-to-fill.csv)")
     compare = commands.add_parser("compare", help="two runs side by side, with a paired test on shared rows")
     compare.add_argument("run_a", type=Path)
     compare.add_argument("run_b", type=Path)
@@ -175,6 +182,16 @@ def _report(args: argparse.Namespace) -> int:
         trusted = refresh_metrics(run_dir, calibration)["trusted_labels"]
         print(f"trusted labels: {0 if trusted is None else trusted['labelled_n']} rows of {args.labels}")
     print(write_report(run_dir))  # a clear error when it is not a finished run
+    return 0
+
+
+def _sample_for_labels(args: argparse.Namespace) -> int:
+    from .labelling import sample_for_labels
+
+    path, rows = sample_for_labels(RunDir(args.run_dir), args.n, out=args.out, stratify=args.stratify,
+                                   show_verdict=args.show_verdict, seed=args.seed)
+    print(f"{rows} rows to label in {path}: fill its verdict column with correct or incorrect, then run\n"
+          f"  python -m engine report {args.run_dir} --labels {path} --id-column id --verdict-column verdict")
     return 0
 
 
@@ -343,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "sample-for-labels":
+            return _sample_for_labels(args)
         if args.command == "judge":
             return anyio.run(_judge, args)
         return anyio.run(_run, args)

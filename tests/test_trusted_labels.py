@@ -117,3 +117,27 @@ def test_a_labels_file_of_true_labels_and_its_mistakes(tmp_path: Path) -> None:
         from engine.rundir import RunDir
 
         refresh_metrics(RunDir(run), CalibrationConfig(path=labels, id_column="id", label_column="genres"))
+
+
+def test_a_sample_to_label_is_reproducible_stratified_and_feeds_report(tmp_path: Path) -> None:
+    import anyio
+
+    run = anyio.run(lambda: finished(tmp_path, data_file(tmp_path, labelled=0), **{"dataset.label_column": None}))
+    out = tmp_path / "to-label.csv"
+    args = ["sample-for-labels", str(run), "--n", "30", "--stratify", "verdict", "--out", str(out)]
+    assert main(args) == 0
+    first = pl.read_csv(out, infer_schema=False)
+    assert main(args) == 0
+    assert pl.read_csv(out, infer_schema=False).equals(first)  # the same seed, the same rows
+    assert first.columns == ["id", "Overview", "prediction", "verdict"]  # the judge's verdict hidden
+    results = pl.read_parquet(run / "results.parquet")
+    share = results["verdict"].mean()
+    sampled = results.filter(pl.col("row_id").is_in(first["id"].to_list()))["verdict"]
+    assert first.height == 30 and abs(sampled.mean() - share) <= 1 / 30 + 1e-9  # each verdict keeps its share
+    assert main([*args, "--show-verdict"]) == 0
+    assert "judge_verdict" in pl.read_csv(out, infer_schema=False).columns
+    filled = first.with_columns(pl.lit("correct").alias("verdict"))  # a person says every one is right
+    filled.write_csv(out)
+    assert main(["report", str(run), "--labels", str(out), "--id-column", "id", "--verdict-column", "verdict"]) == 0
+    assert metrics(run)["trusted_labels"]["labels_only"] == {"accuracy": 1.0, "ci95": pytest.approx([0.8865, 1.0], abs=1e-3),
+                                                             "n": 30}
