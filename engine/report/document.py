@@ -388,7 +388,11 @@ def _panel(run: FinishedRun) -> _Section | None:
         f"Of {panel['rows']:,} judged rows: {panel['ties']:,} ties (as many recognised votes each way), "
         f"{panel['no_recognised_verdict']:,} without a recognised verdict, {panel['decided_by_fewer_than_majority']:,} "
         "decided by fewer votes than a majority of the panel. Fleiss' kappa and the unanimous share are over the rows "
-        "where every judge gave a recognised verdict.",
+        "where every judge gave a recognised verdict; Krippendorff's alpha over every row with two recognised votes "
+        "or more (1 is perfect agreement, 0 what chance gives)"
+        + (f": {_alpha(panel, 'krippendorff_alpha')}" if "krippendorff_alpha" in panel else "")
+        + (f"; on the scores (ordinal): {_alpha(panel, 'krippendorff_alpha_scores')}"
+           if "krippendorff_alpha_scores" in panel else "") + ".",
         _Table((
             "Fleiss' kappa", "rows", "unanimous rows", "ties", "no recognised verdict", "decided by fewer than a majority",
         ), [(
@@ -555,6 +559,11 @@ def _repeats(run: FinishedRun) -> _Section | None:
         section.blocks.append(f"Spread (max - min) of the single-repeat accuracies: {100 * spread:.1f} points "
                               f"(sd {100 * repeats['accuracy_sd']:.1f}).")
     return section
+
+
+def _alpha(panel: dict[str, Any], key: str) -> str:
+    value = panel[key]
+    return f"{'n/a' if value is None else f'{value:.3f}'} over {panel[key + '_n']:,} rows"
 
 
 def _examples(run: FinishedRun) -> _Section:

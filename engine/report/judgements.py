@@ -293,3 +293,57 @@ def probability_metrics(results: pl.DataFrame | pl.LazyFrame, *, scored: bool) -
             weighted_score_n=n,
         )
     return metrics
+
+
+def krippendorff_alpha(ratings: pl.DataFrame | pl.LazyFrame, column: str, *, ordinal: bool) -> tuple[float | None, int]:
+    """Krippendorff's alpha of the judges' values in the list column ``column`` (one list per row,
+    a value per judge, null where a judge gave none), nominal or ordinal (over the values that
+    occur, in order), and the rows it is over (those with two values or more: missing values are
+    tolerated, as alpha allows). None when undefined: no such row, or one value only.
+
+    From the coincidence matrix: each row adds, for every ordered pair of its values from two
+    different judges, ``1 / (m - 1)`` to the pair's cell (``m``: the row's values); then
+    ``alpha = 1 - (n - 1) * sum(o_ck * d_ck) / sum(n_c * n_k * d_ck)`` with ``d`` the squared
+    distance (nominal: 0 or 1; ordinal: the values between, counted as Krippendorff does).
+    """
+    values = (
+        ratings.lazy()
+        .select(pl.col(column).cast(pl.List(pl.Float64)))
+        .with_row_index("row")
+        .explode(column)
+        .drop_nulls(column)
+        .group_by("row", column)
+        .agg(pl.len().alias("count"))
+    )
+    pairable = values.with_columns(pl.col("count").sum().over("row").alias("m")).filter(pl.col("m") >= 2)
+    units = pairable.select(pl.col("row").n_unique()).collect().item()
+    pairs = (
+        pairable.join(pairable, on="row", suffix="_k")
+        .with_columns(
+            (pl.col("count") * (pl.col("count_k") - (pl.col(column) == pl.col(f"{column}_k")).cast(pl.Int64))
+             / (pl.col("m") - 1)).alias("o")
+        )
+        .group_by(column, f"{column}_k")
+        .agg(pl.col("o").sum())
+        .collect()
+    )
+    coincidences = {(c, k): o for c, k, o in pairs.iter_rows()}
+    totals: dict[float, float] = {}
+    for (c, _), o in coincidences.items():
+        totals[c] = totals.get(c, 0.0) + o
+    n = sum(totals.values())
+    if len(totals) < 2 or n <= 1:
+        return None, units
+    ordered = sorted(totals)
+
+    def distance(c: float, k: float) -> float:
+        if c == k:
+            return 0.0
+        if not ordinal:
+            return 1.0
+        low, high = sorted((ordered.index(c), ordered.index(k)))
+        return (sum(totals[ordered[g]] for g in range(low, high + 1)) - (totals[c] + totals[k]) / 2) ** 2
+
+    observed = sum(o * distance(c, k) for (c, k), o in coincidences.items())
+    expected = sum(totals[c] * totals[k] * distance(c, k) for c in ordered for k in ordered)
+    return (None if expected == 0 else 1 - (n - 1) * observed / expected), units

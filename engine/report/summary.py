@@ -21,7 +21,7 @@ from ..judges import judge_prefixes
 from ..rundir import RunDir, write_json
 from ..sessions import RunFigures, run_figures
 from ..types import STAGES
-from .judgements import pairwise_metrics, probability_metrics, repeat_metrics, score_metrics
+from .judgements import krippendorff_alpha, pairwise_metrics, probability_metrics, repeat_metrics, score_metrics
 from .metrics import failure_reasons, panel_metrics, quality_metrics
 from .trusted import trusted_metrics, with_trusted_labels
 
@@ -87,6 +87,13 @@ def build_metrics(
         metrics["repeats"] = repeat_metrics(results, len(prefixes), judge.repeats, scored=judge.kind == "score")
     if len(prefixes) > 1:
         metrics["panel"] = panel_metrics(results, [judge.name or "" for judge in config.judges])
+        # Krippendorff's alpha beside Fleiss' kappa: over every row with two recognised votes or
+        # more (missing votes tolerated); ordinal over a score panel's scores.
+        alpha, units = krippendorff_alpha(results, "verdicts", ordinal=False)
+        metrics["panel"].update(krippendorff_alpha=alpha, krippendorff_alpha_n=units)
+        if config.judge_kind == "score":
+            alpha, units = krippendorff_alpha(results, "scores", ordinal=True)
+            metrics["panel"].update(krippendorff_alpha_scores=alpha, krippendorff_alpha_scores_n=units)
     by_caller = tokens_by_caller(run_dir)
     metrics["tokens"] = {
         stage: {
