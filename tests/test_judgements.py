@@ -298,3 +298,20 @@ async def test_the_summary_of_a_task_without_labels_shows_no_ground_truth_rows(t
     text = console.export_text()
     assert "pass rate, score >= 4 (n=5)" in text and "100.0%" in text
     assert "ground-truth" not in text and "baseline" not in text
+
+
+async def test_compare_of_two_score_runs_gives_the_paired_difference_of_mean_scores(tmp_path: Path) -> None:
+    from engine.report.compare import compare_runs
+
+    def lenient(request: ChatRequest) -> str:
+        return "Drama" if request.stage == "predict" else f"SCORE: {score(request) % 4 + 2}"
+
+    settings: dict[str, Any] = {"judge.kind": "score", "judge.constrain": False}
+    strict_results, _ = await run(tmp_path, "strict", lambda r: "Drama" if r.stage == "predict" else f"SCORE: {score(r)}",
+                                  **settings)
+    lenient_results, _ = await run(tmp_path, "lenient", lenient, **settings)
+    comparison = compare_runs(tmp_path / "strict", tmp_path / "lenient")
+    paired = comparison["mean_score"]["paired"]
+    difference = statistics.fmean(lenient_results["score"]) - statistics.fmean(strict_results["score"])
+    assert paired["n"] == ROWS and paired["difference"] == pytest.approx(difference)
+    assert paired["bootstrap_ci95"][0] < difference < paired["bootstrap_ci95"][1]

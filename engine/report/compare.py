@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +23,20 @@ from .summary import interval_text, kappa_text, percent
 
 ALPHA = 0.05
 _PAIRED = {"judge_accuracy": "verdict", "ground_truth_accuracy": "ground_truth_correct"}
+#: The paired bootstrap: resamples of the shared rows, and its seed (the same runs, the same interval).
+RESAMPLES = 4000
+SEED = 0
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED) -> list[float]:
+    """The 95% percentile interval of ``mean(b) - mean(a)`` over paired resamples of the rows
+    (each resample draws rows with replacement and keeps both runs' values of each row)."""
+    rng = np.random.default_rng(seed)
+    differences = b.astype(float) - a.astype(float)
+    drawn = rng.integers(0, len(differences), size=(resamples, len(differences)))
+    means = differences[drawn].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -58,6 +73,7 @@ def _paired(shared: pl.DataFrame, column: str) -> dict[str, Any] | None:
     if n == 0:
         return None
     p_value = mcnemar_exact(counts["a_only"], counts["b_only"])
+    both = shared.filter(a.is_not_null() & b.is_not_null())
     return {
         "n": n,
         "a": counts["a_right"] / n,
@@ -67,7 +83,19 @@ def _paired(shared: pl.DataFrame, column: str) -> dict[str, Any] | None:
         "b_only": counts["b_only"],
         "p_value": p_value,
         "significant": p_value < ALPHA,
+        "bootstrap_ci95": paired_bootstrap(both[f"{column}_a"].to_numpy(), both[f"{column}_b"].to_numpy()),
     }
+
+
+def _paired_scores(shared: pl.DataFrame) -> dict[str, Any] | None:
+    """The mean score on the shared rows where both runs have one, and the paired bootstrap
+    interval of its difference; None when there are none."""
+    both = shared.filter(pl.col("score_a").is_not_null() & pl.col("score_b").is_not_null())
+    if both.is_empty():
+        return None
+    a, b = both["score_a"].to_numpy(), both["score_b"].to_numpy()
+    return {"n": both.height, "a": float(a.mean()), "b": float(b.mean()), "difference": float(b.mean() - a.mean()),
+            "bootstrap_ci95": paired_bootstrap(a, b)}
 
 
 def _agreement(shared: pl.DataFrame, column: str) -> float | None:
@@ -79,15 +107,17 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
     """Compare two run directories (B against A): differences are B minus A.
 
     ``judge_accuracy`` and ``ground_truth_accuracy`` each hold both runs' values, their
-    difference and ``paired``: the McNemar test on the shared rows (``None`` when no shared row
-    has the value in both runs). ``prediction_agreement`` and ``verdict_agreement`` are the share
-    of shared rows where both runs have the value and it is the same.
+    difference and ``paired``: the McNemar test on the shared rows and a paired bootstrap
+    interval of the difference (``None`` when no shared row has the value in both runs); with
+    score judges in both, ``mean_score`` the same for the mean score (bootstrap only).
+    ``prediction_agreement`` and ``verdict_agreement`` are the share of shared rows where both
+    runs have the value and it is the same.
     """
     finished_a, finished_b = RunDir(run_a).load(), RunDir(run_b).load()
     a, b = _described(finished_a), _described(finished_b)
-    columns = ["row_id", "prediction", *_PAIRED.values()]
-    shared = finished_a.results.select(columns).join(
-        finished_b.results.select(columns), on="row_id", how="inner", suffix="_b"
+    columns = ["row_id", "prediction", *_PAIRED.values(), "score"]
+    shared = _columns(finished_a, columns).join(
+        _columns(finished_b, columns), on="row_id", how="inner", suffix="_b"
     ).rename({name: f"{name}_a" for name in columns[1:]}).collect()
     comparison: dict[str, Any] = {
         "a": a,
@@ -105,11 +135,25 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
             "difference": None if value_a is None or value_b is None else value_b - value_a,
             "paired": _paired(shared, column),
         }
+    if "score" in a["metrics"] and "score" in b["metrics"]:
+        comparison["mean_score"] = {"a": a["metrics"]["score"]["mean_score"], "b": b["metrics"]["score"]["mean_score"],
+                                    "paired": _paired_scores(shared)}
     return comparison
+
+
+def _columns(run: FinishedRun, columns: list[str]) -> pl.LazyFrame:
+    """``columns`` of the run's results; a column an older run lacks (``score``) is null."""
+    present = run.results.collect_schema().names()
+    return run.results.select(pl.col(name) if name in present else pl.lit(None, dtype=pl.Float64).alias(name)
+                              for name in columns)
 
 
 def _points(value: float | None) -> str:
     return "" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _points_interval(bounds: list[float]) -> str:
+    return f"[{100 * bounds[0]:+.1f}, {100 * bounds[1]:+.1f}] pp"
 
 
 def _served(metrics: dict[str, Any], stage: str) -> str:
@@ -175,6 +219,7 @@ def comparison_tables(comparison: dict[str, Any]) -> tuple[Table, Table]:
         ("B - A", lambda t: _points(t["difference"])),
         ("right in A only", lambda t: str(t["a_only"])),
         ("right in B only", lambda t: str(t["b_only"])),
+        ("B - A, 95% CI (paired bootstrap)", lambda t: _points_interval(t["bootstrap_ci95"])),
         ("p (McNemar exact)", lambda t: f"{t['p_value']:.3g}"),
         ("verdict", lambda t: "significant at 5%" if t["significant"] else "not significant"),
     ]
@@ -192,6 +237,11 @@ def print_comparison(comparison: dict[str, Any], console: Console | None = None)
         f"the runs agree on {percent(comparison['prediction_agreement'])} of shared predictions "
         f"and {percent(comparison['verdict_agreement'])} of shared verdicts"
     )
+    scores = comparison.get("mean_score", {}).get("paired")
+    if scores is not None:
+        low, high = scores["bootstrap_ci95"]
+        console.print(f"mean score on {scores['n']:,} shared rows: A {scores['a']:.2f}, B {scores['b']:.2f}, "
+                      f"B - A {scores['difference']:+.2f} (95% paired bootstrap [{low:+.2f}, {high:+.2f}])")
     if not comparison["same_task"]:
         console.print(f"[yellow]different tasks ({comparison['a']['task']} vs {comparison['b']['task']}): "
                       "rows are matched on row_id only[/]")
