@@ -3,7 +3,8 @@
 Everything it answers says it is simulated: ``model`` is ``"sim:" + requested model``. Answers are
 a stable hash (blake2b) of ``(seed, model, messages)``, with the body's ``seed`` (OpenAI's
 parameter) appended when it has an integer one, so the same request gets the same answer in every
-process and the seeds 0, 1, 2 of one prompt get independent draws; it never reads ground truth.
+process and the seeds 0, 1, 2 of one prompt get independent draws. It reads ground truth only
+where a verdict judge's prompt states it (see "Known truth" below).
 In order of precedence it answers:
 
 1. a judge's ``response_format`` (see below for where its schema is): an object whose properties
@@ -36,6 +37,16 @@ holds two answers between ``[The Start of Answer A]`` / ``[The End of Answer A]`
 ``judge_first_position_rate``, whatever the answers (the draw is the request's, so the two orders
 of one pair draw apart); else by content, whatever the order: equal answers (stripped) tie, else
 the answer with the larger blake2b of ``(seed, answer)`` wins, named by its position.
+
+Known truth: with ``judge_sensitivity`` and ``judge_specificity`` set, a verdict judge (the bare
+words of 4.; a final line's or judge object's listed words, pairwise ones aside; the one enum value
+of 2.) whose last user message has a line ``Reference: <accepted answers, comma-separated>`` and a
+line ``Prediction: <answer>`` (those prefixes at the start of a line; the first of each counts)
+knows whether the prediction is right: its text, stripped and case-folded, equals one of the
+accepted answers, stripped and case-folded. By the request's draw (the one of 4.) it answers the
+first word (``correct``) with probability ``judge_sensitivity`` for a right prediction and
+``1 - judge_specificity`` for a wrong one, else the second (``incorrect``). Scores and pairwise
+verdicts ignore the truth; without those lines or settings every answer is as above.
 
 With ``logprobs: true`` the reply carries the content's tokens (words, spaces and punctuation
 marks; they spell the content), each with ``top_logprobs`` (at most the request's
@@ -101,6 +112,8 @@ _FINAL_LINE = re.compile(
     r"`([A-Z]+): <\w+>`, where <\w+> is (?:one of: (.+?)|an integer from (-?\d+) to (-?\d+))\.$", re.MULTILINE
 )
 _REASON = "First reason step by step."
+_REFERENCE = re.compile(r"^Reference: (.*)$", re.MULTILINE)
+_PREDICTION = re.compile(r"^Prediction: (.*)$", re.MULTILINE)
 _POSITIONS = tuple(re.compile(rf"\[The Start of Answer {x}\](.*?)\[The End of Answer {x}\]", re.DOTALL) for x in "AB")
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]", re.DOTALL)
 _SURE = math.log(0.9999)  # a token that carries no choice
@@ -146,6 +159,8 @@ class SimSettings:
     The ``batch_*`` settings are the fields of the backend's :class:`BatchPolicy`.
     ``judge_correct_rate`` tilts judges' answers to their first choice and high scores;
     ``judge_first_position_rate`` is how often a pairwise judge answers ``A`` whatever the answers.
+    ``judge_sensitivity`` and ``judge_specificity`` (both or neither) are a verdict judge's error
+    rates where its prompt states the truth (the module docstring's "Known truth").
     """
 
     latency_ms: float = 0.0
@@ -164,6 +179,8 @@ class SimSettings:
     seed: int = 0
     judge_correct_rate: float = 0.75
     judge_first_position_rate: float = 0.0
+    judge_sensitivity: float | None = None
+    judge_specificity: float | None = None
     response_formats: tuple[str, ...] = _RESPONSE_FORMATS
     slots: int | None = None
     batch_min_seconds: float = 0.0
@@ -173,9 +190,12 @@ class SimSettings:
 
     def __post_init__(self) -> None:
         names = [f"{fault}_rate" for fault in _FAULTS]
-        for name in (*names, "judge_correct_rate", "judge_first_position_rate", "batch_fail_rate"):
-            if not 0.0 <= (rate := getattr(self, name)) <= 1.0:
+        judge = ("judge_correct_rate", "judge_first_position_rate", "judge_sensitivity", "judge_specificity")
+        for name in (*names, *judge, "batch_fail_rate"):
+            if (rate := getattr(self, name)) is not None and not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {rate}")
+        if (self.judge_sensitivity is None) != (self.judge_specificity is None):
+            raise ValueError("set both judge_sensitivity and judge_specificity, or neither")
         if sum(rate for _, rate in self.fault_rates) > 1.0:
             raise ValueError(f"{' + '.join(names)} must not exceed 1")
         for name, limit in (("rpm", self.rpm), ("tpm", self.tpm)):
@@ -431,28 +451,40 @@ class SimBackend:
         confidence = 0.55 + 0.44 * draws.random()
         users = [text for m, text in zip(messages, texts, strict=True) if m["role"] == "user"]
         last = users[-1] if users else ""
+        known = self._known_rate(last)
+        rate = self.settings.judge_correct_rate if known is None else known
         schema = _schema(response_format)
         if schema is not None and (found := _schema_ask(schema, _pair(last) is not None)) is not None:
             ask, reasoning = found
-            choice, decoy, others = self._choose(ask, last, draw, draws)
+            choice, decoy, others = self._choose(ask, last, draw, draws, rate)
             return _judge_object(ask, choice, decoy if reasoning else None, others, reasoning, confidence)
-        if schema is not None and (structured := _schema_answer(schema, pick, confidence)) is not None:
+        enum_pick = pick if known is None else int(draw >= known)
+        if schema is not None and (structured := _schema_answer(schema, enum_pick, confidence)) is not None:
             return structured
         if (line := _final_line_ask(last)) is not None:
-            choice, decoy, others = self._choose(line, last, draw, draws)
+            choice, decoy, others = self._choose(line, last, draw, draws, rate)
             answer = _final_line(line, choice, decoy if _REASON in last else None, others, confidence)
         else:
-            answer = self._text_answer(messages, texts, draw, pick, confidence)
+            answer = self._text_answer(messages, texts, draw, pick, confidence, rate)
         if isinstance(response_format, dict) and response_format.get("type") == "json_object":
             return answer.wrapped()
         return answer
 
+    def _known_rate(self, message: str) -> float | None:
+        """How often a verdict judge answers its first word when ``message`` states the truth and
+        the truth's error rates are set; None otherwise."""
+        sensitivity, specificity = self.settings.judge_sensitivity, self.settings.judge_specificity
+        if sensitivity is None or specificity is None or (right := _truth(message)) is None:
+            return None
+        return sensitivity if right else 1.0 - specificity
+
     def _text_answer(
-        self, messages: list[dict[str, Any]], texts: list[str], draw: float, pick: int, confidence: float
+        self, messages: list[dict[str, Any]], texts: list[str], draw: float, pick: int, confidence: float, rate: float
     ) -> _Answer:
+        """A bare-word verdict (``correct`` with probability ``rate``), an option, or the fallback."""
         text = "\n".join(texts)
         if _CORRECT.search(text) and _INCORRECT.search(text):
-            verdict, other = ("correct", "incorrect") if draw < self.settings.judge_correct_rate else ("incorrect", "correct")
+            verdict, other = ("correct", "incorrect") if draw < rate else ("incorrect", "correct")
             return _Answer("", verdict, "", ((other, 1.0),), confidence)
         order = sorted(range(len(messages)), key=lambda i: messages[i]["role"] != "system")
         options: tuple[str, ...] = ()
@@ -466,9 +498,12 @@ class SimBackend:
         others = tuple((option, 1.0) for i, option in enumerate(options) if i != index)
         return _Answer("", options[index], "", others, confidence)
 
-    def _choose(self, ask: _Ask, message: str, draw: float, draws: random.Random) -> tuple[Any, Any, _Weights]:
+    def _choose(
+        self, ask: _Ask, message: str, draw: float, draws: random.Random, rate: float
+    ) -> tuple[Any, Any, _Weights]:
         """A judge's choice, a decoy (another choice; ``None`` when there is none) and the other
-        choices with their weights; ``draw`` is the request's uniform draw, ``draws`` its generator."""
+        choices with their weights; ``draw`` is the request's uniform draw, ``draws`` its generator,
+        ``rate`` how often a verdict is the first choice."""
         s = self.settings
         if not ask.choices:
             low, high = ask.low, ask.high
@@ -481,7 +516,7 @@ class SimBackend:
         if pair is not None:
             index = 0 if draw < s.judge_first_position_rate else _preferred(pair, s.seed)
         else:
-            index = 0 if draw < s.judge_correct_rate or len(ask.choices) == 1 else 1
+            index = 0 if draw < rate or len(ask.choices) == 1 else 1
         others = tuple((choice, 1.0) for i, choice in enumerate(ask.choices) if i != index)
         decoy = others[draws.randrange(len(others))][0] if others else None
         return ask.choices[index], decoy, others
@@ -495,6 +530,16 @@ def _text(content: Any) -> str:
         return ""
     parts = (p.get("text") for p in content if isinstance(p, dict))
     return "\n".join(p for p in parts if isinstance(p, str))
+
+
+def _truth(message: str) -> bool | None:
+    """Whether the ``Prediction:`` line's answer is among the ``Reference:`` line's accepted ones
+    (stripped, case-folded); None unless ``message`` has both lines."""
+    reference, prediction = _REFERENCE.search(message), _PREDICTION.search(message)
+    if reference is None or prediction is None:
+        return None
+    accepted = {answer.strip().casefold() for answer in reference.group(1).split(",")} - {""}
+    return prediction.group(1).strip().casefold() in accepted
 
 
 def _max_tokens(body: dict[str, Any]) -> int:
