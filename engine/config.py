@@ -222,6 +222,13 @@ class CalibrationConfig(_Strict):
         return self
 
 
+class ReportConfig(_Strict):
+    """What the report breaks down: ``group_by`` names data-set columns whose values split every
+    headline metric (kept in results.parquet with the inputs)."""
+
+    group_by: tuple[str, ...] = ()
+
+
 class LocalServerConfig(_Strict):
     """The embedded server started when ``endpoint.base_url`` is unset.
 
@@ -259,6 +266,7 @@ class TaskConfig(_Strict):
     prices: dict[str, Price] = Field(default_factory=dict, description="by model name")
     local: LocalServerConfig = LocalServerConfig()
     calibration: CalibrationConfig | None = Field(None, description="trusted labels from a file, joined by id")
+    report: ReportConfig = ReportConfig()
     cache_dir: Path | None = Field(
         None, description="a response cache shared across runs (engine.response_cache); relative to the file; off when unset"
     )

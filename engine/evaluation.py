@@ -140,7 +140,8 @@ class Evaluation:
             lock = self._dir.claim(resume=self.resume)
             self._stack.callback(lock.release)
             started = await anyio.to_thread.run_sync(self._check_resume) if self.resume else None
-            results = ResultsWriter(self._dir, _input_columns(builder, dataset))
+            _check_group_by(config, dataset.columns)
+            results = ResultsWriter(self._dir, _input_columns(builder, dataset, config.report.group_by))
             if self.resume:
                 await anyio.to_thread.run_sync(self._redo_stale_rows, dataset, results)
             provider = await self._connect()
@@ -412,10 +413,19 @@ def one_line(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _input_columns(builder: PromptBuilder, dataset: Dataset) -> tuple[str, ...]:
-    """The columns the templates read: the inputs kept in results.parquet."""
-    return tuple(name for name in dataset.columns if name in builder.template_fields)
+def _input_columns(builder: PromptBuilder, dataset: Dataset, group_by: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The columns the templates read, and those the report groups by: the inputs kept in
+    results.parquet."""
+    return tuple(name for name in dataset.columns if name in builder.template_fields or name in group_by)
 
+
+
+def _check_group_by(config: TaskConfig, columns: list[str]) -> None:
+    for name in config.report.group_by:
+        if name not in columns:
+            raise ConfigError(
+                f"{config.where('report.group_by')}: {name!r} is not a column of the data set (columns: {', '.join(columns)})"
+            )
 
 
 def _journaled_ids(run_dir: RunDir, stage: StageName) -> set[str]:

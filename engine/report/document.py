@@ -78,7 +78,8 @@ def write_report(run_dir: RunDir | Path) -> Path:
         open_answers = not run.info["config"].get("labels")  # free text: no label to break the answers down by
         accuracy = _accuracy(run, plots_dir) if has_verdicts(run.metrics) else None  # a score judge without pass_at
         judged = [_trusted(run), accuracy, _scores(run, plots_dir), _judge_vs_truth(run, plots_dir), _panel(run),
-                  _repeats(run), _probabilities(run, plots_dir), None if open_answers else _labels(run, plots_dir)]
+                  _repeats(run), _probabilities(run, plots_dir), _groups(run),
+                  None if open_answers else _labels(run, plots_dir)]
     drafted = [
         _overview(run),
         *judged,
@@ -558,6 +559,37 @@ def _repeats(run: FinishedRun) -> _Section | None:
     if spread is not None:
         section.blocks.append(f"Spread (max - min) of the single-repeat accuracies: {100 * spread:.1f} points "
                               f"(sd {100 * repeats['accuracy_sd']:.1f}).")
+    return section
+
+
+def _groups(run: FinishedRun) -> _Section | None:
+    groups = run.metrics.get("groups")
+    if not groups:
+        return None
+    section = _Section("By group", ["Every headline number for each group of rows (report.group_by), with its "
+                                    "interval and the rows it is over."])
+    for column, values in groups.items():
+        if "note" in values:
+            section.blocks.append(f"{column}: {values['note']}.")
+            continue
+        score = any("mean_score" in numbers for numbers in values.values())
+        ppi = any(numbers["ppi_accuracy"] is not None for numbers in values.values())
+        header = (column, "rows", "judge accuracy", "n", "ground-truth accuracy", "n",
+                  *(("prediction-powered", "labelled") if ppi else ()), *(("mean score", "n") if score else ()))
+        rows = []
+        for group, m in values.items():
+            row = [str(group), f"{m['n_rows']:,}", f"{percent(m['judge_accuracy'])} {interval_text(m['judge_accuracy_ci95'])}",
+                   f"{m['judge_accuracy_n']:,}",
+                   f"{percent(m['ground_truth_accuracy'])} {interval_text(m['ground_truth_accuracy_ci95'])}",
+                   f"{m['ground_truth_accuracy_n'] or 0:,}"]
+            if ppi:
+                row += [f"{percent(m['ppi_accuracy'])} {interval_text(m['ppi_accuracy_ci95'])}", f"{m['ppi_accuracy_n']:,}"]
+            if score:
+                interval = m["mean_score_ci95"]
+                row += ["n/a" if m["mean_score"] is None else f"{m['mean_score']:.2f}"
+                        + ("" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]"), f"{m['mean_score_n']:,}"]
+            rows.append(tuple(row))
+        section.blocks.append(_Table(header, rows))
     return section
 
 

@@ -21,6 +21,7 @@ from ..judges import judge_prefixes
 from ..rundir import RunDir, write_json
 from ..sessions import RunFigures, run_figures
 from ..types import STAGES
+from .groups import group_metrics
 from .judgements import krippendorff_alpha, pairwise_metrics, probability_metrics, repeat_metrics, score_metrics
 from .metrics import failure_reasons, panel_metrics, quality_metrics
 from .trusted import trusted_metrics, with_trusted_labels
@@ -81,6 +82,9 @@ def build_metrics(
         unrecognised = metrics["n_judged"] - metrics["pairwise"]["n"]
         metrics["invalid_verdicts"] = unrecognised
         metrics["invalid_verdict_rate"] = unrecognised / metrics["n_judged"] if metrics["n_judged"] else None
+    if config.report.group_by:
+        metrics["groups"] = group_metrics(results, config.report.group_by,
+                                          scale=judge.scale if judge.kind == "score" else None, pass_at=judge.pass_at)
     if judge.logprobs:
         metrics["probabilities"] = probability_metrics(results, scored=judge.kind == "score")
     if judge.repeats > 1:
