@@ -248,6 +248,11 @@ class LocalServerConfig(_Strict):
     judge_first_position_rate: float = Field(
         0.0, ge=0, le=1, description="sim: how often its pairwise judge picks the first answer, whatever the answers"
     )
+    judge_sensitivity: float | None = Field(
+        None, ge=0, le=1, description="sim: with a 'Reference:' and a 'Prediction:' line in the judge prompt, how "
+        "often a right prediction is called correct (set judge_specificity too)"
+    )
+    judge_specificity: float | None = Field(None, ge=0, le=1, description="sim: how often a wrong one is called incorrect")
     seed: int = 0
 
 

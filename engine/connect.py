@@ -79,6 +79,8 @@ def local_backend(local: LocalServerConfig) -> Backend:
         batch_min_seconds=local.batch_min_seconds,
         judge_correct_rate=local.judge_correct_rate,
         judge_first_position_rate=local.judge_first_position_rate,
+        judge_sensitivity=local.judge_sensitivity,
+        judge_specificity=local.judge_specificity,
         seed=local.seed,
     )
     return SimBackend(settings)

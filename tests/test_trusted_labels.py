@@ -9,17 +9,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import polars as pl
 import pytest
 
+from adapters.server.backends.sim import SimSettings
 from benchmarks.clocks import InstantClock
 from engine import ConfigError, Evaluation
 from engine.cli import main
+from engine.config import CalibrationConfig
 from engine.mock_provider import MockProvider
+from engine.report.summary import refresh_metrics
 from engine.report.trusted import label_counts, ppi_accuracy
+from engine.rundir import RunDir
 from engine.types import ChatRequest
+from tests.support import CountingBackend
 
-from .conftest import imdb_config
+from .conftest import TEST_KEY, imdb_config, start_server
 
 ROWS = 120
 IMDB = Path(__file__).resolve().parent.parent / "examples" / "imdb" / "imdb_top_1000.csv"
@@ -74,8 +80,6 @@ async def test_a_partly_labelled_data_set_gives_the_prediction_powered_accuracy(
 
 
 def test_labels_added_to_a_finished_run_are_used_by_report_without_a_call(tmp_path: Path) -> None:
-    import anyio
-
     run = anyio.run(lambda: finished(tmp_path, data_file(tmp_path, labelled=0), **{"dataset.label_column": None}))
     assert metrics(run)["trusted_labels"] is None and metrics(run)["ppi_accuracy"] is None
     results = pl.read_parquet(run / "results.parquet")
@@ -102,8 +106,6 @@ def test_labels_added_to_a_finished_run_are_used_by_report_without_a_call(tmp_pa
 
 
 def test_a_labels_file_of_true_labels_and_its_mistakes(tmp_path: Path) -> None:
-    import anyio
-
     run = anyio.run(lambda: finished(tmp_path, data_file(tmp_path, labelled=0), **{"dataset.label_column": None}))
     labels = tmp_path / "genres.csv"
     labels.write_text("movie,genres\nm0,\"Drama, Crime\"\nm1,Comedy\nm2,\n", encoding="utf-8")
@@ -112,16 +114,11 @@ def test_a_labels_file_of_true_labels_and_its_mistakes(tmp_path: Path) -> None:
     assert metrics(run)["trusted_labels"]["labels_only"]["accuracy"] == 0.5  # Drama is right for m0 only
     assert main(["report", str(run), "--labels", str(labels), "--id-column", "id", "--label-column", "genres"]) == 2
     with pytest.raises(ConfigError, match=r"genres\.csv: needs the columns 'id' and 'genres'"):
-        from engine.config import CalibrationConfig
-        from engine.report.summary import refresh_metrics
-        from engine.rundir import RunDir
 
         refresh_metrics(RunDir(run), CalibrationConfig(path=labels, id_column="id", label_column="genres"))
 
 
 def test_a_sample_to_label_is_reproducible_stratified_and_feeds_report(tmp_path: Path) -> None:
-    import anyio
-
     run = anyio.run(lambda: finished(tmp_path, data_file(tmp_path, labelled=0), **{"dataset.label_column": None}))
     out = tmp_path / "to-label.csv"
     args = ["sample-for-labels", str(run), "--n", "30", "--stratify", "verdict", "--out", str(out)]
@@ -141,3 +138,42 @@ def test_a_sample_to_label_is_reproducible_stratified_and_feeds_report(tmp_path:
     assert main(["report", str(run), "--labels", str(out), "--id-column", "id", "--verdict-column", "verdict"]) == 0
     assert metrics(run)["trusted_labels"]["labels_only"] == {"accuracy": 1.0, "ci95": pytest.approx([0.8865, 1.0], abs=1e-3),
                                                              "n": 30}
+
+
+def test_over_http_a_sim_judge_of_known_error_rates_is_measured_and_corrected(
+    tmp_path: Path, api_key: str
+) -> None:
+    """The embedded sim's judge calls a right prediction correct 85% of the time and a wrong one
+    incorrect 75%; with 150 of 600 rows labelled, the measured rates and the corrected estimates
+    land near the truth that every label gives."""
+
+    backend = CountingBackend(SimSettings(seed=7, judge_sensitivity=0.85, judge_specificity=0.75))
+    template = "Overview: {Overview}\nReference: {Genre}\nPrediction: {prediction}\nIs it correct or incorrect?"
+    for url in start_server(backend, api_key=TEST_KEY):
+        config = imdb_config(url, limit=600, **{"judge.user_template": template, "judge.constrain": False,
+                                                "predict.constrain": False})
+        anyio.run(_finish, config, tmp_path / "run")
+    results = pl.read_parquet(tmp_path / "run" / "results.parquet")
+    truth = results["ground_truth_correct"].to_list().count(True) / results.height
+    labels = tmp_path / "labels.csv"
+    pl.DataFrame({"row": results["row_id"], "genres": results["labels"].list.join(",")}).sample(
+        n=150, seed=3).write_csv(labels)
+    data = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert data["dataset"]["label_column"] == "Genre"  # every row labelled in the run: drop them for the test
+
+    unlabelled = results.with_columns(pl.lit(None, dtype=pl.Boolean).alias("ground_truth_correct"))
+    unlabelled.write_parquet(tmp_path / "run" / "results.parquet")
+    m = refresh_metrics(RunDir(tmp_path / "run"), CalibrationConfig(path=labels, id_column="row", label_column="genres"))
+    trusted = m["trusted_labels"]
+    judge = trusted["judge_calibration"]
+    assert trusted["labelled_n"] == 150 and trusted["unlabelled_n"] == 450
+    assert judge["sensitivity_ci95"][0] <= 0.85 <= judge["sensitivity_ci95"][1]
+    assert judge["specificity_ci95"][0] <= 0.75 <= judge["specificity_ci95"][1]
+    low, high = trusted["ppi"]["ci95"]
+    assert low <= truth <= high
+    assert abs(trusted["judge_only"]["accuracy"] - truth) > abs(trusted["ppi"]["accuracy"] - truth)  # the raw rate is biased
+
+
+async def _finish(config: Any, run_dir: Path) -> None:
+    async with Evaluation(config, run_dir=run_dir):
+        pass
