@@ -96,7 +96,7 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
             model=record["model"] or "",
             usage=Usage(record["prompt_tokens"] or 0, record["completion_tokens"] or 0),
             latency_s=record["latency_s"],
-            attempts=record["attempts"] or 1,
+            attempts=1 if record["attempts"] is None else record["attempts"],  # a cached answer made none
             started_at=record["started_at"] or 0.0,
             finished_at=record["finished_at"] or 0.0,
             rate_limited=record.get("rate_limited") or 0,

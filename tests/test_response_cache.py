@@ -106,3 +106,12 @@ def test_the_cli_flag_turns_the_cache_on_and_warns_about_sampling(
     assert metrics(tmp_path / "two")["cache_hits"] == {"predict": 10, "judge": 10}
     assert metrics(tmp_path / "two")["requests"] == 0
     assert "judge: temperature 0.7 with the response cache on" in capsys.readouterr().err
+
+
+def test_a_cached_answer_read_back_from_the_journal_made_no_attempt() -> None:
+    from engine.journal import outcome_to_record, record_to_outcome
+    from engine.types import Row
+
+    cached = ChatResult("predict:1", "Drama", "m", Usage(), None, attempts=0, cached=True)
+    back = record_to_outcome(outcome_to_record(Row("1", 1, {}), cached))
+    assert isinstance(back, ChatResult) and back.attempts == 0 and back.cached
