@@ -33,11 +33,9 @@ def sample_for_labels(
     if judged.is_empty():
         raise ConfigError(f"{run_dir.path}: no judged row to label")
     if stratify == "verdict":
-        share = min(1.0, n / judged.height)
         groups = judged.partition_by("verdict", maintain_order=True)
-        sample = pl.concat([
-            group.sample(n=min(group.height, round(share * group.height)), seed=seed) for group in groups
-        ])
+        sizes = _proportional([group.height for group in groups], min(n, judged.height))
+        sample = pl.concat([group.sample(n=size, seed=seed) for group, size in zip(groups, sizes, strict=True)])
     else:
         sample = judged.sample(n=min(n, judged.height), seed=seed)
     sample = sample.sort("index")
@@ -50,3 +48,15 @@ def sample_for_labels(
     target = out or run_dir.path / "labels-to-fill.csv"
     pl.DataFrame(columns).write_csv(target)
     return target, sample.height
+
+
+def _proportional(heights: list[int], total: int) -> list[int]:
+    """``total`` split over groups in proportion to their ``heights``, rounded so that the parts
+    add up to it (the largest remainders get the rows left over)."""
+    whole = sum(heights)
+    exact = [total * height / whole for height in heights]
+    sizes = [int(value) for value in exact]
+    by_remainder = sorted(range(len(heights)), key=lambda index: exact[index] - sizes[index], reverse=True)
+    for index in by_remainder[: total - sum(sizes)]:
+        sizes[index] += 1
+    return sizes

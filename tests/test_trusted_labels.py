@@ -177,3 +177,11 @@ def test_over_http_a_sim_judge_of_known_error_rates_is_measured_and_corrected(
 async def _finish(config: Any, run_dir: Path) -> None:
     async with Evaluation(config, run_dir=run_dir):
         pass
+
+
+def test_a_stratified_sample_has_exactly_the_rows_asked_for() -> None:
+    from engine.labelling import _proportional
+
+    assert _proportional([70, 20, 10], 7) == [5, 1, 1]
+    assert _proportional([1, 1, 1], 2) == [1, 1, 0]
+    assert all(sum(_proportional([a, b], n)) == n for a in (1, 7, 40) for b in (3, 9) for n in range(1, a + b + 1))
