@@ -384,13 +384,18 @@ def load_config(path: str | Path) -> TaskConfig:
     """Read and validate a task's TOML file; relative paths in it are read from its folder.
     Raises ``ConfigError`` with one line naming the file, the setting and what to do."""
     path = Path(path)
+    return parse_config(read_toml(path, "config file"), source=path.name, base_dir=path.resolve().parent)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing or malformed file is one line naming it (``what``: how
+    the message calls it, as ``config file``)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, source=path.name, base_dir=path.resolve().parent)
 
 
 def _apply(node: dict[str, Any], path: list[str], value: Any, dotted: str) -> None:

@@ -13,7 +13,6 @@ A pairwise run's prediction is the pair as a JSON array ``[answer of A, answer o
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import anyio
 import polars as pl
 from anyio.abc import TaskStatus
 
-from .config import TaskConfig, parse_config
+from .config import TaskConfig, parse_config, read_toml
 from .errors import ConfigError
 from .run.stage import Deliver
 from .rundir import RunDir
@@ -180,12 +179,7 @@ def judging_config(sources: Sources, judge_file: Path | None = None) -> TaskConf
 
 
 def _judge_table(path: Path) -> dict[str, Any]:
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: judge file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    table = read_toml(path, "judge file")
     if "judge" not in table:
         raise ConfigError(f"{path}: no [judge] table (or [[judge]] panel): it says which judge to run")
     return table

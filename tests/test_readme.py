@@ -45,24 +45,22 @@ def test_library_example_runs(tmp_path: Path) -> None:
     assert (tmp_path / "runs").is_dir()
 
 
-def test_provider_example_runs_without_an_endpoint(tmp_path: Path) -> None:
+def run_example(marker: str, cwd: Path) -> str:
+    """Run the README's first Python block that mentions ``marker``; its output."""
     examples = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
-    example = next(block for block in examples if "MockProvider" in block)
+    example = next(block for block in examples if marker in block)
     done = subprocess.run(
-        [sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-c", example], cwd=cwd, capture_output=True, text=True,
         timeout=LOCAL_MODEL_RUN_S, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
+    return done.stdout
+
+
+def test_provider_example_runs_without_an_endpoint(tmp_path: Path) -> None:
+    lines = run_example("MockProvider", tmp_path).strip().splitlines()
     assert lines[:5] == [f"{row} Drama True" for row in range(5)] and lines[5] == "1.0 5"
 
 
 def test_the_judging_example_judges_a_finished_run_again(tmp_path: Path) -> None:
-    examples = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
-    example = next(block for block in examples if "judging_config" in block)
-    done = subprocess.run(
-        [sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True,
-        timeout=LOCAL_MODEL_RUN_S, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0.0 0"  # the stricter judge, and no predict call
+    assert run_example("judging_config", tmp_path).strip() == "0.0 0"  # the stricter judge, and no predict call
