@@ -626,3 +626,28 @@ def test_trio_caller() -> None:
         return reply.choices[0].message.content
 
     assert trio.run(main) in GENRE_SET
+
+
+async def test_an_unknown_route_answers_404_naming_the_method_and_path() -> None:
+    """As OpenAI answers it: a client that guessed a route (inspect_ai's /v1/responses) learns which."""
+    async with embedded_server(SimBackend(SimSettings())) as url, aiohttp.ClientSession() as http:
+        for method, path, status, message in (
+            ("POST", "/responses", 404, "Invalid URL (POST /v1/responses)"),
+            ("GET", "/v1/nowhere", 404, "Invalid URL (GET /v1/v1/nowhere)"),
+            ("GET", "/chat/completions", 405, "Invalid method for URL (GET /v1/chat/completions)"),
+        ):
+            async with http.request(method, url + path) as response:
+                assert response.status == status
+                assert (await response.json())["error"]["message"] == message
+
+
+async def test_one_model_is_retrieved_by_its_id_and_an_unknown_one_is_not_found() -> None:
+    async with sim_client(SimSettings(models=("known", "org/with-slash"))) as client:
+        model = await client.models.retrieve("known")
+        assert (model.id, model.object, model.owned_by) == ("known", "model", "sim")
+        assert (await client.models.retrieve("org/with-slash")).id == "org/with-slash"
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.models.retrieve("unknown")
+    assert caught.value.code == "model_not_found"
+    async with sim_client(SimSettings()) as client:  # a backend that takes any model name
+        assert (await client.models.retrieve("anything")).id == "anything"

@@ -84,6 +84,7 @@ def create_app(
     app[_STOPPING] = asyncio.Event()
     app.on_shutdown.append(_release_held_requests)
     app.router.add_get("/v1/models", _list_models)
+    app.router.add_get("/v1/models/{model:.+}", _retrieve_model)
     app.router.add_post("/v1/chat/completions", _chat_completions)
     if batch_api:
         root = None if data_dir is None else Path(data_dir)
@@ -161,6 +162,9 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status in (404, 405) and request.match_info.route.resource is None:  # no route: say which was asked
+            message = ("Invalid URL" if exc.status == 404 else "Invalid method for URL") + f" ({request.method} {request.path})"
+            return error_response(exc.status, message, code=exc.reason.lower().replace(" ", "_"))
         return error_response(exc.status, exc.text or exc.reason, code=exc.reason.lower().replace(" ", "_"))
     except HttpProcessingError as exc:
         return error_response(400, f"The request is malformed: {exc.message}")
@@ -232,6 +236,16 @@ async def _list_models(request: web.Request) -> web.Response:
         for model in (backend.models if backend.models is not None else (backend.name,))
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def _retrieve_model(request: web.Request) -> web.Response:
+    """One model, as ``/v1/models`` lists it; an unknown one is OpenAI's 404 ``model_not_found``."""
+    backend = request.app[_BACKEND]
+    model = request.match_info["model"]
+    if backend.models is not None and model not in backend.models:
+        return error_response(404, f"The model '{model}' does not exist", code="model_not_found", param="model")
+    owner = backend.name
+    return web.json_response({"id": model, "object": "model", "created": int(time.time()), "owned_by": owner})
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
