@@ -426,6 +426,23 @@ async def test_api_key_is_enforced_and_never_echoed() -> None:
         assert await ask(client, genre_messages()) in GENRE_SET
 
 
+async def test_the_key_may_come_as_anthropics_x_api_key_and_a_refusal_there_is_anthropics() -> None:
+    async with embedded_server(SimBackend(SimSettings()), api_key="right-key") as url:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/models", headers={"x-api-key": "right-key"}) as response:
+                assert response.status == 200
+            async with session.post(f"{url}/messages", headers={"x-api-key": "wrong-key-123"}, json={}) as response:
+                assert response.status == 401
+                body = await response.json()
+                text = await response.text()
+            async with session.get(f"{url}/models", headers={"x-api-key": "wrong-key-123"}) as refused:
+                openai_body = await refused.json()
+    assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    assert response.headers["request-id"] == body["request_id"]
+    assert "wrong-key-123" not in text
+    assert refused.status == 401 and openai_body["error"]["code"] == "invalid_api_key"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

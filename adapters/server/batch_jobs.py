@@ -46,6 +46,7 @@ from .batch_lines import (
     succeeded,
 )
 from .files import FileStore, atomic_write
+from .prompt_cache import PromptCache
 
 __all__ = ["BATCH_ID", "BatchManager", "BatchRecord", "BatchSettings", "BatchStateError"]
 
@@ -164,8 +165,12 @@ class _Control:
 class BatchManager:
     """Creates, runs, cancels and lists the batches under ``root``; its work runs inside :meth:`run`."""
 
-    def __init__(self, backend: Backend, files: FileStore, root: Path, settings: BatchSettings) -> None:
+    def __init__(
+        self, backend: Backend, files: FileStore, root: Path, settings: BatchSettings, cache: PromptCache | None = None
+    ) -> None:
+        """``cache``: the server's prompt cache, which reports the lines' cached prompt tokens."""
         self._backend = backend
+        self._cache = cache
         self._policy = batch_policy(backend)
         self._files = files
         self._root = root
@@ -329,7 +334,7 @@ class BatchManager:
         async with lines:
             async for line in lines:
                 self._line_runs[line.custom_id] += 1
-                output = await run_line(self._backend, self._policy, line, self._line_runs[line.custom_id])
+                output = await run_line(self._backend, self._policy, line, self._line_runs[line.custom_id], self._cache)
                 log.append(output)
                 batch = self._batches[batch_id]
                 if succeeded(output):

@@ -4,6 +4,10 @@ An input line is ``{"custom_id", "method": "POST", "url", "body"}``. An output l
 ``{"id": "batch_req_…", "custom_id", "response": {"status_code", "request_id", "body"} | null,
 "error": {"code", "message"} | null}``; a line succeeded when its response has status 200. The
 synchronous functions read whole files: run them in a worker thread.
+
+A line's ``url`` names the API it calls, a key of ``LINE_APIS``: chat completions here, and each
+other API shape the server speaks registers its own (``/v1/responses``, ``/v1/messages``), as a
+translation to and from the backend's chat completions.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,17 +27,21 @@ from . import wire
 from .backends.base import (
     Backend,
     BackendError,
+    BackendReply,
     BatchPolicy,
     DropConnection,
     Hang,
     MalformedReply,
     TruncatedReply,
 )
-from .chat_request import chat_problem
+from .chat_request import Problem, chat_problem
+from .prompt_cache import PromptCache, chat_segments
 
 __all__ = [
+    "LINE_APIS",
     "Checked",
     "Line",
+    "LineApi",
     "LineError",
     "ResultsLog",
     "check_input",
@@ -48,6 +56,27 @@ MAX_REPORTED_ERRORS = 100
 _CHUNK = 1 << 20
 _DEFAULT_RETRY_AFTER_S = 1.0
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LineApi:
+    """One API a batch line may call: ``problem`` says what is wrong with a body (None: nothing;
+    given the backend's known models), ``to_chat`` turns it into the chat body the backend
+    answers, ``render`` turns the reply into the API's answer object (for the reply, its request
+    id, the line's body and the server's prompt cache)."""
+
+    problem: Callable[[Any, tuple[str, ...] | None], Problem | None]
+    to_chat: Callable[[dict[str, Any]], dict[str, Any]]
+    render: Callable[[BackendReply, str, dict[str, Any], PromptCache], dict[str, Any]]
+
+
+def _render_chat(reply: BackendReply, request_id: str, body: dict[str, Any], cache: PromptCache) -> dict[str, Any]:
+    cached = 0 if reply.reply is not None else cache.automatic(chat_segments(body["messages"]), reply.prompt_tokens).read
+    return wire.chat_completion(reply, request_id, cached)
+
+
+#: The APIs batch lines may call, by ``url``.
+LINE_APIS: dict[str, LineApi] = {"/v1/chat/completions": LineApi(chat_problem, lambda body: body, _render_chat)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +107,7 @@ class Line:
 
     custom_id: str
     body: dict[str, Any]
+    url: str = "/v1/chat/completions"
 
 
 def check_input(
@@ -165,12 +195,15 @@ async def read_lines(path: Path) -> AsyncIterator[Line]:
 
 def _parse(raw: bytes) -> Line:
     request = json.loads(raw)
-    return Line(request["custom_id"], request["body"])
+    return Line(request["custom_id"], request["body"], request["url"])
 
 
-async def run_line(backend: Backend, policy: BatchPolicy, line: Line, attempt: int = 1) -> dict[str, Any]:
-    """Run ``line`` (the ``attempt``-th run of its custom_id) against ``backend`` and return its
-    output line; never raises but cancellation.
+async def run_line(
+    backend: Backend, policy: BatchPolicy, line: Line, attempt: int = 1, cache: PromptCache | None = None
+) -> dict[str, Any]:
+    """Run ``line`` (the ``attempt``-th run of its custom_id) against ``backend`` through the API
+    its ``url`` names, and return its output line; never raises but cancellation. ``cache``
+    reports the prompt's cached tokens (none without one).
 
     A 429 is waited out (its ``retry-after-ms`` or ``Retry-After``) and tried again, as a
     provider's batch does; every other failure is a failed output line.
@@ -179,11 +212,12 @@ async def run_line(backend: Backend, policy: BatchPolicy, line: Line, attempt: i
     if policy.fails(line.custom_id, attempt):
         body = wire.error_body("Simulated failure of a batch line.", type="server_error")
         return _response(line, request_id, 500, body)
-    if (problem := chat_problem(line.body, backend.models)) is not None:
+    api = LINE_APIS[line.url]
+    if (problem := api.problem(line.body, backend.models)) is not None:
         return _response(line, request_id, problem.status, problem.body())
     while True:
         try:
-            completion = await backend.complete(line.body)
+            completion = await backend.complete(api.to_chat(line.body))
         except BackendError as exc:
             if exc.status == 429:
                 await anyio.sleep(_retry_after(exc))
@@ -203,7 +237,7 @@ async def run_line(backend: Backend, policy: BatchPolicy, line: Line, attempt: i
             _log.exception("backend %s failed on a batch line", backend.name)
             body = wire.error_body(f"The {backend.name} backend failed.", type="server_error")
             return _response(line, request_id, 500, body)
-        return _response(line, request_id, 200, wire.chat_completion(completion, request_id))
+        return _response(line, request_id, 200, api.render(completion, request_id, line.body, cache or PromptCache(0)))
 
 
 def failure_line(custom_id: str, code: str, message: str) -> dict[str, Any]:

@@ -26,11 +26,14 @@ from aiohttp import BodyPartReader, web
 from . import wire
 from .backends.base import Backend
 from .batch_jobs import BatchManager, BatchSettings, BatchStateError
+from .batch_lines import LINE_APIS
 from .files import FileStore, StoredFile, UploadTooLarge
+from .prompt_cache import PromptCache
 
 __all__ = ["install"]
 
-BATCH_ENDPOINT = "/v1/chat/completions"
+#: The endpoints an OpenAI batch may call, once their line API is registered in ``batch_lines``.
+OPENAI_BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/responses")
 _CHUNK = 1 << 20
 _MULTIPART_SLACK = 64 * 1024
 _MAX_METADATA_KEYS = 16
@@ -42,8 +45,9 @@ class _Service:
     files: FileStore
     batches: BatchManager
 
-    def __init__(self, backend: Backend, data_dir: Path | None, settings: BatchSettings) -> None:
+    def __init__(self, backend: Backend, data_dir: Path | None, settings: BatchSettings, cache: PromptCache) -> None:
         self.backend = backend
+        self.cache = cache
         self.data_dir = data_dir
         self.settings = settings
 
@@ -53,7 +57,7 @@ class _Service:
         try:
             self.files = FileStore(root / "files")
             await self.files.open()
-            self.batches = BatchManager(self.backend, self.files, root / "batches", self.settings)
+            self.batches = BatchManager(self.backend, self.files, root / "batches", self.settings, self.cache)
             async with anyio.create_task_group() as group:
                 await group.start(self.batches.run)
                 yield
@@ -67,10 +71,11 @@ _SERVICE = web.AppKey("batch_service", _Service)
 
 
 def install(
-    app: web.Application, backend: Backend, *, data_dir: Path | None, settings: BatchSettings
+    app: web.Application, backend: Backend, *, data_dir: Path | None, settings: BatchSettings, cache: PromptCache
 ) -> None:
-    """Add the Files and Batches routes to ``app``, with their ``cleanup_ctx``."""
-    service = _Service(backend, data_dir, settings)
+    """Add the Files and Batches routes to ``app``, with their ``cleanup_ctx``; ``cache`` is the
+    server's prompt cache."""
+    service = _Service(backend, data_dir, settings, cache)
     app[_SERVICE] = service
     app.cleanup_ctx.append(service.lifecycle)
     app.router.add_post("/v1/files", _upload)
@@ -208,8 +213,9 @@ def _batch_problem(body: dict[str, Any]) -> tuple[str, str] | None:
     """``(param, message)`` for the first problem with a create-batch body, else None."""
     if not isinstance(body.get("input_file_id"), str):
         return "input_file_id", "`input_file_id` must be a string."
-    if body.get("endpoint") != BATCH_ENDPOINT:
-        return "endpoint", f"`endpoint` must be `{BATCH_ENDPOINT}`: the only one this server batches."
+    if body.get("endpoint") not in OPENAI_BATCH_ENDPOINTS or body["endpoint"] not in LINE_APIS:
+        endpoints = ", ".join(f"`{endpoint}`" for endpoint in OPENAI_BATCH_ENDPOINTS if endpoint in LINE_APIS)
+        return "endpoint", f"`endpoint` must be one this server batches: {endpoints}."
     if body.get("completion_window") != "24h":
         return "completion_window", "`completion_window` must be `24h`."
     metadata = body.get("metadata")

@@ -26,12 +26,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from . import routes
-from .backends.base import Backend, BackendError, DropConnection, Hang, MalformedReply, TruncatedReply
+from .backends.base import Backend, BackendError, BackendReply, DropConnection, Hang, MalformedReply, TruncatedReply
 from .batch_jobs import BatchSettings
 from .chat_request import chat_problem
+from .prompt_cache import PromptCache, chat_segments
 from .wire import chat_completion, error_response, parse_json
 
-__all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "api_key_from_env", "create_app", "serve_forever"]
+__all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "PROMPT_CACHE", "answer", "api_key_from_env", "create_app", "serve_forever"]
 
 API_KEY_ENV = "ENGINE_SERVER_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -39,6 +40,8 @@ SHUTDOWN_TIMEOUT_S = 5.0
 _HANG_POLL_S = 0.1
 _BACKEND = web.AppKey("backend", Backend)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
+#: The app's prompt cache: what every route reports as cached prompt tokens.
+PROMPT_CACHE = web.AppKey("prompt_cache", PromptCache)
 _log = logging.getLogger(__name__)
 
 
@@ -82,13 +85,14 @@ def create_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[_BACKEND] = backend
     app[_STOPPING] = asyncio.Event()
+    app[PROMPT_CACHE] = PromptCache()
     app.on_shutdown.append(_release_held_requests)
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _retrieve_model)
     app.router.add_post("/v1/chat/completions", _chat_completions)
     if batch_api:
         root = None if data_dir is None else Path(data_dir)
-        routes.install(app, backend, data_dir=root, settings=batch_settings)
+        routes.install(app, backend, data_dir=root, settings=batch_settings, cache=app[PROMPT_CACHE])
     return app
 
 
@@ -214,16 +218,26 @@ async def _truncated(request: web.Request, body: bytes) -> asyncio.CancelledErro
 
 
 def _bearer_auth(api_key: str) -> Middleware:
-    expected = f"Bearer {api_key}".encode()
+    """Every request needs the key: as OpenAI's ``Authorization: Bearer <key>``, or as
+    Anthropic's ``x-api-key: <key>``. A refusal on Anthropic's routes (``/v1/messages``) is
+    Anthropic's ``authentication_error``, elsewhere OpenAI's ``invalid_api_key``."""
+    bearer = f"Bearer {api_key}".encode()
+    key = api_key.encode()
 
     @web.middleware
     async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         # aiohttp decodes header bytes that are not UTF-8 to lone surrogates: keep them as bytes.
         supplied = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(supplied, expected):
-            # Never echo what was supplied: it may be a real key sent to the wrong server.
-            return error_response(401, "Incorrect or missing API key.", code="invalid_api_key")
-        return await handler(request)
+        supplied_key = request.headers.get("x-api-key", "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(supplied, bearer) or hmac.compare_digest(supplied_key, key):
+            return await handler(request)
+        # Never echo what was supplied: it may be a real key sent to the wrong server.
+        if request.path.startswith("/v1/messages"):
+            error = {"type": "authentication_error", "message": "invalid x-api-key"}
+            request_id = f"req_{secrets.token_hex(12)}"
+            return web.json_response({"type": "error", "error": error, "request_id": request_id}, status=401,
+                                     headers={"request-id": request_id})
+        return error_response(401, "Incorrect or missing API key.", code="invalid_api_key")
 
     return bearer_auth
 
@@ -256,12 +270,38 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return error_response(400, "We could not parse the JSON body of your request.")
     if (problem := chat_problem(body, backend.models)) is not None:
         return problem.response()
+    completion = await answer(request, body, _openai_error)
+    if isinstance(completion, web.StreamResponse):
+        return completion
+    request_id = secrets.token_hex(12)
+    cached = 0 if completion.reply is not None else request.app[PROMPT_CACHE].automatic(
+        chat_segments(body["messages"]), completion.prompt_tokens
+    ).read
+    return web.Response(
+        body=json.dumps(chat_completion(completion, request_id, cached)).encode(),
+        content_type="application/json",
+        headers=(("x-request-id", f"req_{request_id}"), *completion.headers),
+    )
+
+
+def _openai_error(exc: BackendError) -> web.Response:
+    return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param, headers=exc.headers)
+
+
+async def answer(
+    request: web.Request, chat_body: dict[str, Any], error: Callable[[BackendError], web.Response]
+) -> BackendReply | web.StreamResponse:
+    """The backend's reply to ``chat_body`` (a checked chat-completion body), or the response that
+    stands for its fault: ``error`` renders a ``BackendError`` in the route's own format; a
+    dropped, held, truncated or malformed reply and any other failure are rendered here.
+
+    Every API shape the server speaks (chat completions, responses, messages) answers through it.
+    """
+    backend = request.app[_BACKEND]
     try:
-        completion = await backend.complete(body)
+        return await backend.complete(chat_body)
     except BackendError as exc:
-        return error_response(
-            exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param, headers=exc.headers
-        )
+        return error(exc)
     except DropConnection:
         raise _drop(request) from None
     except Hang:
@@ -273,10 +313,4 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return web.Response(body=exc.body, content_type="application/json")
     except Exception:
         _log.exception("backend %s failed", backend.name)
-        return error_response(500, f"The {backend.name} backend failed.", type="server_error")
-    request_id = secrets.token_hex(12)
-    return web.Response(
-        body=json.dumps(chat_completion(completion, request_id)).encode(),
-        content_type="application/json",
-        headers=(("x-request-id", f"req_{request_id}"), *completion.headers),
-    )
+        return error(BackendError(500, f"The {backend.name} backend failed.", type="server_error"))

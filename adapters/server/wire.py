@@ -70,8 +70,9 @@ def parse_json(raw: bytes | str) -> Any:
     return value
 
 
-def chat_completion(completion: BackendReply, request_id: str) -> dict[str, Any]:
-    """The ``chat.completion`` object for ``completion``; its id is ``chatcmpl-<request_id>``.
+def chat_completion(completion: BackendReply, request_id: str, cached_tokens: int = 0) -> dict[str, Any]:
+    """The ``chat.completion`` object for ``completion``; its id is ``chatcmpl-<request_id>``;
+    ``cached_tokens`` of its prompt came from the prompt cache (``prompt_cache``).
 
     A completion that relays another server's ``reply`` is that object as it came, with its
     ``model`` set to ``completion.model``.
@@ -95,6 +96,7 @@ def chat_completion(completion: BackendReply, request_id: str) -> dict[str, Any]
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
             "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
         },
     }
 
