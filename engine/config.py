@@ -77,8 +77,80 @@ class VerdictConfig(_Strict):
     incorrect: tuple[str, ...] = ("incorrect",)
 
 
+ProviderName = Literal["openai", "anthropic"]
+#: The environment variable a provider's key is read from when ``api_key_env`` is not given.
+DEFAULT_KEY_VARIABLES: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+#: Anthropic's Message Batches take at most this many requests, and this many bytes, in one batch.
+ANTHROPIC_BATCH_REQUESTS = 100_000
+ANTHROPIC_BATCH_BYTES = 256 * 1024 * 1024
+
+
+class EndpointConfig(_Strict):
+    """Where calls go and how fast: the top-level ``[endpoint]``, or a stage's own
+    (``[predict.endpoint]``, ``[judge.endpoint]``), which replaces it for that stage whole: a
+    setting it leaves out takes its default, not the top level's."""
+
+    base_url: str | None = Field(None, description="None: start the embedded server")
+    provider: ProviderName = Field("openai", description="the API the endpoint speaks (see engine.connect)")
+    api: Literal["chat", "responses"] = Field(
+        "chat", description="OpenAI's API for the calls: chat completions, or the Responses API (/v1/responses)"
+    )
+    api_key_env: str = Field("", description="the variable holding the key; default OPENAI_API_KEY, or ANTHROPIC_API_KEY")
+    concurrency: int = Field(64, ge=1, le=10_000)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    timeout_s: float = Field(60.0, gt=0, description="the whole request's limit, reply included")
+    max_retries: int = Field(6, ge=0)
+    outage_timeout_s: float = Field(
+        900.0, ge=0, description="how long calls wait out an endpoint that answers nothing before rows fail"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_key_variable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("api_key_env"):
+            return {**data, "api_key_env": DEFAULT_KEY_VARIABLES.get(str(data.get("provider")), "OPENAI_API_KEY")}
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _looks_like_a_name(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum():
+            raise ValueError("must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
+        return value
+
+    @model_validator(mode="after")
+    def _api_of_provider(self) -> EndpointConfig:
+        if self.provider != "openai" and self.api != "chat":
+            raise ValueError(f"api = \"{self.api}\" is OpenAI's; provider \"{self.provider}\" has its own API")
+        return self
+
+    @property
+    def described(self) -> str:
+        """How progress and metrics name the endpoint: its URL (or ``embedded``) and its API."""
+        api = "anthropic messages" if self.provider == "anthropic" else f"openai {self.api}"
+        return f"{self.base_url or 'embedded'} ({api})"
+
+    def api_key(self) -> str:
+        """The key from the named environment variable.
+
+        Without one, a loopback endpoint (the embedded server, a local vLLM, llama.cpp or Ollama)
+        gets a placeholder, since those rarely check keys; any other endpoint is an error.
+        """
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        if self.base_url is None or urlsplit(self.base_url).hostname in _LOOPBACK:
+            return "no-key"
+        raise ConfigError(
+            f"environment variable {self.api_key_env} is not set: export the API key "
+            f"for {self.base_url} in it (endpoint.api_key_env names the variable)"
+        )
+
+
 class StageConfig(_Strict):
     model: str
+    endpoint: EndpointConfig | None = Field(None, description="this stage's own endpoint, in place of [endpoint]")
     system_prompt: str = ""
     user_template: str
     temperature: float = Field(0.0, ge=0.0, le=2.0)
@@ -88,6 +160,12 @@ class StageConfig(_Strict):
         False,
         description="answer through a JSON-schema enum (OpenAI structured outputs): the label set for "
         "predict, the verdict words for a judge",
+    )
+    cache: bool = Field(
+        False,
+        description="use the provider's prompt cache: the part every row shares goes first (a judge's "
+        "instructions into the system prompt) and is marked (Anthropic's cache_control; OpenAI caches by "
+        "itself and is sent a prompt_cache_key)",
     )
 
 
@@ -149,27 +227,6 @@ class JudgeConfig(StageConfig):
         return self
 
 
-class EndpointConfig(_Strict):
-    base_url: str | None = Field(None, description="None: start the embedded server")
-    provider: Literal["openai"] = Field("openai", description="the API the endpoint speaks (see engine.connect)")
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(64, ge=1, le=10_000)
-    rpm: float | None = Field(None, gt=0)
-    tpm: float | None = Field(None, gt=0)
-    timeout_s: float = Field(60.0, gt=0, description="the whole request's limit, reply included")
-    max_retries: int = Field(6, ge=0)
-    outage_timeout_s: float = Field(
-        900.0, ge=0, description="how long calls wait out an endpoint that answers nothing before rows fail"
-    )
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _looks_like_a_name(cls, value: str) -> str:
-        if not value.replace("_", "").isalnum():
-            raise ValueError("must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
-        return value
-
-
 class BatchConfig(_Strict):
     """Batch API mode: how requests are split into files, polled and retried."""
 
@@ -188,20 +245,34 @@ class BatchConfig(_Strict):
 
 
 class Price(_Strict):
-    """USD per million tokens. Batch prices default to half the realtime ones."""
+    """USD per million tokens. Batch prices default to half the realtime ones. Prompt tokens read
+    from the provider's prompt cache cost ``cached_input`` (OpenAI: a half or a tenth of
+    ``input``, by model; Anthropic: a tenth), those written to it ``cache_write_input``
+    (Anthropic: 1.25 times ``input``); both default to ``input``: no discount is assumed that the
+    table does not state."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     batch_input: float | None = Field(None, ge=0)
     batch_output: float | None = Field(None, ge=0)
+    cached_input: float | None = Field(None, ge=0)
+    cache_write_input: float | None = Field(None, ge=0)
 
     def per_token(self, mode: Mode) -> tuple[float, float]:
+        """USD per uncached prompt token and per completion token, made in ``mode``."""
         if mode == "batch":
             return (
                 (self.batch_input if self.batch_input is not None else self.input / 2) / 1e6,
                 (self.batch_output if self.batch_output is not None else self.output / 2) / 1e6,
             )
         return self.input / 1e6, self.output / 1e6
+
+    def per_cache_token(self, mode: Mode) -> tuple[float, float]:
+        """USD per prompt token read from the cache and per token written to it, in ``mode``
+        (a batch at half the realtime rates, as a provider's batch discount applies to both)."""
+        read = (self.cached_input if self.cached_input is not None else self.input) / 1e6
+        write = (self.cache_write_input if self.cache_write_input is not None else self.input) / 1e6
+        return (read / 2, write / 2) if mode == "batch" else (read, write)
 
 
 class CalibrationConfig(_Strict):
@@ -309,9 +380,35 @@ class TaskConfig(_Strict):
                     raise ValueError(f"judge: the judges of a panel share one {what}")
         return self
 
+    @model_validator(mode="after")
+    def _what_each_api_allows(self) -> TaskConfig:
+        for caller, stage in self.callers:
+            endpoint = stage.endpoint or self.endpoint
+            logprobs = isinstance(stage, JudgeConfig) and stage.logprobs
+            if logprobs and (endpoint.provider != "openai" or endpoint.api != "chat"):
+                raise ValueError(f"{caller}.logprobs: token log-probabilities come only from chat completions, "
+                                 f"not from {endpoint.described.split(' (')[1].rstrip(')')}")
+            too_big = (self.batch.max_requests_per_file > ANTHROPIC_BATCH_REQUESTS
+                       or self.batch.max_bytes_per_file > ANTHROPIC_BATCH_BYTES)
+            if endpoint.provider == "anthropic" and stage.mode == "batch" and too_big:
+                raise ValueError(
+                    f"batch: {caller} runs on Anthropic's Message Batches, which take at most {ANTHROPIC_BATCH_REQUESTS:,} "
+                    f"requests and {ANTHROPIC_BATCH_BYTES // 2**20} MB a batch: lower batch.max_requests_per_file "
+                    "and batch.max_bytes_per_file"
+                )
+        return self
+
     @property
     def judges(self) -> tuple[JudgeConfig, ...]:
         return self.judge if isinstance(self.judge, tuple) else (self.judge,)
+
+    @property
+    def callers(self) -> tuple[tuple[str, StageConfig], ...]:
+        """``predict`` and each judge's ``custom_id`` prefix (``judge``, or ``judge.<name>`` in a
+        panel), with its settings."""
+        judges = self.judges
+        named = [("judge" if len(judges) == 1 else f"judge.{judge.name}", judge) for judge in judges]
+        return (("predict", self.predict), *named)
 
     @property
     def judge_kind(self) -> JudgeKind:
@@ -329,21 +426,22 @@ class TaskConfig(_Strict):
         return "batch" in (self.predict.mode, self.judge_mode)
 
     def api_key(self) -> str:
-        """The key from the named environment variable.
+        """The key of the top-level endpoint (``EndpointConfig.api_key``)."""
+        return self.endpoint.api_key()
 
-        Without one, a loopback endpoint (the embedded server, a local vLLM, llama.cpp or Ollama)
-        gets a placeholder, since those rarely check keys; any other endpoint is an error.
-        """
-        key = os.environ.get(self.endpoint.api_key_env)
-        if key:
-            return key
-        base_url = self.endpoint.base_url
-        if base_url is None or urlsplit(base_url).hostname in _LOOPBACK:
-            return "no-key"
-        raise ConfigError(
-            f"environment variable {self.endpoint.api_key_env} is not set: export the API key "
-            f"for {self.endpoint.base_url} in it (endpoint.api_key_env names the variable)"
-        )
+    def endpoint_of(self, caller: str) -> EndpointConfig:
+        """The endpoint ``caller`` (``predict``, ``judge``, ``judge.<name>``) calls: its stage's own,
+        else the top-level one."""
+        stage = dict(self.callers)[caller]
+        return stage.endpoint or self.endpoint
+
+    @property
+    def endpoints(self) -> dict[EndpointConfig, tuple[str, ...]]:
+        """Each endpoint the run calls, with the callers that call it, in the callers' order."""
+        callers: dict[EndpointConfig, list[str]] = {}
+        for caller, _ in self.callers:
+            callers.setdefault(self.endpoint_of(caller), []).append(caller)
+        return {endpoint: tuple(names) for endpoint, names in callers.items()}
 
 
 def _describe(error: ValidationError, source: str, data: dict[str, Any]) -> str:

@@ -25,30 +25,42 @@ if TYPE_CHECKING:
     from adapters.server.backends.base import Backend
 
 
-async def open_provider(config: TaskConfig, stack: AsyncExitStack, *, server_dir: Path) -> tuple[Provider, str]:
-    """The provider for the config's endpoint, entered on ``stack``, and the endpoint's URL.
+async def open_providers(
+    config: TaskConfig, stack: AsyncExitStack, *, server_dir: Path
+) -> tuple[dict[EndpointConfig, Provider], str | None]:
+    """A provider for each endpoint the config's callers call (``TaskConfig.endpoint_of``),
+    entered on ``stack``, and the embedded server's URL (None when no endpoint needs it).
 
-    Without a base URL the embedded server is started first (on ``stack`` too), keeping its
-    files and batches in ``server_dir``, so a resumed run finds the batches its killed
-    predecessor had in progress.
+    An endpoint without a base URL is the embedded server, started once (on ``stack`` too) for
+    every such endpoint, keeping its files and batches in ``server_dir``, so a resumed run finds
+    the batches its killed predecessor had in progress.
     """
-    base_url = config.endpoint.base_url
-    if not base_url:
+    endpoints = list(config.endpoints)
+    embedded_url = None
+    if any(endpoint.base_url is None for endpoint in endpoints):
         from adapters.server.embedded import embedded_server
 
         backend = await anyio.to_thread.run_sync(local_backend, config.local)
-        base_url = await stack.enter_async_context(embedded_server(backend, data_dir=server_dir))
-    provider = provider_for(config.endpoint, base_url, config.api_key())
-    return await stack.enter_async_context(provider), base_url
+        embedded_url = await stack.enter_async_context(embedded_server(backend, data_dir=server_dir))
+    providers: dict[EndpointConfig, Provider] = {}
+    for endpoint in endpoints:
+        base_url = endpoint.base_url or embedded_url
+        assert base_url is not None
+        providers[endpoint] = await stack.enter_async_context(provider_for(endpoint, base_url, endpoint.api_key()))
+    return providers, embedded_url
 
 
 def provider_for(endpoint: EndpointConfig, base_url: str, api_key: str) -> Provider:
-    """The adapter ``endpoint.provider`` names, for ``base_url`` with ``api_key``."""
-    if endpoint.provider == "openai":
-        from adapters.openai import OpenAIProvider
+    """The adapter ``endpoint.provider`` names (with its ``api``), for ``base_url`` with ``api_key``."""
+    if endpoint.provider == "anthropic":
+        from adapters.anthropic import AnthropicProvider
 
-        return OpenAIProvider(base_url, api_key, api_key_env=endpoint.api_key_env, timeout_s=endpoint.timeout_s)
-    raise ConfigError(f"endpoint.provider: no adapter for {endpoint.provider!r}")
+        return AnthropicProvider(base_url, api_key, api_key_env=endpoint.api_key_env, timeout_s=endpoint.timeout_s)
+    from adapters.openai import OpenAIProvider
+
+    return OpenAIProvider(
+        base_url, api_key, api_key_env=endpoint.api_key_env, timeout_s=endpoint.timeout_s, api=endpoint.api
+    )
 
 
 def local_backend(local: LocalServerConfig) -> Backend:

@@ -26,15 +26,15 @@ import polars as pl
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .config import TaskConfig
-from .connect import open_provider
+from .config import EndpointConfig, TaskConfig
+from .connect import open_providers
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
 from .formats import DESCRIBED, StructuredOutput
 from .journal import Journal, check_journal, has_records, repair_torn_tail, scan_journal
 from .prior import PriorPredictions, Sources, missing_prediction
 from .prompts import PromptBuilder
-from .provider import ChatProvider, Provider
+from .provider import Provider
 from .report import summary
 from .report.document import write_report
 from .response_cache import CachedStage, ResponseCache, cache_endpoint, temperature_notes
@@ -42,6 +42,7 @@ from .results import ResultsWriter
 from .resume import check_mode_change, stale_rows
 from .run import streams
 from .run.batch_stage import BatchStage
+from .run.lanes import Endpoint, Lane, RoutedStage, lanes_of
 from .run.limits import AnyioClock, Clock, Limiter
 from .run.outage import Outage
 from .run.pipeline import JoinState, LiveStats, Pipeline
@@ -115,11 +116,12 @@ class Evaluation:
         self.base_url: str | None = config.endpoint.base_url
         self._provider = provider
         self._embedded = provider is None and not config.endpoint.base_url
-        self.limiter: Limiter | None = None
-        self.outage: Outage | None = None
+        #: Each endpoint the run calls, with its limiter and outage (``engine.run.lanes``).
+        self.endpoints: list[Endpoint] = []
+        self.lanes = lanes_of(config)
+        #: The realtime calls of each lane (a batch lane's retries of failed lines among them).
+        self.runners: dict[str, RealtimeRunner] = {}
         self.formats: StructuredOutput | None = None
-        self.predict_runner: RealtimeRunner | None = None
-        self.judge_runner: RealtimeRunner | None = None
         self._predictions: dict[str, str] | None = None
         self._clock = clock or AnyioClock()
         self._row_buffer = row_buffer
@@ -144,17 +146,17 @@ class Evaluation:
             results = ResultsWriter(self._dir, _input_columns(builder, dataset, config.report.group_by))
             if self.resume:
                 await anyio.to_thread.run_sync(self._redo_stale_rows, dataset, results)
-            provider = await self._connect()
+            providers = await self._connect()
             self.formats = builder.formats
-            await preflight(provider, config, builder)
+            await preflight(providers, config, builder)
             self._note_formats(builder.formats)
             if config.cache_dir is not None:
                 self.notes += temperature_notes(config)
             sources = self.sources.to_json() if self.sources else None
             self._dir.write_run(config, endpoint=self._endpoint_name(), started=started, sources=sources)
             self.started = True
-            self._make_runners(provider, builder.formats)
-            await self._start(dataset, builder, provider, results)
+            self._make_runners(providers, builder.formats)
+            await self._start(dataset, builder, results)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
             if fresh and not self._dir.is_run:
@@ -192,71 +194,79 @@ class Evaluation:
                 f"its answers are constrained by {DESCRIBED[format]}"
             )
 
-    def _make_runners(self, provider: Provider, formats: StructuredOutput) -> None:
-        """One limiter, retry policy and outage for both stages: they share the endpoint.
+    def _make_runners(self, providers: dict[EndpointConfig, Provider], formats: StructuredOutput) -> None:
+        """A limiter and an outage per endpoint, shared by every lane that calls it, and a
+        realtime runner per lane.
 
         The limiter's latency target is a quarter of the timeout: a server that queues calls it
         cannot serve is sent fewer long before they time out (see ``Limiter``).
         """
-        endpoint = self.config.endpoint
-        concurrency = endpoint.concurrency
-        if self._embedded and self.config.local.backend == "local":
-            # The local model answers one request at a time: more in flight only queue at the
-            # server, where their time counts against the client's timeout.
-            concurrency = min(concurrency, LOCAL_MODEL_CONCURRENCY)
-        self.limiter = Limiter(
-            concurrency=concurrency, rpm=endpoint.rpm, tpm=endpoint.tpm, clock=self._clock,
-            latency_target_s=endpoint.timeout_s / 4,
-        )
-        self.outage = Outage(self._clock, timeout_s=endpoint.outage_timeout_s)
-        policy = RetryPolicy(max_retries=endpoint.max_retries)
-        self.predict_runner = RealtimeRunner(provider, self.limiter, policy, self._clock, self.outage, formats)
-        self.judge_runner = RealtimeRunner(provider, self.limiter, policy, self._clock, self.outage, formats)
-
-    def _make_stages(self, provider: Provider) -> tuple[Stage, Stage]:
-        """Each stage realtime or batch, as configured; a batch predict stage flushes the judge
-        stage after each batch, so a finished batch's rows are judged at once. With a response
-        cache each stage answers what it holds first; a judging run's predictions come from its
-        sources."""
-        assert self.predict_runner is not None and self.judge_runner is not None
-        stages: dict[StageName, Stage] = {}
-        runners: tuple[tuple[StageName, RealtimeRunner], ...] = (
-            ("predict", self.predict_runner),
-            ("judge", self.judge_runner),
-        )
-        for name, runner in runners:
-            if self.config.stage_mode(name) == "realtime":
-                stages[name] = RealtimeStage(runner)
-                continue
-            stages[name] = BatchStage(
-                stage=name,
-                provider=provider,
-                run_dir=self._dir,
-                run_id=self.run_dir.name,
-                settings=self.config.batch,
-                policy=RetryPolicy(max_retries=self.config.endpoint.max_retries),
-                clock=self._clock,
-                realtime=runner,
-                journaled=partial(_journaled_ids, self._dir, name),
-                progress=self.stats.batches,
-                outage_timeout_s=self.config.endpoint.outage_timeout_s,
+        for endpoint, callers in self.config.endpoints.items():
+            concurrency = endpoint.concurrency
+            if self._provider is None and endpoint.base_url is None and self.config.local.backend == "local":
+                # The local model answers one request at a time: more in flight only queue at the
+                # server, where their time counts against the client's timeout.
+                concurrency = min(concurrency, LOCAL_MODEL_CONCURRENCY)
+            limiter = Limiter(
+                concurrency=concurrency, rpm=endpoint.rpm, tpm=endpoint.tpm, clock=self._clock,
+                latency_target_s=endpoint.timeout_s / 4,
             )
-        if isinstance(stages["predict"], BatchStage):
-            stages["predict"].after_batch = stages["judge"].flush
-        if self.config.cache_dir is not None:
-            cache = self._stack.enter_context(ResponseCache(self.config.cache_dir))
-            endpoint = cache_endpoint(self.config, None if self._provider is None else type(self._provider).__name__)
-            stages = {name: CachedStage(stage, cache, endpoint) for name, stage in stages.items()}
+            outage = Outage(self._clock, timeout_s=endpoint.outage_timeout_s)
+            self.endpoints.append(Endpoint(endpoint, providers[endpoint], limiter, outage, callers))
+        for lane in self.lanes:
+            state = self._endpoint(lane)
+            policy = RetryPolicy(max_retries=lane.endpoint.max_retries)
+            self.runners[lane.name] = RealtimeRunner(state.provider, state.limiter, policy, self._clock, state.outage, formats)
+
+    def _endpoint(self, lane: Lane) -> Endpoint:
+        return next(endpoint for endpoint in self.endpoints if endpoint.config == lane.endpoint)
+
+    def _make_stages(self) -> tuple[Stage, Stage]:
+        """Each lane realtime or batch, as its stage is configured, the judge lanes behind one
+        routed stage; a batch predict stage flushes the judge stage after each batch, so a
+        finished batch's rows are judged at once. With a response cache each lane answers what it
+        holds first; a judging run's predictions come from its sources."""
+        lanes: dict[str, Stage] = {}
+        cache = None if self.config.cache_dir is None else self._stack.enter_context(ResponseCache(self.config.cache_dir))
+        for lane in self.lanes:
+            runner = self.runners[lane.name]
+            stage: Stage
+            if self.config.stage_mode(lane.stage) == "realtime":
+                stage = RealtimeStage(runner)
+            else:
+                stage = BatchStage(
+                    stage=lane.stage,
+                    lane=lane.name,
+                    provider=self._endpoint(lane).provider,
+                    run_dir=self._dir,
+                    run_id=self.run_dir.name,
+                    settings=self.config.batch,
+                    policy=RetryPolicy(max_retries=lane.endpoint.max_retries),
+                    clock=self._clock,
+                    realtime=runner,
+                    journaled=partial(_journaled_ids, self._dir, lane.stage),
+                    progress=self.stats.batches,
+                    outage_timeout_s=lane.endpoint.outage_timeout_s,
+                )
+            if cache is not None:
+                provider_name = None if self._provider is None else type(self._provider).__name__
+                stage = CachedStage(stage, cache, cache_endpoint(self.config, lane.endpoint, provider_name))
+            lanes[lane.name] = stage
+        judge_lanes = [lane for lane in self.lanes if lane.stage == "judge"]
+        judge: Stage = lanes[judge_lanes[0].name]
+        if len(judge_lanes) > 1:
+            route = {caller: lane.name for lane in judge_lanes for caller in lane.callers}
+            judge = RoutedStage({lane.name: lanes[lane.name] for lane in judge_lanes}, route)
+        predict = lanes["predict"]
+        if isinstance(predict, BatchStage):
+            predict.after_batch = judge.flush
         if self._predictions is not None:
             assert self.sources is not None
-            stages["predict"] = PriorPredictions(self._predictions, self.sources.model())
-        return stages["predict"], stages["judge"]
+            predict = PriorPredictions(self._predictions, self.sources.model())
+        return predict, judge
 
-    async def _start(
-        self, dataset: Dataset, builder: PromptBuilder, provider: Provider, results: ResultsWriter
-    ) -> None:
+    async def _start(self, dataset: Dataset, builder: PromptBuilder, results: ResultsWriter) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
-        assert self.predict_runner is not None and self.judge_runner is not None
         journal = Journal(self._dir)
         self._stack.callback(journal.close)
         sessions = SessionLog(self._dir)
@@ -276,8 +286,8 @@ class Evaluation:
         if self.sources is not None:
             self._predictions = await anyio.to_thread.run_sync(self.sources.predictions)
             skip = missing_prediction(self.sources, self._predictions)
-        predict, judge = self._make_stages(provider)
-        rows_in_flight = 2 * self.config.endpoint.concurrency
+        predict, judge = self._make_stages()
+        rows_in_flight = 2 * max(endpoint.concurrency for endpoint in self.config.endpoints)
         if self.config.uses_batch:
             rows_in_flight = max(rows_in_flight, self.config.batch.max_rows_in_flight)
         pipeline = Pipeline(
@@ -342,13 +352,15 @@ class Evaluation:
             return self.config.endpoint.base_url
         return "embedded" if self._provider is None else type(self._provider).__name__
 
-    async def _connect(self) -> Provider:
-        """The provider handed in, or the one the config names (and the embedded server when
-        the config has no base URL): entered on the evaluation's stack."""
+    async def _connect(self) -> dict[EndpointConfig, Provider]:
+        """A provider per endpoint: the one handed in for all of them, or those the config names
+        (and the embedded server for those without a base URL), entered on the evaluation's stack."""
         if self._provider is not None:
-            return await self._stack.enter_async_context(self._provider)
-        provider, self.base_url = await open_provider(self.config, self._stack, server_dir=self._dir.server_dir)
-        return provider
+            provider = await self._stack.enter_async_context(self._provider)
+            return dict.fromkeys(self.config.endpoints, provider)
+        providers, embedded_url = await open_providers(self.config, self._stack, server_dir=self._dir.server_dir)
+        self.base_url = self.config.endpoint.base_url or embedded_url
+        return providers
 
     # -- the collector: joined rows -> parquet parts, live stats, the caller's stream --------
 
@@ -434,7 +446,7 @@ def _journaled_ids(run_dir: RunDir, stage: StageName) -> set[str]:
     return set(frame.to_series().to_list())
 
 
-async def preflight(provider: ChatProvider, config: TaskConfig, builder: PromptBuilder) -> None:
+async def preflight(providers: dict[EndpointConfig, Provider], config: TaskConfig, builder: PromptBuilder) -> None:
     """One tiny call per batch-mode caller before anything is submitted, in its structured-output
     format: a format the endpoint refuses moves to the next one here (``engine.formats``).
 
@@ -448,7 +460,7 @@ async def preflight(provider: ChatProvider, config: TaskConfig, builder: PromptB
         while True:
             request = builder.preflight(caller)
             try:
-                await provider.complete(request)
+                await providers[config.endpoint_of(caller)].complete(request)
             except FatalError:
                 raise
             except ProviderError as error:

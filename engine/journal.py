@@ -47,6 +47,8 @@ JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "fingerprint": pl.String(),
     "cached": pl.Boolean(),
     "logprobs": pl.String(),  # a judge's answer token: [token, logprob, [[alternative, logprob], ...]] as JSON
+    "cached_tokens": pl.Int64(),  # of prompt_tokens, read from the provider's prompt cache (absent: none)
+    "cache_write_tokens": pl.Int64(),  # of prompt_tokens, written to it (absent: none)
 }
 
 
@@ -69,6 +71,8 @@ def outcome_to_record(row: Row, outcome: Outcome) -> dict[str, Any]:
             "rate_limited": outcome.rate_limited,
             "fingerprint": row.fingerprint,
             **({"cached": True} if outcome.cached else {}),
+            **({"cached_tokens": outcome.usage.cached_tokens} if outcome.usage.cached_tokens else {}),
+            **({"cache_write_tokens": outcome.usage.cache_write_tokens} if outcome.usage.cache_write_tokens else {}),
             **({"logprobs": json.dumps([[t.token, t.logprob, [list(top) for top in t.top]] for t in outcome.logprobs],
                                        ensure_ascii=False)} if outcome.logprobs else {}),
         }
@@ -94,7 +98,8 @@ def record_to_outcome(record: dict[str, Any]) -> Outcome:
             custom_id=record["custom_id"],
             content=record["content"] or "",
             model=record["model"] or "",
-            usage=Usage(record["prompt_tokens"] or 0, record["completion_tokens"] or 0),
+            usage=Usage(record["prompt_tokens"] or 0, record["completion_tokens"] or 0,
+                        record.get("cached_tokens") or 0, record.get("cache_write_tokens") or 0),
             latency_s=record["latency_s"],
             attempts=1 if record["attempts"] is None else record["attempts"],  # a cached answer made none
             started_at=record["started_at"] or 0.0,

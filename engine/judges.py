@@ -162,11 +162,18 @@ class _FinalLineJudge(ABC):
         return values
 
     def messages(self, row: Row, prediction: str) -> list[dict[str, str]]:
+        """The templates' messages with the instruction appended: to the user message, or with
+        ``cache`` to the system prompt, which every row shares (a provider caches a shared prefix)."""
         messages = self._templates.messages(self._values(row, prediction))
-        if self._instruction:
-            *earlier, last = messages
-            messages = [*earlier, {**last, "content": f"{last['content'].rstrip()}\n\n{self._instruction}"}]
-        return messages
+        if not self._instruction:
+            return messages
+        if self.config.cache:
+            if messages[0]["role"] == "system":
+                first, *rest = messages
+                return [{**first, "content": f"{first['content'].rstrip()}\n\n{self._instruction}"}, *rest]
+            return [{"role": "system", "content": self._instruction}, *messages]
+        *earlier, last = messages
+        return [*earlier, {**last, "content": f"{last['content'].rstrip()}\n\n{self._instruction}"}]
 
     def _answer(self, content: str) -> tuple[str | None, str | None, int]:
         """The reply's answer, its reasoning and the answer's offset: from a JSON object (a

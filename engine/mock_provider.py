@@ -131,6 +131,14 @@ class MockProvider:
             if batch.job.created_at >= since and all(batch.job.tags.get(key) == value for key, value in tags.items()):
                 yield batch.job
 
+    async def find_batch(
+        self, input_id: str, tags: Mapping[str, str], since: float, known: frozenset[str]
+    ) -> BatchJob | None:
+        async for batch in self.list_batches(tags, since):
+            if batch.input_id == input_id and batch.id not in known:
+                return batch
+        return None
+
     async def download_results(self, job: BatchJob, stem: Path) -> list[Path]:
         self._require_batch_api()
         path = anyio.Path(stem.with_name(f"{stem.name}.results.jsonl"))

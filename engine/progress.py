@@ -1,10 +1,11 @@
 """Live progress: a rich table on a terminal, plain lines or JSON lines elsewhere.
 
 Everything shown comes from one ``snapshot`` of the evaluation's counters: rows done of the total,
-per stage the requests, their rate, retries, 429s and calls in flight, the concurrency window
-(when latency has narrowed it), how long the endpoint has been down (during an outage), tokens
-per second, the running judge accuracy with its Wilson interval, an ETA from this session's pace,
-and batches by status (batch mode).
+per stage the requests, their rate, retries, 429s and calls in flight, per endpoint (a run may
+call several: ``engine.run.lanes``) its requests, 429s, its concurrency window (when latency has
+narrowed it) and how long it has been down (during an outage), tokens per second, the running
+judge accuracy with its Wilson interval, an ETA from this session's pace, and batches by status
+(batch mode).
 """
 
 from __future__ import annotations
@@ -31,17 +32,32 @@ def snapshot(evaluation: Evaluation) -> dict[str, Any]:
     stats = evaluation.stats
     elapsed = max(time.perf_counter() - stats.started, 1e-9)
     stages: dict[str, dict[str, Any]] = {}
-    for name, runner in (("predict", evaluation.predict_runner), ("judge", evaluation.judge_runner)):
+    for lane in evaluation.lanes:
+        runner = evaluation.runners.get(lane.name)
         if runner is None:
             continue
         calls = runner.stats
-        stages[name] = {
-            "requests": calls.requests,
-            "requests_per_second": round(calls.requests / elapsed, 1),
-            "retries": calls.retries,
-            "rate_limited": calls.rate_limited,
-            "in_flight": calls.in_flight,
-        }
+        stage = stages.setdefault(lane.stage, dict.fromkeys(("requests", "retries", "rate_limited", "in_flight"), 0))
+        stage["requests"] += calls.requests
+        stage["retries"] += calls.retries
+        stage["rate_limited"] += calls.rate_limited
+        stage["in_flight"] += calls.in_flight
+    for stage in stages.values():
+        stage["requests_per_second"] = round(stage["requests"] / elapsed, 1)
+    endpoints = []
+    for endpoint in evaluation.endpoints:
+        runners = [evaluation.runners[lane.name] for lane in evaluation.lanes
+                   if lane.endpoint == endpoint.config and lane.name in evaluation.runners]
+        down_for = endpoint.outage.down_for
+        endpoints.append({
+            "endpoint": endpoint.config.described,
+            "callers": list(endpoint.callers),
+            "requests": sum(runner.stats.requests for runner in runners),
+            "rate_limited": sum(runner.stats.rate_limited for runner in runners),
+            "window": {"now": endpoint.limiter.window, "most": endpoint.limiter.concurrency,
+                       "narrowed_by_latency": endpoint.limiter.narrowed},
+            "down_s": None if down_for is None else round(down_for, 1),
+        })
     pace = (stats.done - stats.done_at_start) / elapsed
     remaining = stats.total - stats.done
     batches: dict[str, dict[str, int]] = {}
@@ -51,8 +67,6 @@ def snapshot(evaluation: Evaluation) -> dict[str, Any]:
         entry["lines_done"] += batch.completed + batch.failed
         entry["lines"] += batch.total
     interval = wilson_interval(stats.correct, stats.verdicts) if stats.verdicts else None
-    limiter, outage = evaluation.limiter, evaluation.outage
-    down_for = outage.down_for if outage is not None else None
     return {
         "elapsed_s": round(elapsed, 1),
         "rows": {"total": stats.total, "done": stats.done, "predicted": stats.predicted, "judged": stats.judged,
@@ -63,10 +77,7 @@ def snapshot(evaluation: Evaluation) -> dict[str, Any]:
         "judge_accuracy_ci95": list(interval) if interval else None,
         "eta_s": round(remaining / pace, 1) if pace > 0 and remaining else None,
         "batches": batches,
-        "window": None if limiter is None else {
-            "now": limiter.window, "most": limiter.concurrency, "narrowed_by_latency": limiter.narrowed
-        },
-        "endpoint_down_s": None if down_for is None else round(down_for, 1),
+        "endpoints": endpoints,
     }
 
 
@@ -88,13 +99,26 @@ def _batches(data: dict[str, Any]) -> str:
 
 
 def _endpoint(data: dict[str, Any]) -> str:
-    """The endpoint's state when it is not plain: down, or answering slowly enough to narrow the window."""
-    if data["endpoint_down_s"] is not None:
-        return f"endpoint down for {data['endpoint_down_s']:.0f} s: calls wait for it"
-    window = data["window"]
-    if window is not None and window["narrowed_by_latency"]:
-        return f"window {window['now']}/{window['most']} (slow answers)"
-    return ""
+    """Each endpoint's state when it is not plain: down, or answering slowly enough to narrow its
+    window; with several endpoints, each named."""
+    several = len(data["endpoints"]) > 1
+    states = []
+    for endpoint in data["endpoints"]:
+        name = f"{endpoint['endpoint']} " if several else ""
+        window = endpoint["window"]
+        if endpoint["down_s"] is not None:
+            states.append(f"endpoint {name}down for {endpoint['down_s']:.0f} s: calls wait for it")
+        elif window["narrowed_by_latency"]:
+            states.append(f"{name}window {window['now']}/{window['most']} (slow answers)")
+    return " | ".join(states)
+
+
+def _endpoints(data: dict[str, Any]) -> str:
+    """With several endpoints, each one's requests and 429s."""
+    if len(data["endpoints"]) < 2:
+        return ""
+    return " | ".join(f"{endpoint['endpoint']}: {endpoint['requests']} req, 429s {endpoint['rate_limited']}"
+                      for endpoint in data["endpoints"])
 
 
 def _eta(data: dict[str, Any]) -> str:
@@ -115,6 +139,7 @@ def plain_line(data: dict[str, Any]) -> str:
         _accuracy(data),
         _eta(data),
         _endpoint(data),
+        _endpoints(data),
         _batches(data),
     ]
     return " | ".join(part for part in parts if part)
@@ -132,8 +157,9 @@ def live_view(data: dict[str, Any]) -> Group:
     summary = (f"rows {rows['done']}/{rows['total']} · failed {rows['failed']} · skipped {rows['skipped']} · "
                f"{data['tokens_per_second']:.0f} tok/s · {_accuracy(data)} · {_eta(data)}")
     lines: list[Any] = [table, Text(summary)]
-    if endpoint := _endpoint(data):
-        lines.append(Text(endpoint))
+    for line in (_endpoint(data), _endpoints(data)):
+        if line:
+            lines.append(Text(line))
     if data["batches"]:
         lines.append(Text(_batches(data)))
     return Group(*lines)

@@ -99,9 +99,14 @@ class PromptBuilder:
             "temperature": stage_config.temperature,
             "max_tokens": stage_config.max_tokens,
         }
-        constrained = self._constrained.get(caller_of(prefix or stage))
+        caller = caller_of(prefix or stage)
+        constrained = self._constrained.get(caller)
         if constrained is not None:
             body["response_format"], body["max_tokens"] = constrained
+        if stage_config.cache:
+            # OpenAI routes requests with one key to one cache; an adapter for a provider that
+            # caches only where told (Anthropic) marks the end of the system prompt.
+            body["prompt_cache_key"] = f"{self._config.name}.{caller}"
         body.update(extra or {})
         request = ChatRequest(
             custom_id=f"{prefix or stage}:{row.row_id}",

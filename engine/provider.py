@@ -13,8 +13,10 @@ takes either; without one, ``engine.connect`` builds the adapter the config name
 - **Batch**: the engine writes request files in the provider's own line format (``encode_line``;
   ``decode_line`` reads one back for a realtime retry), then ``upload_input`` -> ``create_batch``
   -> ``retrieve_batch`` until ``BatchJob.terminal`` -> ``download_results`` -> ``read_results``.
-  A create or upload whose reply was lost is found again with ``list_batches(tags=...)`` and
-  ``find_input``; a request file lost locally comes back with ``download_input``.
+  A create or upload whose reply was lost is found again with ``find_batch`` and
+  ``find_input``; a request file lost locally comes back with ``download_input``. A provider
+  whose batches carry no tags (Anthropic's Message Batches) lists none for a tag, and finds a
+  lost create by the batch's content.
 - **Errors**: every failure is an ``engine.errors.ProviderError`` whose ``kind`` says whether to
   retry (``transient``, ``rate_limit`` with ``retry_after`` and ``rate_limits``, ``no``);
   ``FatalError`` subclasses (a rejected key, an unknown model, no Batch API) stop the run.
@@ -135,9 +137,17 @@ class BatchProvider(Protocol):
         """The batches created after ``since`` that carry every one of ``tags``, newest first."""
         ...
 
+    async def find_batch(
+        self, input_id: str, tags: Mapping[str, str], since: float, known: frozenset[str]
+    ) -> BatchJob | None:
+        """The batch made from ``input_id`` with ``tags`` after ``since`` whose create reply was
+        lost, if there is one; ``known`` are the ids of batches the run already has."""
+        ...
+
     async def download_results(self, job: BatchJob, stem: Path) -> list[Path]:
         """Download a finished batch's result files beside ``stem`` (``<stem>.<kind>.jsonl``);
-        a file already there is not downloaded again. Returns the files to read."""
+        a file already there is not downloaded again. Returns the files to read. The request
+        file the batch was made from is ``<stem>.jsonl``."""
         ...
 
     async def download_input(self, input_id: str, path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from .config import TaskConfig
+from .config import EndpointConfig, TaskConfig
 from .run.stage import Deliver, Stage
 from .types import ChatRequest, ChatResult, Outcome, Row, TokenLogprob, Usage
 
@@ -134,14 +134,17 @@ class CachedStage:
         await self._inner.close()
 
 
-def cache_endpoint(config: TaskConfig, provider_name: str | None = None) -> str:
-    """What a cached reply is keyed by besides the body: the endpoint's URL; for the embedded
-    server its whole backend configuration (a simulator with another seed answers otherwise)."""
-    if config.endpoint.base_url:
-        return config.endpoint.base_url
+def cache_endpoint(config: TaskConfig, endpoint: EndpointConfig | None = None, provider_name: str | None = None) -> str:
+    """What a cached reply is keyed by besides the body: the endpoint's URL (the top-level one
+    by default), and its API when not OpenAI's chat completions; for the embedded server its whole
+    backend configuration (a simulator with another seed answers otherwise)."""
+    endpoint = endpoint or config.endpoint
+    api = "" if (endpoint.provider, endpoint.api) == ("openai", "chat") else f" ({endpoint.provider} {endpoint.api})"
+    if endpoint.base_url:
+        return endpoint.base_url + api
     if provider_name is not None:
         return provider_name
-    return "embedded:" + config.local.model_dump_json()
+    return "embedded:" + config.local.model_dump_json() + api
 
 
 def temperature_notes(config: TaskConfig) -> list[str]:

@@ -85,7 +85,8 @@ def check_mode_change(run_dir: RunDir, started: TaskConfig, now: TaskConfig) -> 
     for stage in STAGES:
         if started.stage_mode(stage) != "batch" or now.stage_mode(stage) == "batch":
             continue
-        running = [e["batch_id"] for e in events if e.get("event") == "batch" and e.get("stage") == stage
+        running = [e["batch_id"] for e in events if e.get("event") == "batch"
+                   and str(e.get("stage")).split(".")[0] == stage  # its lane: the stage, or a judge's
                    and e.get("batch_id") not in ended]
         if running:
             raise ConfigError(

@@ -227,7 +227,7 @@ def results_settings(config: TaskConfig) -> dict[str, Any]:
     for caller, stage in callers:
         settings.update({
             f"{caller}.{key}": value for key, value in stage.items()
-            if key != "mode" and not (key in _JUDGE_DEFAULTS and value == _JUDGE_DEFAULTS[key])
+            if key not in ("mode", "endpoint") and not (key in _ADDED_DEFAULTS and value == _ADDED_DEFAULTS[key])
         })
     embedded = config.endpoint.base_url is None
     settings["local.backend"] = data["local"]["backend"] if embedded else None
@@ -235,13 +235,14 @@ def results_settings(config: TaskConfig) -> dict[str, Any]:
     return settings
 
 
-# Judge settings added after runs were first journaled: at their defaults they change nothing a
+# Stage settings added after runs were first journaled: at their defaults they change nothing a
 # run's results depend on, so they are left out, and a run started before they existed resumes.
-_JUDGE_DEFAULTS: dict[str, Any] = {
+# (A stage's mode and endpoint are how its calls are made, not what they ask: never compared.)
+_ADDED_DEFAULTS: dict[str, Any] = {
     name: JudgeConfig.model_fields[name].get_default() for name in
-    ("kind", "reasoning", "scale", "pass_at", "rubric", "swap", "repeats", "logprobs")
+    ("kind", "reasoning", "scale", "pass_at", "rubric", "swap", "repeats", "logprobs", "cache")
 }
-_JUDGE_DEFAULTS["scale"] = list(_JUDGE_DEFAULTS["scale"])  # as model_dump(mode="json") gives it
+_ADDED_DEFAULTS["scale"] = list(_ADDED_DEFAULTS["scale"])  # as model_dump(mode="json") gives it
 
 
 def changed_settings(started: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -50,10 +50,18 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens a call used, as the endpoint reported them (zeros when it did not)."""
+    """Tokens a call used, as the endpoint reported them (zeros when it did not).
+
+    ``prompt_tokens`` is the whole prompt; of it, ``cached_tokens`` were read from the provider's
+    prompt cache (OpenAI's ``prompt_tokens_details.cached_tokens``, Anthropic's
+    ``cache_read_input_tokens``) and ``cache_write_tokens`` written to it (Anthropic's
+    ``cache_creation_input_tokens``): each priced at its own rate (``config.Price``).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

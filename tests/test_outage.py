@@ -14,7 +14,9 @@ from adapters.server.embedded import EmbeddedServer
 from benchmarks.clocks import InstantClock
 from benchmarks.proxy import FaultProxy
 from engine import Evaluation
+from engine.mock_provider import MockProvider
 from engine.progress import plain_line, snapshot
+from engine.run.lanes import Endpoint
 from engine.run.limits import INITIAL_WINDOW, Limiter
 from engine.run.outage import EndpointDown, Outage
 from tests.support import CountingBackend
@@ -127,7 +129,7 @@ async def test_rows_wait_out_an_outage_longer_than_their_retries(tmp_path: Path,
         server.stop()
     results = pl.read_parquet(tmp_path / "run" / "results.parquet")
     assert results["status"].to_list() == ["judged"] * 60, results["error"].drop_nulls().to_list()
-    assert evaluation.outage is not None and evaluation.outage.outages >= 1
+    assert evaluation.endpoints[0].outage.outages >= 1
 
 
 async def test_a_one_slot_server_is_not_stormed_with_timeouts(tmp_path: Path, api_key: str) -> None:
@@ -146,15 +148,17 @@ async def test_a_one_slot_server_is_not_stormed_with_timeouts(tmp_path: Path, ap
 
 async def test_the_progress_line_shows_an_outage_and_a_narrowed_window() -> None:
     clock = FakeClock()
-    evaluation = Evaluation(imdb_config("http://127.0.0.1:9/v1"))  # never entered: only its counters are read
-    evaluation.limiter = Limiter(concurrency=64, clock=clock, latency_target_s=1.0)
-    evaluation.outage = Outage(clock, timeout_s=60.0, threshold=1)
+    config = imdb_config("http://127.0.0.1:9/v1")
+    evaluation = Evaluation(config)  # never entered: only its counters are read
+    limiter = Limiter(concurrency=64, clock=clock, latency_target_s=1.0)
+    outage = Outage(clock, timeout_s=60.0, threshold=1)
+    evaluation.endpoints = [Endpoint(config.endpoint, MockProvider(lambda request: "yes"), limiter, outage, ("predict", "judge"))]
     assert "window" not in plain_line(snapshot(evaluation))  # starting small is not news
     for _ in range(8):
-        await evaluation.limiter.acquire(0)
-    evaluation.limiter.on_latency(4.0)
+        await limiter.acquire(0)
+    limiter.on_latency(4.0)
     assert "window 2/64 (slow answers)" in plain_line(snapshot(evaluation))
-    evaluation.outage.unreachable(probe=False)
+    outage.unreachable(probe=False)
     clock.time += 12
     line = plain_line(snapshot(evaluation))
-    assert "endpoint down for 12 s: calls wait for it" in line and snapshot(evaluation)["endpoint_down_s"] == 12.0
+    assert "endpoint down for 12 s: calls wait for it" in line and snapshot(evaluation)["endpoints"][0]["down_s"] == 12.0

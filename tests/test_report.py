@@ -243,6 +243,32 @@ def journal_line(custom_id: str, prompt: int, completion: int, latency: float | 
                        "latency_s": latency})
 
 
+def test_cost_prices_prompt_tokens_from_the_providers_cache_at_their_own_rates(tmp_path: Path) -> None:
+    config = load_config(example_config("imdb"))
+    model = config.predict.model
+    config = with_overrides(config, {"prices": {model: {"input": 3.0, "output": 15.0, "cached_input": 0.3,
+                                                        "cache_write_input": 3.75}}})
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    lines = [  # a realtime call that wrote the shared prefix, one that read it, one in a batch that read it
+        {"custom_id": "predict:0", "row_id": "0", "ok": True, "model": "m", "prompt_tokens": 1500, "completion_tokens": 10,
+         "latency_s": 0.1, "cache_write_tokens": 1200},
+        {"custom_id": "predict:1", "row_id": "1", "ok": True, "model": "m", "prompt_tokens": 1500, "completion_tokens": 10,
+         "latency_s": 0.1, "cached_tokens": 1200},
+        {"custom_id": "predict:2", "row_id": "2", "ok": True, "model": "m", "prompt_tokens": 1500, "completion_tokens": 10,
+         "latency_s": None, "cached_tokens": 1200},
+    ]
+    (journal / "predict.ndjson").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tokens = tokens_by_caller(RunDir(tmp_path))
+    used = tokens["predict"]
+    assert (used["cached"], used["cache_write"], used["batch_cached"]) == (2400, 1200, 1200)
+    cost = cost_usd(config, tokens)
+    assert cost is not None
+    realtime = (300 * 3.0 + 1200 * 3.75 + 10 * 15.0) + (300 * 3.0 + 1200 * 0.3 + 10 * 15.0)
+    batch = (300 * 1.5 + 1200 * 0.15 + 10 * 7.5)  # the batch discount halves the cache rates too
+    assert cost["predict"] == pytest.approx((realtime + batch) / 1e6)
+
+
 def test_cost_prices_each_call_at_the_rate_of_the_way_it_was_made(tmp_path: Path) -> None:
     config = load_config(example_config("imdb"))
     predict_model, judge_model = config.predict.model, config.judges[0].model
@@ -262,8 +288,11 @@ def test_cost_prices_each_call_at_the_rate_of_the_way_it_was_made(tmp_path: Path
         journal_line("judge:0", 1000, 5, None), journal_line("judge:1", 50, 1, 0.2), journal_line("judge:2", 70, 3, 1.5),
     ]) + "\n")
     tokens = tokens_by_caller(RunDir(tmp_path))
-    assert tokens["predict"] == {"prompt": 700, "completion": 70, "batch_prompt": 500, "batch_completion": 50, "served": ["m"]}
-    assert tokens["judge"] == {"prompt": 1120, "completion": 9, "batch_prompt": 1000, "batch_completion": 5, "served": ["m"]}
+    uncached = {"cached": 0, "cache_write": 0, "batch_cached": 0, "batch_cache_write": 0}
+    assert tokens["predict"] == {"prompt": 700, "completion": 70, "batch_prompt": 500, "batch_completion": 50, "served": ["m"],
+                                 **uncached}
+    assert tokens["judge"] == {"prompt": 1120, "completion": 9, "batch_prompt": 1000, "batch_completion": 5, "served": ["m"],
+                               **uncached}
     cost = cost_usd(config, tokens)
     assert cost is not None
     predict = (500 * 0.5 + 50 * 1.0 + 200 * 1.0 + 20 * 2.0) / 1e6

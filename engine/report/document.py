@@ -350,14 +350,18 @@ def _timing(run: FinishedRun, plots_dir: Path) -> _Section:
 
 def _tokens(run: FinishedRun) -> _Section:
     tokens, cost = run.metrics["tokens"], run.metrics["cost_usd"]
-    kinds = ("prompt", "completion", "batch_prompt", "batch_completion")
-    rows: list[tuple[str, ...]] = [(stage, *(f"{used[kind]:,}" for kind in kinds)) for stage, used in tokens.items()]
-    rows.append(("total", *(f"{sum(used[kind] for used in tokens.values()):,}" for kind in kinds)))
-    header = ("stage", "prompt tokens", "completion tokens", "of which in batches: prompt", "completion")
+    kinds = ("prompt", "completion", "batch_prompt", "batch_completion", "cached", "cache_write")
+    rows: list[tuple[str, ...]] = [
+        (stage, *(f"{used.get(kind, 0):,}" for kind in kinds)) for stage, used in tokens.items()
+    ]
+    rows.append(("total", *(f"{sum(used.get(kind, 0) for used in tokens.values()):,}" for kind in kinds)))
+    header = ("stage", "prompt tokens", "completion tokens", "of which in batches: prompt", "completion",
+              "prompt tokens read from the provider's cache", "written to it")
     section = _Section("Tokens and cost", [
         _Table(header, rows),
         "Calls answered in provider batches are priced at the batch rate, every other call (a batch's lines "
-        "retried as realtime calls among them) at the realtime rate.",
+        "retried as realtime calls among them) at the realtime rate; prompt tokens the provider read from "
+        "or wrote to its prompt cache at the price table's cached_input and cache_write_input rates.",
     ])
     if cost is None:
         section.blocks.append("Cost: no price table for these models (add [prices.\"<model>\"] to the task).")

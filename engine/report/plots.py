@@ -148,7 +148,7 @@ def batch_timeline_figure(spans: pl.DataFrame) -> Figure:
     span = max([*spans["end"].to_list(), 1.0])
     for position, row in enumerate(spans.iter_rows(named=True)):
         width = max(row["end"] - row["start"], span / 200)
-        axes.barh(position, width, left=row["start"], color=STAGE_COLOURS.get(row["stage"], "grey"),
+        axes.barh(position, width, left=row["start"], color=STAGE_COLOURS.get(row["stage"].split(".")[0], "grey"),
                   hatch=None if row["status"] == "completed" else "//", edgecolor="black", linewidth=0.4)
         if row["status"] != "completed":
             axes.text(row["start"] + width, position, f" {row['status']}", va="center", fontsize=7)

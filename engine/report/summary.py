@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import CalibrationConfig, TaskConfig
+from ..config import CalibrationConfig, Mode, TaskConfig
 from ..formats import DESCRIBED, FORMATS
 from ..journal import EventLog, journal_frames
 from ..judges import judge_prefixes
@@ -107,6 +107,7 @@ def build_metrics(
         for stage in STAGES
     }
     metrics["cost_usd"] = cost_usd(config, by_caller)
+    metrics["endpoints"] = endpoint_metrics(run_dir, config, by_caller, metrics["cost_usd"])
     metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge_mode}
     metrics["wall_seconds"] = figures.wall_seconds
     metrics["sessions"] = figures.sessions
@@ -137,7 +138,9 @@ def refresh_metrics(run_dir: RunDir, calibration: CalibrationConfig) -> dict[str
     return metrics
 
 
-_TOKEN_KINDS = ("prompt", "completion", "batch_prompt", "batch_completion")
+_TOKEN_KINDS = (
+    "prompt", "completion", "batch_prompt", "batch_completion", "cached", "cache_write", "batch_cached", "batch_cache_write"
+)
 
 
 def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
@@ -146,9 +149,12 @@ def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
 
     ``prompt`` and ``completion`` count every call; ``batch_prompt`` and ``batch_completion`` the
     part answered in provider batches: the journal's answers without a latency (realtime calls,
-    a batch stage's retries among them, have one: ``ChatResult.latency_s``)."""
+    a batch stage's retries among them, have one: ``ChatResult.latency_s``). ``cached`` and
+    ``cache_write`` are the prompt tokens read from and written to the provider's prompt cache
+    (part of ``prompt``), ``batch_cached`` and ``batch_cache_write`` their part in batches."""
     totals: dict[str, dict[str, Any]] = {}
-    columns = ("custom_id", "ok", "prompt_tokens", "completion_tokens", "latency_s", "model")
+    columns = ("custom_id", "ok", "prompt_tokens", "completion_tokens", "latency_s", "model", "cached_tokens",
+               "cache_write_tokens")
     in_batch = pl.col("latency_s").is_null()
     for stage in STAGES:
         for frame in journal_frames(run_dir.journal(stage), columns):
@@ -160,6 +166,10 @@ def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
                     pl.col("completion_tokens").sum().alias("completion"),
                     pl.col("prompt_tokens").filter(in_batch).sum().alias("batch_prompt"),
                     pl.col("completion_tokens").filter(in_batch).sum().alias("batch_completion"),
+                    pl.col("cached_tokens").sum().alias("cached"),
+                    pl.col("cache_write_tokens").sum().alias("cache_write"),
+                    pl.col("cached_tokens").filter(in_batch).sum().alias("batch_cached"),
+                    pl.col("cache_write_tokens").filter(in_batch).sum().alias("batch_cache_write"),
                     pl.col("model").drop_nulls().unique().alias("served"),
                 )
             )
@@ -169,6 +179,38 @@ def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
                     total[kind] += int(row[kind] or 0)
                 total["served"].update(row["served"])
     return {caller: {**total, "served": sorted(total["served"])[:5]} for caller, total in totals.items()}
+
+
+def endpoint_metrics(
+    run_dir: RunDir, config: TaskConfig, tokens: dict[str, dict[str, Any]], costs: dict[str, float | None] | None
+) -> list[dict[str, Any]]:
+    """Each endpoint the run called (``TaskConfig.endpoints``): its callers, the requests they
+    made (every attempt, as ``requests``), the answers that were 429s, their tokens (prompt,
+    completion, cached) and cost (None without a price for one of its callers)."""
+    calls: dict[str, dict[str, int]] = {}
+    for stage in STAGES:
+        for frame in journal_frames(run_dir.journal(stage), ("custom_id", "attempts", "rate_limited")):
+            sums = frame.group_by(pl.col("custom_id").str.split(":").list.first().str.replace(r"@\d+$", "").alias("caller")).agg(
+                pl.col("attempts").fill_null(1).sum().alias("requests"), pl.col("rate_limited").fill_null(0).sum()
+            )
+            for row in sums.iter_rows(named=True):
+                total = calls.setdefault(row["caller"], {"requests": 0, "rate_limited": 0})
+                total["requests"] += int(row["requests"])
+                total["rate_limited"] += int(row["rate_limited"])
+    described = []
+    for endpoint, callers in config.endpoints.items():
+        caller_costs = [None if costs is None else costs.get(caller) for caller in callers]
+        described.append({
+            "endpoint": endpoint.described,
+            "provider": endpoint.provider,
+            "api": endpoint.api,
+            "callers": list(callers),
+            **{key: sum(calls.get(caller, {}).get(key, 0) for caller in callers) for key in ("requests", "rate_limited")},
+            "tokens": {kind: sum(int(tokens.get(caller, {}).get(kind, 0)) for caller in callers)
+                       for kind in ("prompt", "completion", "cached", "cache_write")},
+            "cost_usd": None if None in caller_costs else round(sum(c for c in caller_costs if c is not None), 6),
+        })
+    return described
 
 
 def cache_hits(run_dir: RunDir) -> dict[str, int]:
@@ -188,24 +230,28 @@ def batches_created(run_dir: RunDir) -> int:
 def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str, float | None] | None:
     """Cost per caller (``predict``, each judge) at the price table's rates for its model: each
     call at the rate of the way it was made (tokens answered in provider batches at the batch
-    rate, the rest, a batch stage's realtime retries among them, at the realtime rate). A
-    caller without a price is None and left out of ``total``; None when no model has a price."""
+    rate, the rest, a batch stage's realtime retries among them, at the realtime rate), and its
+    prompt tokens read from or written to the provider's prompt cache at the cache rates
+    (``Price.per_cache_token``). A caller without a price is None and left out of ``total``; None
+    when no model has a price."""
     costs: dict[str, float | None] = {}
     for caller, stage_config in (("predict", config.predict), *zip(judge_prefixes(config), config.judges, strict=True)):
         price = config.prices.get(stage_config.model)
         if price is None:
             costs[caller] = None
             continue
-        used = tokens.get(caller, dict.fromkeys(_TOKEN_KINDS, 0))
-        batch_input, batch_output = price.per_token("batch")
-        realtime_input, realtime_output = price.per_token("realtime")
-        costs[caller] = round(
-            used["batch_prompt"] * batch_input
-            + used["batch_completion"] * batch_output
-            + (used["prompt"] - used["batch_prompt"]) * realtime_input
-            + (used["completion"] - used["batch_completion"]) * realtime_output,
-            6,
-        )
+        used = {**dict.fromkeys(_TOKEN_KINDS, 0), **tokens.get(caller, {})}
+        in_batch = {kind: int(used[f"batch_{kind}"]) for kind in ("prompt", "completion", "cached", "cache_write")}
+        in_realtime = {kind: int(used[kind]) - spent for kind, spent in in_batch.items()}
+        cost = 0.0
+        mode: Mode
+        for mode, spent in (("batch", in_batch), ("realtime", in_realtime)):
+            per_input, per_output = price.per_token(mode)
+            per_read, per_write = price.per_cache_token(mode)
+            uncached = spent["prompt"] - spent["cached"] - spent["cache_write"]
+            cost += (uncached * per_input + spent["cached"] * per_read + spent["cache_write"] * per_write
+                     + spent["completion"] * per_output)
+        costs[caller] = round(cost, 6)
     known = [cost for cost in costs.values() if cost is not None]
     if not known:
         return None

@@ -57,7 +57,7 @@ from .realtime import RealtimeRunner
 from .retry import RetryPolicy, is_transient
 from .stage import Deliver
 
-_CHUNK_NAME = re.compile(r"^(predict|judge)-(\d{5})$")
+_CHUNK_NAME = re.compile(r"^(predict|judge(?:\.[A-Za-z0-9_-]+)?)-(\d{5})$")
 # How far the endpoint's clock (its batches' and files' ``created_at``) may be behind ours.
 _CLOCK_SKEW_S = 600.0
 
@@ -103,6 +103,7 @@ class BatchStage:
         *,
         stage: StageName,
         provider: BatchProvider,
+        lane: str | None = None,
         run_dir: RunDir,
         run_id: str,
         settings: BatchConfig,
@@ -114,11 +115,14 @@ class BatchStage:
         outage_timeout_s: float,
         after_batch: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``journaled`` gives the custom_ids that already have an outcome (read once, on start);
+        """``lane`` names the stage's files, batches and events: the stage's name, or a judge lane's
+        (``engine.run.lanes``: judges on another endpoint); ``journaled`` gives the custom_ids that
+        already have an outcome (read once, on start);
         ``outage_timeout_s`` is how long a control-plane call keeps trying through transient
         failures; ``after_batch`` runs after each batch's outcomes are delivered (the judge
         stage's flush)."""
         self.stage: StageName = stage
+        self.lane = lane or stage
         self._provider = provider
         self._dir = run_dir.batches_dir
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +141,9 @@ class BatchStage:
         self._open: _Chunk | None = None
         names = [path.stem for path in self._dir.glob("*.jsonl")]
         names += [str(event.get("chunk")) for event in self._log.events()]  # their files may be gone
-        self._next_index = 1 + max((int(m.group(2)) for name in names if (m := _CHUNK_NAME.match(name))), default=0)
+        self._next_index = 1 + max(
+            (int(m.group(2)) for name in names if (m := _CHUNK_NAME.match(name)) and m.group(1) == self.lane), default=0
+        )
         self._uploads = anyio.Semaphore(settings.upload_concurrency)
         self._delivering = anyio.Lock()
         self._group: TaskGroup | None = None
@@ -191,7 +197,7 @@ class BatchStage:
     # -- one chunk's life: upload, create, follow ------------------------------------------
 
     def _new_chunk(self, *, attempt: int) -> _Chunk:
-        name = f"{self.stage}-{self._next_index:05d}"
+        name = f"{self.lane}-{self._next_index:05d}"
         self._next_index += 1
         path = self._dir / f"{name}.jsonl"
         return _Chunk(name, path, attempt=attempt, handle=path.open("w", encoding="utf-8"))
@@ -203,13 +209,16 @@ class BatchStage:
         self._group.start_soon(self._submit_chunk, chunk)
 
     async def _submit_chunk(self, chunk: _Chunk, file_id: str | None = None) -> None:
+        """Upload the chunk (unless ``file_id`` says it was, before a restart), create its batch
+        and follow it to its end."""
+        uploaded_before = file_id is not None
         if file_id is None:
             async with self._uploads:
                 file_id = await self._upload(chunk)
-            self._log.append({"event": "file", "stage": self.stage, "chunk": chunk.name, "file_id": file_id,
+            self._log.append({"event": "file", "stage": self.lane, "chunk": chunk.name, "file_id": file_id,
                               "attempt": chunk.attempt, "lines": len(chunk.custom_ids)})
-        batch = await self._create(chunk, file_id)
-        self._log.append({"event": "batch", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id,
+        batch = await self._create(chunk, file_id, look_first=uploaded_before)
+        self._log.append({"event": "batch", "stage": self.lane, "chunk": chunk.name, "batch_id": batch.id,
                           "file_id": file_id})
         await self._follow(chunk, batch)
 
@@ -229,19 +238,21 @@ class BatchStage:
 
         return await self._control(f"uploading {chunk.path.name}", upload_once)
 
-    async def _create(self, chunk: _Chunk, file_id: str) -> BatchJob:
-        """Create the chunk's batch once; after a lost reply, adopt the batch that was created."""
-        tags = {"engine_run": self._run_id, "engine_stage": self.stage, "engine_chunk": chunk.name,
+    async def _create(self, chunk: _Chunk, file_id: str, *, look_first: bool = False) -> BatchJob:
+        """Create the chunk's batch once; after a lost reply, adopt the batch that was created.
+        ``look_first``: a crash may have come between the create and its journal line: look for
+        the batch before creating one."""
+        tags = {"engine_run": self._run_id, "engine_stage": self.lane, "engine_chunk": chunk.name,
                 "engine_attempt": str(chunk.attempt)}
         since = time.time() - _CLOCK_SKEW_S
-        tried = False
+        tried = look_first
 
         async def create_once() -> BatchJob:
             nonlocal tried
             if tried:
-                async for batch in self._provider.list_batches(tags, since):
-                    if batch.input_id == file_id:
-                        return batch
+                known = frozenset(str(event["batch_id"]) for event in self._log.events() if event["event"] == "batch")
+                if (found := await self._provider.find_batch(file_id, tags, since, known)) is not None:
+                    return found
             tried = True
             return await self._provider.create_batch(file_id, tags)
 
@@ -263,7 +274,7 @@ class BatchStage:
             delay = min(delay * self._settings.poll_factor, self._settings.poll_max_s)
             batch = await self._control(f"polling batch {batch.id} ({chunk.name})", self._provider.retrieve_batch, batch.id)
         self._log.append({
-            "event": "ended", "stage": self.stage, "chunk": chunk.name, "batch_id": batch.id, "status": batch.status,
+            "event": "ended", "stage": self.lane, "chunk": chunk.name, "batch_id": batch.id, "status": batch.status,
             "created_at": batch.created_at, "in_progress_at": batch.in_progress_at,
             "finished_at": batch.finished_at,
             "lines": len(chunk.custom_ids),
@@ -377,7 +388,7 @@ class BatchStage:
 
     async def _reattach(self) -> None:
         """Adopt this run's batches and uploaded files from before a restart (see module doc)."""
-        events = [event for event in self._log.events() if event.get("stage") == self.stage]
+        events = [event for event in self._log.events() if event.get("stage") == self.lane]
         if not events:
             return
         done = self._journaled()
@@ -388,12 +399,21 @@ class BatchStage:
             if event["event"] == "batch" and event["batch_id"] not in batches:
                 what = f"retrieving batch {event['batch_id']} ({event['chunk']})"
                 batches[event["batch_id"]] = await self._control(what, self._provider.retrieve_batch, event["batch_id"])
-        chunks_with_batch = {batch.tags.get("engine_chunk") for batch in batches.values()}
+        # A provider whose batches carry no tags (Anthropic's) is told the chunk by the journal.
+        journaled = {str(event["batch_id"]): str(event["chunk"]) for event in events if event["event"] == "batch"}
+        attempts = {str(event["chunk"]): int(event.get("attempt", 0)) for event in events if event["event"] == "file"}
+        chunk_of = {batch_id: batch.tags.get("engine_chunk") or journaled.get(batch_id, "")
+                    for batch_id, batch in batches.items()}
+        chunks_with_batch = set(chunk_of.values())
         newest_first = sorted(batches.values(), key=lambda batch: batch.created_at, reverse=True)
         adopted: list[tuple[_Chunk, BatchJob | None, str | None]] = []
         for batch in newest_first:
-            name, attempt = batch.tags.get("engine_chunk", ""), int(batch.tags.get("engine_attempt") or 0)
-            chunk = await self._adopt(name, attempt, batch.input_id, done)
+            name = chunk_of[batch.id]
+            attempt = int(batch.tags.get("engine_attempt") or attempts.get(name, 0))
+            input_id = batch.input_id or next(
+                (str(event["file_id"]) for event in events if event["event"] == "batch" and event["batch_id"] == batch.id), ""
+            )
+            chunk = await self._adopt(name, attempt, input_id, done)
             if chunk is not None:
                 adopted.append((chunk, batch, None))
         for event in events:  # uploaded, but the batch was never created
@@ -437,7 +457,7 @@ class BatchStage:
 
     async def _list_ours(self, since: float) -> list[BatchJob]:
         """This run's batches for this stage created after ``since``."""
-        tags = {"engine_run": self._run_id, "engine_stage": self.stage}
+        tags = {"engine_run": self._run_id, "engine_stage": self.lane}
         return [batch async for batch in self._provider.list_batches(tags, since)]
 
 
