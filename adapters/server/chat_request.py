@@ -11,7 +11,8 @@ them). What it rejects is a :class:`Problem` naming the field (``messages[1].too
 
 A null option is the same as an absent one, as in OpenAI's API. Fields the spec has and this check
 does not name pass to the backend unchecked: the backend, or the upstream it relays to, decides.
-Streaming is refused: this server does not stream.
+``stream`` and ``stream_options`` (``include_usage``) are checked; a caller that cannot stream (a
+batch line) refuses ``stream: true``.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ class Problem:
         return error_response(self.status, self.message, code=self.code, param=self.param)
 
 
-def chat_problem(body: Any, models: tuple[str, ...] | None) -> Problem | None:
+def chat_problem(body: Any, models: tuple[str, ...] | None, *, streaming: bool = False) -> Problem | None:
     """The first problem with a chat-completion body, else None.
 
     ``models`` ``None`` accepts any model name; an unknown one is a 404, anything else a 400.
+    ``streaming``: the caller can stream its answer (a realtime request; a batch line cannot).
     """
     if not isinstance(body, dict):
         return Problem(400, "The request body must be a JSON object.")
@@ -90,12 +92,29 @@ def chat_problem(body: Any, models: tuple[str, ...] | None) -> Problem | None:
     for i, message in enumerate(messages):
         if (problem := _message_problem(message, f"messages[{i}]")) is not None:
             return problem
-    if body.get("stream"):
-        return Problem(400, "Streaming is not supported by this server.", "stream")
+    if (problem := _stream_problem(body, streaming)) is not None:
+        return problem
     if (problem := _options_problem(body)) is not None:
         return problem
     if models is not None and model not in models:
         return Problem(404, f"The model `{model}` does not exist.", "model", "model_not_found")
+    return None
+
+
+def _stream_problem(body: dict[str, Any], streaming: bool) -> Problem | None:
+    """The problem with ``stream`` and ``stream_options``, else None."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return Problem(400, "`stream` must be a boolean.", "stream")
+    if stream and not streaming:
+        return Problem(400, "Streaming is not supported here: `stream` must be false.", "stream")
+    options = body.get("stream_options")
+    if options is None:
+        return None
+    if not stream:
+        return Problem(400, "`stream_options` is only allowed when `stream` is true.", "stream_options")
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        return Problem(400, "`stream_options` must be an object whose `include_usage` is a boolean.", "stream_options")
     return None
 
 

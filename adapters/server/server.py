@@ -25,11 +25,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
-from . import routes
+from . import responses_api, routes
 from .backends.base import Backend, BackendError, BackendReply, DropConnection, Hang, MalformedReply, TruncatedReply
 from .batch_jobs import BatchSettings
 from .chat_request import chat_problem
 from .prompt_cache import PromptCache, chat_segments
+from .streaming import chat_chunks, send_events
 from .wire import chat_completion, error_response, parse_json
 
 __all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "PROMPT_CACHE", "answer", "api_key_from_env", "create_app", "serve_forever"]
@@ -90,6 +91,7 @@ def create_app(
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _retrieve_model)
     app.router.add_post("/v1/chat/completions", _chat_completions)
+    responses_api.install(app, backend)
     if batch_api:
         root = None if data_dir is None else Path(data_dir)
         routes.install(app, backend, data_dir=root, settings=batch_settings, cache=app[PROMPT_CACHE])
@@ -268,19 +270,27 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         body = parse_json(await request.read())
     except ValueError:  # UnicodeDecodeError is one
         return error_response(400, "We could not parse the JSON body of your request.")
-    if (problem := chat_problem(body, backend.models)) is not None:
+    if (problem := chat_problem(body, backend.models, streaming=True)) is not None:
         return problem.response()
-    completion = await answer(request, body, _openai_error)
+    stream = body.get("stream") is True
+    # The backend answers whole: a stream is the whole reply in chunks.
+    chat = {key: value for key, value in body.items() if key not in ("stream", "stream_options")} if stream else body
+    completion = await answer(request, chat, _openai_error)
     if isinstance(completion, web.StreamResponse):
         return completion
     request_id = secrets.token_hex(12)
     cached = 0 if completion.reply is not None else request.app[PROMPT_CACHE].automatic(
         chat_segments(body["messages"]), completion.prompt_tokens
     ).read
+    headers = (("x-request-id", f"req_{request_id}"), *completion.headers)
+    if stream:
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        chunks = chat_chunks(chat_completion(completion, request_id, cached), include_usage)
+        return await send_events(request, ((None, chunk) for chunk in chunks), headers, done=True)
     return web.Response(
         body=json.dumps(chat_completion(completion, request_id, cached)).encode(),
         content_type="application/json",
-        headers=(("x-request-id", f"req_{request_id}"), *completion.headers),
+        headers=headers,
     )
 
 
