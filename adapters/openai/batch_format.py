@@ -1,9 +1,10 @@
 """OpenAI's Batch API file formats: request lines in, output and error lines out.
 
-An input line is ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}``. An
-output line is ``{"custom_id", "response": {"status_code", "body"} | null, "error": {"code",
-"message"} | null}``; a line succeeded when its response has status 200 and a chat completion
-with message content.
+An input line is ``{"custom_id", "method": "POST", "url", "body"}``, its url
+``/v1/chat/completions`` or ``/v1/responses`` (:mod:`.responses_format`). An output line is
+``{"custom_id", "response": {"status_code", "body"} | null, "error": {"code", "message"} | null}``;
+a line succeeded when its response has status 200 and a chat completion with message content, or
+a ``response`` object with output text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Final
 
 from engine.types import ChatRequest, ChatResult, Failure, Outcome, TokenLogprob, Usage
 
+from . import responses_format
+
 CHAT_COMPLETIONS: Final = "/v1/chat/completions"
 
 
@@ -24,8 +27,10 @@ def encode_line(request: ChatRequest) -> str:
 
 
 def decode_line(line: str) -> tuple[str, dict[str, Any]]:
+    """A line's custom_id and the chat body it stands for (a Responses line's translated back)."""
     decoded = json.loads(line)
-    return str(decoded["custom_id"]), decoded["body"]
+    body = decoded["body"]
+    return str(decoded["custom_id"]), responses_format.to_chat(body) if decoded.get("url") == responses_format.RESPONSES else body
 
 
 def parse_output_line(line: dict[str, Any]) -> Outcome:
@@ -36,6 +41,8 @@ def parse_output_line(line: dict[str, Any]) -> Outcome:
     if isinstance(response, dict):
         status = response.get("status_code")
         body = response.get("body") or {}
+        if status == 200 and isinstance(body, dict) and body.get("object") == "response":
+            return responses_format.read_result(custom_id, body)
         if status == 200:
             try:
                 message = body["choices"][0]["message"]
@@ -45,7 +52,7 @@ def parse_output_line(line: dict[str, Any]) -> Outcome:
                 return Failure(custom_id, "malformed_body", "the batch line is not a chat completion")
             if not isinstance(content, str) or not content.strip():
                 return Failure(custom_id, "empty_response", "the response has no message content")
-            tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            tokens = chat_usage(usage)
             logprobs = read_logprobs(body["choices"][0])
             return ChatResult(custom_id, content, str(body.get("model") or ""), tokens, latency_s=None, logprobs=logprobs)
         detail = body.get("error") if isinstance(body, dict) else None
@@ -54,6 +61,16 @@ def parse_output_line(line: dict[str, Any]) -> Outcome:
     if isinstance(error, dict):
         return Failure(custom_id, str(error.get("code") or "batch_error"), str(error.get("message") or ""))
     return Failure(custom_id, "malformed_line", "the batch line has neither a response nor an error")
+
+
+def chat_usage(usage: Any) -> Usage:
+    """A chat completion's ``usage``: its tokens, and the prompt's cached ones
+    (``prompt_tokens_details.cached_tokens``); zeros where it says nothing."""
+    if not isinstance(usage, dict):
+        return Usage()
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), cached_tokens=int(cached or 0))
 
 
 def read_logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:

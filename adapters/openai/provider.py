@@ -8,6 +8,11 @@ and response objects) cost about 1 ms of CPU per call, four times the HTTP itsel
 serialised once, and only three fields of the reply and the ``x-ratelimit-*`` headers are read.
 Outside asyncio (trio) aiohttp cannot run, and chat calls go through the SDK's ``post`` instead.
 
+``api="responses"`` sends the same calls to OpenAI's Responses API instead, realtime and in
+batches (``/v1/responses``, the bodies translated by :mod:`.responses_format`). With
+``api="chat"`` a model that ``/chat/completions`` refuses as served only on ``/v1/responses``
+moves there, realtime, for the rest of the provider's life; batches keep to ``api``.
+
 The SDK's own retries are off: the engine retries and rate-limits, in one place. Every error is
 mapped once onto ``ProviderError`` with its retry ``kind``, transport errors raised while a body
 streams included. An endpoint without the Files/Batches routes (llama.cpp, Ollama, vLLM's
@@ -25,7 +30,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import anyio
@@ -34,17 +39,20 @@ import openai
 import sniffio
 from openai.types import Batch
 
-from engine.errors import AuthError, BatchApiMissingError, ErrorKind, ModelNotFoundError, ProviderError
+from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import parse_retry_after
-from engine.types import ChatRequest, Outcome, Usage
+from engine.types import ChatRequest, Outcome
 
-from . import batch_format
+from . import batch_format, responses_format
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
+Api = Literal["chat", "responses"]
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _RATE_LIMIT_PREFIX = b"x-ratelimit-"
+# OpenAI's refusal, on /chat/completions, of a model served only on the Responses API.
+_RESPONSES_ONLY = "only supported in v1/responses"
 _RATE_LIMIT_FIELDS = {
     b"limit-requests": "limit_requests",
     b"limit-tokens": "limit_tokens",
@@ -61,9 +69,16 @@ class OpenAIProvider:
     """``engine.provider.Provider`` for one OpenAI-compatible endpoint and key. Create it inside
     the event loop that will use it."""
 
-    def __init__(self, base_url: str, api_key: str, *, api_key_env: str = "", timeout_s: float = 60.0) -> None:
-        """``api_key_env`` names the variable the key came from, for the 401 message."""
+    def __init__(
+        self, base_url: str, api_key: str, *, api_key_env: str = "", timeout_s: float = 60.0, api: Api = "chat"
+    ) -> None:
+        """``api_key_env`` names the variable the key came from, for the 401 message; ``api`` is
+        the API calls go to: chat completions, or the Responses API."""
+        if api not in ("chat", "responses"):
+            raise ValueError(f"api must be 'chat' or 'responses', got {api!r}")
         self.base_url = base_url
+        self.api: Api = api
+        self._on_responses: set[str] = set()  # models moved to the Responses API
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._timeout_s = timeout_s
@@ -76,6 +91,7 @@ class OpenAIProvider:
             http_client=(openai.DefaultAioHttpClient if on_asyncio else openai.DefaultAsyncHttpxClient)(timeout=timeout_s),
         )
         self._chat_url = str(self.sdk.base_url.join("chat/completions"))
+        self._responses_url = str(self.sdk.base_url.join("responses"))
         self._chat_headers = {
             name: value
             for name, value in {**self.sdk.default_headers, **self.sdk.auth_headers}.items()
@@ -108,34 +124,70 @@ class OpenAIProvider:
         await self.aclose()
 
     async def complete(self, request: ChatRequest) -> ChatReply:
-        """One chat-completion call; raises ``ProviderError`` with a retry kind on any failure."""
+        """One call (chat completion, or response); raises ``ProviderError`` with a retry kind on any failure."""
+        model = request.body.get("model")
+        if self.api == "responses" or model in self._on_responses:
+            return await self._respond(request)
         started = time.perf_counter()
-        body = json.dumps(request.body).encode()
-        if self._session is None:
-            status, headers, raw = await self._post_with_sdk(body)
-        else:
-            status, headers, raw = await self._post(body)
+        status, headers, raw = await self._send(self._chat_url, "/chat/completions", json.dumps(request.body).encode())
         if status >= 400:
-            raise self._status_error(status, _error_message(status, raw), headers, model=request.body.get("model"))
+            detail = _error_message(status, raw)
+            if status in (400, 404) and _RESPONSES_ONLY in detail.lower() and isinstance(model, str):
+                self._on_responses.add(model)
+                return await self._respond(request)
+            raise self._status_error(status, detail, headers, model=model)
         return _parse_completion(raw, time.perf_counter() - started, _rate_limits(headers))
 
-    async def _post(self, body: bytes) -> tuple[int, RawHeaders, bytes]:
+    async def _respond(self, request: ChatRequest) -> ChatReply:
+        """The call on the Responses API."""
+        started = time.perf_counter()
+        body = json.dumps(responses_format.to_responses(request.body)).encode()
+        status, headers, raw = await self._send(self._responses_url, "/responses", body)
+        if status >= 400:
+            raise self._responses_error(status, raw, headers, request.body.get("model"))
+        try:
+            content, model, usage = responses_format.read_response(json.loads(raw))
+        except ValueError as exc:
+            snippet = raw[:80].decode("utf-8", "replace")
+            raise ProviderError(f"response is not JSON: {snippet!r}", kind="transient", reason="malformed_body") from exc
+        return ChatReply(content, model, usage, time.perf_counter() - started, _rate_limits(headers))
+
+    def _responses_error(self, status: int, raw: bytes, headers: RawHeaders, model: str | None) -> ProviderError:
+        """An error on ``/responses``, mapped as on chat completions. A 404 that names the route
+        means the endpoint has no Responses API; a refused ``text.format`` is also named as the
+        ``response_format`` it came from (the engine then tries its next format)."""
+        detail = _error_message(status, raw)
+        if status == 404 and "Invalid URL" in detail:
+            message = (
+                f"HTTP 404: the endpoint {self.base_url} has no Responses API ({detail}): "
+                "use endpoint.api = \"chat\""
+            )
+            return FatalError(message, kind="no", reason="http_404", status_code=status)
+        if status in (400, 422) and "text.format" in detail:
+            detail = f"{detail} (the response_format, sent as text.format)"
+        return self._status_error(status, detail, headers, model=model)
+
+    async def _send(self, url: str, path: str, body: bytes) -> tuple[int, RawHeaders, bytes]:
+        """POST ``body`` to ``url`` over the session, or to ``path`` through the SDK off asyncio."""
+        if self._session is None:
+            return await self._post_with_sdk(path, body)
+        return await self._post(url, body)
+
+    async def _post(self, url: str, body: bytes) -> tuple[int, RawHeaders, bytes]:
         assert self._session is not None
         try:
-            async with self._session.post(self._chat_url, data=body, headers=self._chat_headers, proxy=self._proxy) as response:
+            async with self._session.post(url, data=body, headers=self._chat_headers, proxy=self._proxy) as response:
                 return response.status, response.raw_headers, await response.read()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise self._timeout_error() from None
         except aiohttp.ClientError as exc:
             raise self._connection_error(exc) from exc
 
-    async def _post_with_sdk(self, body: bytes) -> tuple[int, RawHeaders, bytes]:
-        """The chat call through ``AsyncOpenAI.post``, off asyncio; it raises for statuses >= 400."""
+    async def _post_with_sdk(self, path: str, body: bytes) -> tuple[int, RawHeaders, bytes]:
+        """The call through ``AsyncOpenAI.post``, off asyncio; it raises for statuses >= 400."""
         try:
             with anyio.fail_after(self._timeout_s):  # the whole call, as on asyncio (the SDK's is per read)
-                response = await self.sdk.post(
-                    "/chat/completions", cast_to=httpx2.Response, content=body, options=self._options
-                )
+                response = await self.sdk.post(path, cast_to=httpx2.Response, content=body, options=self._options)
         except TimeoutError:
             raise self._timeout_error() from None
         except openai.APIStatusError as exc:
@@ -147,6 +199,10 @@ class OpenAIProvider:
     # -- Files and Batches: the control plane of batch mode ---------------------------------
 
     def encode_line(self, request: ChatRequest) -> str:
+        """A batch line for ``api``'s endpoint; raises ``ProviderError`` (kind ``no``) for a
+        request the Responses API cannot take."""
+        if self.api == "responses":
+            return responses_format.encode_line(request)
         return batch_format.encode_line(request)
 
     def decode_line(self, line: str) -> tuple[str, dict[str, Any]]:
@@ -176,11 +232,11 @@ class OpenAIProvider:
         return None
 
     async def create_batch(self, input_id: str, tags: Mapping[str, str]) -> BatchJob:
-        """A batch of chat completions with a 24 h window; the tags are its ``metadata``."""
+        """A batch on ``api``'s endpoint with a 24 h window; the tags are its ``metadata``."""
         async with self._errors("POST /batches", names_object=True):
             batch = await self.sdk.batches.create(
                 input_file_id=input_id,
-                endpoint=batch_format.CHAT_COMPLETIONS,
+                endpoint=responses_format.RESPONSES if self.api == "responses" else batch_format.CHAT_COMPLETIONS,
                 completion_window="24h",
                 metadata=dict(tags),
             )
@@ -203,6 +259,15 @@ class OpenAIProvider:
                 metadata = batch.metadata or {}
                 if all(metadata.get(key) == value for key, value in tags.items()):
                     yield _job(batch)
+
+    async def find_batch(
+        self, input_id: str, tags: Mapping[str, str], since: float, known: frozenset[str]
+    ) -> BatchJob | None:
+        """The batch made from ``input_id`` with ``tags``: found by its metadata and input file."""
+        async for batch in self.list_batches(tags, since):
+            if batch.input_id == input_id and batch.id not in known:
+                return batch
+        return None
 
     async def download_results(self, job: BatchJob, stem: Path) -> list[Path]:
         """The output file as ``<stem>.output.jsonl``, the error file as ``<stem>.errors.jsonl``."""
@@ -401,5 +466,4 @@ def _parse_completion(raw: bytes, latency_s: float, rate_limits: RateLimits | No
         raise ProviderError(f"response is not a chat completion: {snippet!r}", kind="transient", reason="malformed_body") from exc
     if not isinstance(content, str) or not content.strip():
         raise ProviderError("the response has no message content", kind="transient", reason="empty_response")
-    tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-    return ChatReply(content, model, tokens, latency_s, rate_limits, batch_format.read_logprobs(choice))
+    return ChatReply(content, model, batch_format.chat_usage(usage), latency_s, rate_limits, batch_format.read_logprobs(choice))
