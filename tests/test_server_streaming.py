@@ -12,6 +12,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.server.backends import SimBackend, SimSettings
 from adapters.server.backends.llama import LlamaBackend, ModelUnavailable
+from adapters.server.backends.upstream import UpstreamBackend
 from adapters.server.embedded import embedded_server
 
 from .test_server import GENRE_SET, judge_messages, sim_client
@@ -93,6 +94,23 @@ async def test_stream_of_faulty_replies() -> None:
         empty = [chunk async for chunk in stream]
     assert [chunk.choices[0].delta.content for chunk in null] == ["", None]
     assert len(empty) == 1 and empty[0].choices == [] and empty[0].usage is not None
+
+
+async def test_a_relayed_completion_streams_with_its_upstreams_usage_and_logprobs() -> None:
+    async with embedded_server(SimBackend(SimSettings())) as upstream_url:
+        async with embedded_server(UpstreamBackend(upstream_url)) as url:
+            async with openai.AsyncOpenAI(base_url=url, api_key="test", max_retries=0) as client:
+                whole = await client.chat.completions.create(model="m", messages=LONG, logprobs=True)
+                stream = await client.chat.completions.create(
+                    model="m", messages=LONG, logprobs=True, stream=True, stream_options={"include_usage": True}
+                )
+                chunks = [chunk async for chunk in stream]
+    assert whole.choices[0].logprobs is not None
+    assert [chunk.choices[0].delta.content for chunk in chunks if chunk.choices] == ["", "simulated", " ", "answer", None]
+    streamed = [token for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
+                for token in chunk.choices[0].logprobs.content or ()]
+    assert streamed == whole.choices[0].logprobs.content
+    assert chunks[-1].usage == whole.usage and chunks[0].model == "sim:m"
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,10 @@ def _content_pieces(content: Any, logprobs: Any) -> list[tuple[str, dict[str, An
     if not isinstance(content, str):
         return []
     tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if isinstance(tokens, list) and "".join(str(token.get("token")) for token in tokens) == content:
+    if (
+        isinstance(tokens, list)
+        and all(isinstance(token, dict) for token in tokens)
+        and "".join(str(token.get("token")) for token in tokens) == content
+    ):
         return [(token["token"], {"content": [token], "refusal": None}) for token in tokens]
     return [(piece, None) for piece in text_pieces(content)]
