@@ -32,6 +32,15 @@ def test_automatic_reads_the_longest_prefix_seen_in_steps_of_128() -> None:
     assert cache.automatic(second, tokens).read == 2176  # the same prompt again: all of it, to the last step
 
 
+def test_prompts_of_different_lengths_share_their_common_prefix() -> None:
+    cache = PromptCache()
+    shared = "s" * 6000  # 1,500 tokens at four characters a token
+    cache.automatic([shared, "a short question"], (6000 + 16) // 4)
+    longer = [shared, "a much longer question, " * 40]
+    read = cache.automatic(longer, (6000 + 960) // 4).read
+    assert read == 1024 + (1500 - 1024) // 128 * 128 == 1408
+
+
 def test_automatic_caches_nothing_under_1024_tokens() -> None:
     cache = PromptCache()
     for _ in range(3):

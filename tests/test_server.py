@@ -449,7 +449,7 @@ async def test_the_key_may_come_as_anthropics_x_api_key_and_a_refusal_there_is_a
         ({"model": "", "messages": [{"role": "user", "content": "hi"}]}, "model"),
         ({"model": "m", "messages": []}, "messages"),
         ({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
-        ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream"),
+        ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
     ],
 )
 async def test_bad_body_is_a_bad_request(body: dict[str, Any], param: str) -> None:
@@ -646,10 +646,10 @@ def test_trio_caller() -> None:
 
 
 async def test_an_unknown_route_answers_404_naming_the_method_and_path() -> None:
-    """As OpenAI answers it: a client that guessed a route (inspect_ai's /v1/responses) learns which."""
+    """As OpenAI answers it: a client that guessed a route (the legacy /v1/completions) learns which."""
     async with embedded_server(SimBackend(SimSettings())) as url, aiohttp.ClientSession() as http:
         for method, path, status, message in (
-            ("POST", "/responses", 404, "Invalid URL (POST /v1/responses)"),
+            ("POST", "/completions", 404, "Invalid URL (POST /v1/completions)"),
             ("GET", "/v1/nowhere", 404, "Invalid URL (GET /v1/v1/nowhere)"),
             ("GET", "/chat/completions", 405, "Invalid method for URL (GET /v1/chat/completions)"),
         ):

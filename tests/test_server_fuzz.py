@@ -171,7 +171,7 @@ chat_bodies = changed(
         "max_tokens": st.integers(1, 10_000) | st.integers() | json_values,
         "max_completion_tokens": st.integers(1, 10_000) | st.integers(),
         "response_format": response_format,
-        "stream": st.just(False) | json_values,
+        "stream": st.just(False) | json_values.filter(lambda value: value is not True),  # a stream is not one JSON body
         "n": st.just(1) | json_values,
         "seed": st.integers() | json_values,
     },

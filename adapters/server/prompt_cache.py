@@ -22,6 +22,7 @@ from typing import Any
 
 MIN_CACHED_TOKENS = 1024
 CACHE_STEP_TOKENS = 128
+CHARS_PER_TOKEN = 4  # the sim's count; where prefixes are cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +42,22 @@ class PromptCache:
 
     def automatic(self, segments: Sequence[str], prompt_tokens: int) -> CacheUse:
         """OpenAI's rule: the longest prefix seen before, of at least 1,024 tokens, in 128-token
-        steps; every such prefix of this prompt is remembered."""
+        steps; every such prefix of this prompt is remembered.
+
+        Prefixes are cut at fixed character steps (``CHARS_PER_TOKEN`` a token), so two prompts
+        that share a prefix share its cuts whatever their lengths; the prefix found is then
+        counted in this prompt's tokens, down to a whole step."""
         text = "".join(segments)
         if prompt_tokens < MIN_CACHED_TOKENS or not text:
             return CacheUse()
-        per_char = prompt_tokens / len(text)
-        read = 0
-        for tokens in range(MIN_CACHED_TOKENS, prompt_tokens + 1, CACHE_STEP_TOKENS):
-            if self._saw(text[: round(tokens / per_char)]):
-                read = tokens
-        return CacheUse(read=read)
+        seen = 0
+        for end in range(MIN_CACHED_TOKENS * CHARS_PER_TOKEN, len(text) + 1, CACHE_STEP_TOKENS * CHARS_PER_TOKEN):
+            if self._saw(text[:end]):
+                seen = end
+        tokens = min(prompt_tokens, round(seen * prompt_tokens / len(text)))
+        if tokens < MIN_CACHED_TOKENS:
+            return CacheUse()
+        return CacheUse(read=MIN_CACHED_TOKENS + (tokens - MIN_CACHED_TOKENS) // CACHE_STEP_TOKENS * CACHE_STEP_TOKENS)
 
     def explicit(self, segments: Sequence[tuple[str, bool]], prompt_tokens: int) -> CacheUse:
         """Anthropic's rule: ``segments`` in prompt order, each with whether a breakpoint follows
