@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
-from . import responses_api, routes
+from . import messages_api, responses_api, routes
 from .backends.base import Backend, BackendError, BackendReply, DropConnection, Hang, MalformedReply, TruncatedReply
 from .batch_jobs import BatchSettings
 from .chat_request import chat_problem
@@ -95,6 +95,7 @@ def create_app(
     if batch_api:
         root = None if data_dir is None else Path(data_dir)
         routes.install(app, backend, data_dir=root, settings=batch_settings, cache=app[PROMPT_CACHE])
+    messages_api.install(app, backend, data_dir=data_dir, settings=batch_settings, cache=app[PROMPT_CACHE], batch_api=batch_api)
     return app
 
 
