@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import anthropic
 import anyio
 import openai
 import polars as pl
@@ -68,6 +69,15 @@ BATCHES = "/v1/batches"
 POLL = r"/v1/batches/[^/]+"
 CONTENT = r"/v1/files/[^/]+/content"
 REQUEST_FILE = re.compile(r"^(predict|judge)-\d{5}\.jsonl$")
+MESSAGE_BATCHES = "/v1/messages/batches"
+MESSAGE_POLL = r"/v1/messages/batches/[^/]+"
+Api = Literal["chat", "responses", "messages"]
+#: How the engine's endpoint is set to call each API.
+API_SETTINGS: dict[str, dict[str, str]] = {
+    "chat": {},
+    "responses": {"endpoint.api": "responses"},
+    "messages": {"endpoint.provider": "anthropic"},
+}
 
 
 @dataclass(slots=True)
@@ -356,6 +366,7 @@ class Scenario:
     blackout: Blackout | None = None
     clock: Callable[[], Clock] | None = None
     sessions: Sessions = one_session
+    api: Api = "chat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +375,7 @@ class Outcome:
 
     fault: str
     mode: str
+    api: str
     rows_in: int
     rows_judged: int
     rows_failed: int
@@ -432,7 +444,31 @@ def scenarios() -> list[Scenario]:
                  {"endpoint.max_retries": 1}, blackout=Blackout("GET", POLL, after=1, resets=10),
                  clock=FastForwardClock),
     ]
-    return realtime + batch
+    return realtime + batch + _other_apis()
+
+
+def _other_apis() -> list[Scenario]:
+    """The rows every API has: OpenAI's Responses API and Anthropic's Messages API (there the
+    backend's 503 is Anthropic's 529 overloaded_error, and batches are Message Batches, created
+    with the requests inline and found again by their content when a create's reply is lost)."""
+    rows = []
+    creates: tuple[tuple[Api, str], ...] = (("responses", BATCHES), ("messages", MESSAGE_BATCHES))
+    for api, create in creates:
+        rows += [
+            Scenario("none", "realtime", api=api),
+            Scenario("429 storm with Retry-After: an rpm limit never announced", "realtime", SimSettings(rpm=3000),
+                     announce_limits=False, api=api),
+            Scenario("500/502/503 at 10%" if api == "responses" else "500/502/529 overloaded at 10%", "realtime",
+                     SimSettings(error_rate=0.10), api=api),
+            Scenario("connection resets at 5%", "realtime", SimSettings(reset_rate=0.05), api=api),
+            Scenario("none", "batch", api=api),
+            Scenario("failed lines at 20%", "batch", SimSettings(batch_fail_rate=0.2), api=api),
+            Scenario("server restart between polls", "batch", SimSettings(latency_ms=2, batch_min_seconds=0.3),
+                     action=restart_server, api=api),
+            Scenario("reply to batch-create lost (the first two)", "batch",
+                     proxy_faults=(ReplyFault("drop", "POST", create, times=2),), api=api),
+        ]
+    return rows
 
 
 async def run_scenario(scenario: Scenario, workdir: Path, rows: int = 100, *, real_time: bool = False) -> Outcome:
@@ -457,6 +493,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, rows: int = 100, *, re
             "batch.max_requests_per_file": 50,
             "batch.realtime_retry_below": 0,
             **FAST_BATCHES,
+            **API_SETTINGS[scenario.api],
             **scenario.settings,
         }
         config = with_overrides(load_config(example_config("imdb")), settings)
@@ -476,7 +513,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, rows: int = 100, *, re
         if proxy is not None:
             for fault in scenario.proxy_faults:
                 harness.checks[f"the {fault} happened"] = fault.fired(proxy)
-        created = await anyio.to_thread.run_sync(_batches_created, direct_url, harness.run_dir.name)
+        created = await anyio.to_thread.run_sync(_batches_created, direct_url, harness.run_dir.name, scenario.api)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -484,8 +521,12 @@ async def run_scenario(scenario: Scenario, workdir: Path, rows: int = 100, *, re
     return _account(harness, evaluation, created)
 
 
-def _batches_created(url: str, run_id: str) -> int:
-    """The batches the server holds for the run, listed directly."""
+def _batches_created(url: str, run_id: str, api: Api) -> int:
+    """The batches the server holds for the run, listed directly (Message Batches carry no
+    metadata: the scenario's server holds this run's only)."""
+    if api == "messages":
+        with anthropic.Anthropic(base_url=url.removesuffix("/v1"), api_key="x", max_retries=0) as messages:
+            return sum(1 for _ in messages.messages.batches.list(limit=100))
     with openai.OpenAI(base_url=url, api_key="x", max_retries=0) as client:
         return sum(1 for batch in client.batches.list(limit=100) if (batch.metadata or {}).get("engine_run") == run_id)
 
@@ -525,6 +566,7 @@ def _account(harness: Harness, evaluation: Evaluation, batches_created: int) -> 
     return Outcome(
         fault=harness.scenario.fault,
         mode=harness.scenario.mode,
+        api=harness.scenario.api,
         rows_in=int(harness.config.dataset.limit or results.height),
         rows_judged=judged.height,
         rows_failed=failed.height,
@@ -606,16 +648,16 @@ def main(argv: list[str] | None = None) -> None:
     for scenario in scenarios():
         with tempfile.TemporaryDirectory() as tmp:
             outcomes.append(anyio.run(partial(run_scenario, scenario, Path(tmp), args.rows, real_time=True)))
-    print("| fault | mode | rows in | judged | failed (reasons) | dup. | journal agrees, none paid twice "
+    print("| fault | mode | API | rows in | judged | failed (reasons) | dup. | journal agrees, none paid twice "
           "| requests seen / journaled | most per row, ≤ 1 + retries | 429s | batches created / needed | checks |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for o in outcomes:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(o.failure_reasons.items()))
         checks = "; ".join([f"{check}: {'yes' if ok else 'NO'}" for check, ok in o.checks.items()] + list(o.notes))
         batches = f"{o.batches_created} / {o.batches_needed}" if o.mode == "batch" else "-"
         failed = f"{o.rows_failed} ({reasons})" if reasons else str(o.rows_failed)
         unattributed = f" (+{o.unattributed} not a row)" if o.unattributed else ""
-        print(f"| {o.fault} | {o.mode} | {o.rows_in} | {o.rows_judged} | {failed} "
+        print(f"| {o.fault} | {o.mode} | {o.api} | {o.rows_in} | {o.rows_judged} | {failed} "
               f"| {o.duplicates} | {_yes(o.journal_agrees and o.paid_twice == 0)} "
               f"| {o.requests_seen} / {o.requests_journaled}{unattributed} "
               f"| {o.max_requests_per_row}, {_yes(o.within_retries)} | {o.rate_limited} | {batches} | {checks} |")

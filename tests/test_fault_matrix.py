@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.faults import Scenario, run_scenario, scenarios
 
-SCENARIOS = {f"{scenario.mode}: {scenario.fault}": scenario for scenario in scenarios()}
+SCENARIOS = {f"{scenario.api} {scenario.mode}: {scenario.fault}": scenario for scenario in scenarios()}
 # Faults that cost rows by design: a row whose every try failed, a line refused for good.
 UNRECOVERABLE = {"every line fails (completed, no output file)", "expired with partial output",
                  "stuck in validating", "whole file fails validation", "failed lines at 20%"}

@@ -73,7 +73,7 @@ async def test_a_score_judge_grades_the_open_qa_example_against_its_reference(
     assert frame["reasoning"].null_count() == 0
     # The judge read each row's reference answer, and was asked to reason first (its answer is
     # the constrained {reasoning, score} object the example asks for).
-    judged = [json.loads(key)[1][-1]["content"] for key in sim_backend.requests if "Reference answer:" in key]
+    judged = [json.loads(key)[1][-1][1] for key in sim_backend.requests if "Reference answer:" in key]
     assert len(judged) == 40 and all(text.endswith("First reason step by step.") for text in judged)
     assert all(text.isdigit() for text in frame["verdict_text"])  # the JSON answers read into score and reasoning
     report = (tmp_path / "run" / "report.md").read_text()

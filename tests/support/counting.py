@@ -13,8 +13,17 @@ from adapters.server.backends.sim import SimBackend, SimSettings
 
 
 def request_key(body: dict[str, Any]) -> str:
-    """What tells a request from any other: its model and messages (the same for each attempt)."""
-    return json.dumps([body.get("model"), body.get("messages")], sort_keys=True, ensure_ascii=False)
+    """What tells a request from any other: its model and its messages' roles and text (the same
+    for each attempt, and whichever API shape carried it: a system prompt that came as
+    Anthropic's text blocks reads as the chat message it was)."""
+    messages = [[message.get("role"), _text(message.get("content"))] for message in body.get("messages") or ()]
+    return json.dumps([body.get("model"), messages], ensure_ascii=False)
+
+
+def _text(content: Any) -> Any:
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return content
 
 
 class CountingBackend:
