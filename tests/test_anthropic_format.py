@@ -239,6 +239,14 @@ def test_an_errored_line_is_a_failure_with_the_status_of_its_error_type(error_ty
     assert outcome == Failure("judge:1", f"http_{status}", f"HTTP {status}: {error_type}: it went wrong", status_code=status)
 
 
+def test_only_anthropics_error_object_is_read_as_one() -> None:
+    anthropic_error = {"type": "error", "error": {"type": "not_found_error", "message": "model: x"}, "request_id": "req_1"}
+    assert fmt.error_detail(anthropic_error) == ("not_found_error", "model: x")
+    openai_error = {"error": {"type": "invalid_request_error", "message": "Invalid URL (POST /v1/messages)"}}
+    assert fmt.error_detail(openai_error) == (None, "")
+    assert fmt.error_detail("Bad Gateway") == (None, "")
+
+
 def test_result_lines_of_every_kind(tmp_path: Path) -> None:
     lines = [
         result_line("judge:1", {"type": "succeeded", "message": message([{"type": "text", "text": "yes"}])}),

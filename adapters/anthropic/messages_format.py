@@ -220,8 +220,8 @@ def read_usage(usage: dict[str, Any]) -> Usage:
 
 def error_detail(body: Any) -> tuple[str | None, str]:
     """An error body's ``error.type`` and ``error.message`` (Anthropic's ``{"type": "error",
-    "error": {...}}``); ``(None, "")`` when it is not one."""
-    error = body.get("error") if isinstance(body, dict) else None
+    "error": {...}}``); ``(None, "")`` when it is not one (OpenAI's ``{"error": {...}}`` is not)."""
+    error = body.get("error") if isinstance(body, dict) and body.get("type") == "error" else None
     if not isinstance(error, dict):
         return None, ""
     kind, message = error.get("type"), error.get("message")

@@ -303,10 +303,10 @@ class AnthropicProvider:
         try:
             yield
         except anthropic.APIStatusError as exc:
-            if exc.status_code == 404 and not (names_object and exc.type is not None):
+            error_type, detail = messages_format.error_detail(exc.body)
+            if exc.status_code == 404 and not (names_object and error_type is not None):
                 raise self._batch_api_missing(route) from exc
-            detail = exc.api_message if exc.api_message is not None else exc.message
-            raise self._status_error(exc.status_code, exc.type, detail, exc.response.headers.raw) from exc
+            raise self._status_error(exc.status_code, error_type, detail or exc.message, exc.response.headers.raw) from exc
         except anthropic.APIConnectionError as exc:
             raise self._sdk_connection_error(exc) from exc
         except (httpx2.TimeoutException, TimeoutError, aiohttp.ServerTimeoutError):
