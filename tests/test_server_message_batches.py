@@ -239,6 +239,22 @@ async def test_a_restarted_server_resumes_the_batch_without_running_a_request_tw
     assert listed == [created.id]
 
 
+async def test_ended_and_deleted_batches_stay_so_after_a_restart(tmp_path: Path) -> None:
+    async with client(data_dir=tmp_path) as sdk:
+        kept = await settle(sdk, (await sdk.messages.batches.create(requests=requests(2))).id)  # type: ignore[arg-type]
+        kept_results = await results(sdk, kept)
+        gone = await settle(sdk, (await sdk.messages.batches.create(requests=requests(1))).id)  # type: ignore[arg-type]
+        await sdk.messages.batches.delete(gone.id)
+    async with client(data_dir=tmp_path) as sdk:
+        again = await batch_json(sdk, kept.id)
+        again_results = await results(sdk, again)
+        listed = [batch.id async for batch in sdk.messages.batches.list()]
+        with pytest.raises(anthropic.NotFoundError):
+            await sdk.messages.batches.retrieve(gone.id)
+    assert again.request_counts == kept.request_counts and again_results == kept_results
+    assert listed == [kept.id]
+
+
 class RecordingGate(GatedBackend):
     """The simulator, every call held until :meth:`open`; ``requests`` counts them by request."""
 

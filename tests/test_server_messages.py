@@ -18,6 +18,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from adapters.server.backends import Backend, SimBackend, SimSettings
 from adapters.server.embedded import embedded_server
+from adapters.server.messages_wire import rate_limit_headers
 
 from .test_server import GENRE_SET, GENRES
 
@@ -283,12 +284,14 @@ async def test_the_key_comes_as_x_api_key_and_a_wrong_one_is_an_authentication_e
 
 async def test_a_rate_limit_is_a_429_with_anthropics_headers() -> None:
     # One request a minute, a bucket of one: the first is admitted, the next refused.
-    async with client(SimBackend(SimSettings(rpm=1, burst_seconds=60))) as sdk:
+    async with client(SimBackend(SimSettings(rpm=1, tpm=100_000, burst_seconds=60))) as sdk:
         _, _, admitted = await create(sdk, messages=ask())
         with pytest.raises(anthropic.RateLimitError) as limited:
             await sdk.messages.create(model=MODEL, max_tokens=10, messages=ask())
     assert admitted["anthropic-ratelimit-requests-limit"] == "1"
     assert admitted["anthropic-ratelimit-requests-remaining"] == "0"
+    assert admitted["anthropic-ratelimit-tokens-limit"] == "100000"
+    assert 0 < int(admitted["anthropic-ratelimit-tokens-remaining"]) < 100_000
     assert not any(name.lower().startswith("x-ratelimit-") for name in admitted)
     headers = limited.value.response.headers
     assert limited.value.type == "rate_limit_error"
@@ -297,6 +300,35 @@ async def test_a_rate_limit_is_a_429_with_anthropics_headers() -> None:
     assert headers["anthropic-ratelimit-requests-remaining"] == "0"
     reset = datetime.fromisoformat(headers["anthropic-ratelimit-requests-reset"])
     assert reset.tzinfo is not None and reset > datetime.now(UTC)
+
+
+def test_openai_rate_limit_headers_become_anthropics() -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    openai_headers = (
+        ("x-ratelimit-limit-requests", "500"),
+        ("x-ratelimit-remaining-requests", "499"),
+        ("x-ratelimit-reset-requests", "6m0s"),
+        ("x-ratelimit-limit-tokens", "30000"),
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("x-ratelimit-reset-tokens", "120ms"),
+        ("x-ratelimit-reset-weird", "soon"),
+        ("Retry-After", "3"),
+        ("retry-after-ms", "2500"),
+        ("x-other", "kept"),
+    )
+    assert dict(rate_limit_headers(openai_headers, now=now)) == {
+        "anthropic-ratelimit-requests-limit": "500",
+        "anthropic-ratelimit-requests-remaining": "499",
+        "anthropic-ratelimit-requests-reset": "2026-01-02T03:10:05Z",
+        "anthropic-ratelimit-tokens-limit": "30000",
+        "anthropic-ratelimit-tokens-remaining": "0",
+        "anthropic-ratelimit-tokens-reset": "2026-01-02T03:04:05Z",
+        "retry-after": "3",
+        "x-other": "kept",
+    }
+    # A 429 on a limit with no reset header of its own resets after retry-after.
+    limited = dict(rate_limit_headers((("Retry-After", "7"), ("x-ratelimit-limit-tokens", "10")), limited="tokens", now=now))
+    assert limited["anthropic-ratelimit-tokens-reset"] == "2026-01-02T03:04:12Z"
 
 
 async def test_backend_errors_are_api_errors_and_its_503_is_a_529_overloaded_error() -> None:
