@@ -42,6 +42,7 @@ from .prompt_cache import PromptCache
 __all__ = [
     "LINE_API",
     "MESSAGES_URL",
+    "cache_segments",
     "error_body",
     "error_response",
     "error_type",
