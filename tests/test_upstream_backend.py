@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import anthropic
+import anyio
 import openai
 import pytest
 from aiohttp import web
@@ -260,3 +262,49 @@ async def test_a_reply_that_is_not_a_chat_completion_is_bad_gateway(reply: Any) 
                 with pytest.raises(openai.InternalServerError) as caught:
                     await ask(client)
     assert caught.value.status_code == 502 and caught.value.code == "bad_upstream_reply"
+
+
+async def test_the_gateway_serves_responses_messages_and_their_streams_and_batches() -> None:
+    """Every API shape our server speaks works in front of an upstream that speaks only chat
+    completions: the gateway translates, and its batches run their lines upstream."""
+    async with embedded_server(SimBackend(SimSettings(seed=5))) as upstream_url:
+        async with embedded_server(UpstreamBackend(upstream_url)) as url:
+            async with openai.AsyncOpenAI(base_url=url, api_key="test", max_retries=0) as client:
+                response = await client.responses.create(model="m", instructions=GENRES_PROMPT, input="The Godfather")
+                async with client.responses.stream(model="m", instructions=GENRES_PROMPT, input="Alien") as events:
+                    streamed = await events.get_final_response()
+                lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+                          "body": {"model": "m", "instructions": GENRES_PROMPT, "input": f"Movie {i}"}} for i in range(3)]
+                uploaded = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+                batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses",
+                                                    completion_window="24h")
+                batch = await settle(client, batch.id)
+                outputs = await lines_of(client, batch.output_file_id)
+            async with anthropic.AsyncAnthropic(base_url=url.removesuffix("/v1"), api_key="test", max_retries=0) as claude:
+                message = await claude.messages.create(model="m", max_tokens=8, system=GENRES_PROMPT,
+                                                       messages=[{"role": "user", "content": "The Godfather"}])
+                async with claude.messages.stream(model="m", max_tokens=8, system=GENRES_PROMPT,
+                                                  messages=[{"role": "user", "content": "Alien"}]) as stream:
+                    final = await stream.get_final_message()
+                created = await claude.messages.batches.create(requests=[
+                    {"custom_id": f"m{i}", "params": {"model": "m", "max_tokens": 8, "system": GENRES_PROMPT,
+                                                      "messages": [{"role": "user", "content": f"Movie {i}"}]}}
+                    for i in range(3)
+                ])
+                for _ in range(2000):  # about 20 s at most, as settle()
+                    if (polled := await claude.messages.batches.retrieve(created.id)).processing_status == "ended":
+                        break
+                    await anyio.sleep(0.01)
+                results = [result async for result in await claude.messages.batches.results(created.id)]
+    assert response.output_text in GENRE_SET and response.model == "sim:m"
+    assert streamed.output_text in GENRE_SET
+    assert [line["response"]["status_code"] for line in outputs] == [200] * 3
+    assert all(line["response"]["body"]["object"] == "response" for line in outputs)
+    text = message.content[0]
+    assert text.type == "text" and text.text in GENRE_SET and message.usage.input_tokens > 0
+    assert final.content[0].type == "text" and final.content[0].text in GENRE_SET
+    assert polled.request_counts.succeeded == 3 and sorted(result.custom_id for result in results) == ["m0", "m1", "m2"]
+    assert all(result.result.type == "succeeded" for result in results)
+
+
+GENRES_PROMPT = "Classify the movie into one of these genres: " + ", ".join(sorted(GENRE_SET)) + "."
