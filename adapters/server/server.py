@@ -1,10 +1,16 @@
 """The OpenAI-compatible HTTP server (aiohttp) in front of a :class:`Backend`.
 
-Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, and the Files and Batches APIs
-(:mod:`.routes`, executed by :mod:`.batches`; without them, with ``batch_api=False``, those paths
-answer 404 as a server without a Batch API does), in OpenAI's shapes. Every error, routing errors
-included, is an OpenAI error object ``{"error": {message, type, param, code}}``. A client that
-goes away mid-request is let go quietly; the API key is never logged or echoed.
+Endpoints: ``GET /v1/models`` and ``/v1/models/{id}``, ``POST /v1/chat/completions``, OpenAI's
+Responses API (:mod:`.responses_api`), Anthropic's Messages API and Message Batches
+(:mod:`.messages_api`), and the Files and Batches APIs (:mod:`.routes`, executed by
+:mod:`.batch_jobs`; without them, with ``batch_api=False``, those paths answer 404 as a server
+without a Batch API does). Each API answers in its provider's shapes, streams (``stream: true``)
+included, as a translation of the backend's chat completions (:func:`answer`); every prompt goes
+through one prompt cache (:mod:`.prompt_cache`). Every error, routing errors included, is an
+OpenAI error object ``{"error": {message, type, param, code}}``, but those Anthropic's routes
+answer themselves (a bad body, an unknown model, a backend's error, a refused key), which are
+Anthropic's ``{"type": "error", "error": {type, message}}``.
+A client that goes away mid-request is let go quietly; the API key is never logged or echoed.
 """
 
 from __future__ import annotations
