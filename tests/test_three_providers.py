@@ -31,19 +31,24 @@ ROWS = 60
 RUBRIC = "A genre is right when the film's plot, tone and setting fit it, whatever else it might also be. " * 60
 
 
-def task(url: str) -> dict[str, Any]:
+CONCURRENCY = 4
+
+
+def task(url: str, mode: str = "batch") -> dict[str, Any]:
     """The IMDB task with its judge as a panel: ``claude`` on Anthropic, ``gpt`` on Responses,
-    both with a long shared system prompt marked for the providers' caches."""
+    both with a long shared system prompt marked for the providers' caches; every stage in
+    ``mode``, each endpoint with ``CONCURRENCY`` calls in flight at most."""
     data = load_config(example_config("imdb")).model_dump(mode="json")
     judge = data.pop("judge")
     system = f"You grade genre answers. {RUBRIC}"
     data["judge"] = [
-        {**judge, "name": "claude", "model": "claude-sim", "mode": "batch", "cache": True, "system_prompt": system,
-         "endpoint": {"provider": "anthropic", "base_url": url}},
-        {**judge, "name": "gpt", "model": "gpt-sim", "mode": "batch", "cache": True, "system_prompt": system,
-         "endpoint": {"base_url": url, "api": "responses"}},
+        {**judge, "name": "claude", "model": "claude-sim", "mode": mode, "cache": True, "system_prompt": system,
+         "endpoint": {"provider": "anthropic", "base_url": url, "concurrency": CONCURRENCY}},
+        {**judge, "name": "gpt", "model": "gpt-sim", "mode": mode, "cache": True, "system_prompt": system,
+         "endpoint": {"base_url": url, "api": "responses", "concurrency": CONCURRENCY}},
     ]
-    data["predict"]["mode"] = "batch"
+    data["predict"]["mode"] = mode
+    data["endpoint"]["concurrency"] = CONCURRENCY
     data["dataset"] = {**data["dataset"], "limit": ROWS, "path": str(data["dataset"]["path"])}
     data["endpoint"]["base_url"] = url
     data["batch"].update(max_requests_per_file=25, poll_initial_s=0.05, poll_factor=1.0)
@@ -98,11 +103,12 @@ def needed_by_lane(run_dir: Path) -> dict[str, int]:
 
 
 @pytest.mark.timeout(600)
-def test_three_providers_in_batch_mode_killed_and_resumed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+def test_three_providers_killed_and_resumed(tmp_path: Path, mode: str) -> None:
     backend = CountingBackend(SimSettings(seed=9, latency_ms=2, batch_min_seconds=0.2))
     with EmbeddedServer(backend) as url:
         config_file = tmp_path / "three.json"
-        config_file.write_text(json.dumps(task(url)))
+        config_file.write_text(json.dumps(task(url, mode)))
         backend.arm(ROWS + 40)  # every prediction and some judge lines
         with run(config_file, tmp_path / "run") as process:
             assert backend.reached.wait(timeout=300), "the run never got going"
@@ -115,14 +121,19 @@ def test_three_providers_in_batch_mode_killed_and_resumed(tmp_path: Path) -> Non
     results = pl.read_parquet(tmp_path / "run" / "results.parquet")
     assert results.height == ROWS and results["status"].to_list() == ["judged"] * ROWS
     assert (results["verdicts"].list.len() == 2).all()
-    # Every request reached the server once, but the one-word preflight each batch caller sends
-    # per session (3 callers, 2 sessions): the killed session's batches were re-attached.
     preflights = sum(count for key, count in backend.requests.items() if '"ping"' in key)
-    assert 3 <= preflights <= 6
-    assert all(count == 1 for key, count in backend.requests.items() if '"ping"' not in key)
-    assert sum(backend.requests.values()) - preflights == 3 * ROWS
-    needed = needed_by_lane(tmp_path / "run")
-    assert created == {"chat": needed["predict"], "messages": needed["judge"], "responses": needed["judge.gpt"]}
+    if mode == "batch":
+        # Every request reached the server once, but the one-word preflight each batch caller
+        # sends per session (3 callers, 2 sessions): the killed session's batches were re-attached.
+        assert 3 <= preflights <= 6
+        assert all(count == 1 for key, count in backend.requests.items() if '"ping"' not in key)
+        assert sum(backend.requests.values()) - preflights == 3 * ROWS
+        needed = needed_by_lane(tmp_path / "run")
+        assert created == {"chat": needed["predict"], "messages": needed["judge"], "responses": needed["judge.gpt"]}
+    else:
+        # A kill costs at most the calls in flight: the concurrency of each of the 3 endpoints.
+        assert preflights == 0 and created == {"chat": 0, "messages": 0, "responses": 0}
+        assert 0 <= sum(backend.requests.values()) - 3 * ROWS <= 3 * CONCURRENCY
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     by_caller = {tuple(entry["callers"]): entry for entry in metrics["endpoints"]}
     claude, gpt = by_caller[("judge.claude",)], by_caller[("judge.gpt",)]
