@@ -78,7 +78,8 @@ def test_structured_output_goes_as_text_format(url: str) -> None:
 @pytest.mark.parametrize("api", ["chat", "responses"])
 def test_cached_prompt_tokens_are_read(url: str, api: Api) -> None:
     def judged(answer: str) -> ChatRequest:
-        messages = [{"role": "system", "content": RUBRIC}, {"role": "user", "content": f"Answer: {answer}"}]
+        # The server's cache outlives one parametrisation: each API's prompts start apart.
+        messages = [{"role": "system", "content": f"{api}: {RUBRIC}"}, {"role": "user", "content": f"Answer: {answer}"}]
         return request(messages=messages, prompt_cache_key=f"rubric-{api}")
 
     first, second = (call(url, KEY, judged(answer), api=api) for answer in (f"Drama {api}", f"Crime {api}"))
