@@ -289,6 +289,7 @@ def batch_url() -> Iterator[str]:
 
 
 def write_requests(client: AnthropicProvider, path: Path, requests: list[ChatRequest]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(client.encode_line(chat) + "\n" for chat in requests), encoding="utf-8")
     return path
 
@@ -342,6 +343,20 @@ async def test_results_are_downloaded_once_and_foreign_ids_are_dropped(batch_url
         results.write_text("kept\n")
         assert await client.download_results(ended, tmp_path / "judge-00001") == [results]
     assert results.read_text() == "kept\n" and not list(tmp_path.glob("*.part"))
+
+
+async def test_another_runs_batch_of_the_same_rows_maps_no_line_back(batch_url: str, tmp_path: Path) -> None:
+    """Two runs judge the same rows (same engine custom_ids): a batch of the other run, adopted by
+    mistake, maps none of its lines back as this run's; they show as missing and are retried."""
+    rows = [request(custom_id=f"judge:{n}") for n in range(3)]
+    async with AnthropicProvider(batch_url, KEY) as client:
+        theirs = write_requests(client, (tmp_path / "their-run" / "batches").joinpath("judge-00001.jsonl"), rows)
+        ours = write_requests(client, (tmp_path / "our-run" / "batches").joinpath("judge-00001.jsonl"), rows)
+        ended = await settle(client, (await client.create_batch(await client.upload_input(theirs, "x"), {})).id)
+        [results] = await client.download_results(ended, ours.with_suffix(""))
+        assert results.read_text() == ""
+        [their_results] = await client.download_results(ended, theirs.with_suffix(""))
+    assert len(their_results.read_text().splitlines()) == 3
 
 
 async def test_a_batch_whose_create_reply_was_lost_is_found_by_its_size(batch_url: str, tmp_path: Path) -> None:

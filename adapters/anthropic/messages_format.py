@@ -176,11 +176,13 @@ def to_chat(params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def anthropic_id(custom_id: str) -> str:
+def anthropic_id(custom_id: str, salt: str = "") -> str:
     """The engine's custom_id as a Message Batch custom_id (``^[a-zA-Z0-9_-]{1,64}$``): its
     characters outside the pattern as ``_``, cut to 47, then ``-`` and 16 hex digits of its
-    hash. The same id always maps to the same; two ids to the same only by a 64-bit collision."""
-    digest = hashlib.blake2b(custom_id.encode(), digest_size=8).hexdigest()
+    hash with ``salt`` (what sets its batch apart: another run's batch of the same rows maps to
+    other ids). The same id and salt always map to the same; two to the same only by a 64-bit
+    collision."""
+    digest = hashlib.blake2b(f"{salt}\n{custom_id}".encode(), digest_size=8).hexdigest()
     return f"{_ID_UNSAFE.sub('_', custom_id)[:_ID_PREFIX_CHARS]}-{digest}"
 
 

@@ -453,14 +453,23 @@ def _job(batch: MessageBatch) -> BatchJob:
     )
 
 
+def _salt(path: Path) -> str:
+    """What sets a request file's batch apart from any other run's: its run directory's name and
+    its own (``<run>/batches/<chunk>.jsonl``). A batch of another run adopted by mistake (its
+    create found by content, ``find_batch``) then maps no line back: its lines show as missing
+    and are retried, never read as this run's."""
+    return f"{path.parent.parent.name}/{path.stem}"
+
+
 def _create_body(path: Path) -> tuple[bytes, int]:
     """The create request's body for a request file, and how many requests it holds."""
     requests = []
+    salt = _salt(path)
     with path.open(encoding="utf-8") as source:
         for line in source:
             if line.strip():
                 decoded = json.loads(line)
-                requests.append({"custom_id": anthropic_id(str(decoded["custom_id"])), "params": decoded["params"]})
+                requests.append({"custom_id": anthropic_id(str(decoded["custom_id"]), salt), "params": decoded["params"]})
     return json.dumps({"requests": requests}, ensure_ascii=False).encode(), len(requests)
 
 
@@ -471,9 +480,10 @@ def _count_lines(path: Path) -> int:
 
 def _engine_ids(path: Path) -> dict[str, str]:
     """``anthropic_id`` -> the engine's custom_id, for every line of a request file."""
+    salt = _salt(path)
     with path.open(encoding="utf-8") as source:
         ids = (str(json.loads(line)["custom_id"]) for line in source if line.strip())
-        return {anthropic_id(custom_id): custom_id for custom_id in ids}
+        return {anthropic_id(custom_id, salt): custom_id for custom_id in ids}
 
 
 def _mapped_line(line: str, engine_ids: Mapping[str, str]) -> str | None:
