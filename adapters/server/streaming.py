@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .backends.base import Headers
 
@@ -31,9 +30,9 @@ async def send_events(
 
     The events are all known: they go out in one write.
     """
-    response = web.StreamResponse(
-        headers=CIMultiDict([("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), *headers])
-    )
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    for name, value in headers:  # after the two above; a name may come twice
+        response.headers.add(name, value)
     await response.prepare(request)
     frames = [(f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n" for name, data in events]
     if done:
