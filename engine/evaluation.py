@@ -247,6 +247,7 @@ class Evaluation:
                     journaled=partial(_journaled_ids, self._dir, lane.stage),
                     progress=self.stats.batches,
                     outage_timeout_s=lane.endpoint.outage_timeout_s,
+                    creating=self._endpoint(lane).creating,
                 )
             if cache is not None:
                 provider_name = None if self._provider is None else type(self._provider).__name__

@@ -22,11 +22,20 @@ from adapters.server.backends import SimBackend, SimSettings
 from adapters.server.backends.base import BackendError, BackendReply
 from adapters.server.batch_jobs import BatchSettings
 from adapters.server.embedded import EmbeddedServer
+from benchmarks.clocks import InstantClock
 from benchmarks.proxy import FaultProxy
+from engine.config import BatchConfig
 from engine.errors import AuthError, BatchApiMissingError, FatalError, ModelNotFoundError, ProviderError
 from engine.formats import choice_format
+from engine.journal import EventLog
 from engine.provider import BatchJob, ChatReply, RateLimits
-from engine.types import ChatRequest, ChatResult, Failure
+from engine.run.batch_stage import BatchStage
+from engine.run.limits import Limiter
+from engine.run.realtime import RealtimeRunner
+from engine.run.retry import RetryPolicy
+from engine.rundir import RunDir
+from engine.types import ChatRequest, ChatResult, Failure, Outcome, Row
+from tests.support import CountingBackend
 
 KEY = "sk-ant-test-adapter-0123456789"
 BACKENDS = ["asyncio", "trio"]
@@ -451,3 +460,47 @@ async def test_the_request_file_is_its_own_only_copy(tmp_path: Path) -> None:
                 await client.download_input(gone, tmp_path / "restored.jsonl")
             assert missing.value.kind == "no" and "keep no copy" in str(missing.value)
     assert not (tmp_path / "restored.jsonl").exists()
+
+
+async def test_a_resume_adopts_only_the_batch_whose_create_was_begun(tmp_path: Path) -> None:
+    """Killed with two request files of one size uploaded: the create of the second had begun (its
+    journal line says so) and reached the server, its reply lost with the process; the first's
+    never began. The resumed stage adopts the server's batch for the second only, and creates the
+    first's: each line reaches the model once."""
+    backend = CountingBackend(SimSettings(seed=5))
+    delivered: dict[str, Outcome] = {}
+
+    async def deliver(row: Row, outcome: Outcome) -> None:
+        delivered[outcome.custom_id] = outcome
+
+    with EmbeddedServer(backend) as url:
+        async with AnthropicProvider(url, KEY) as client:
+            run_dir = RunDir(tmp_path / "run")
+            run_dir.batches_dir.mkdir(parents=True)
+            log = EventLog(run_dir.batch_events)
+            for number, rows in ((1, range(3)), (2, range(3, 6))):
+                path = write_requests(client, run_dir.batches_dir / f"judge-0000{number}.jsonl",
+                                      [request(custom_id=f"judge:{n}", text=f"Row {n}: yes or no?") for n in rows])
+                log.append({"event": "file", "stage": "judge", "chunk": path.stem, "file_id": str(path.resolve()),
+                            "attempt": 0, "lines": 3})
+            second = str((run_dir.batches_dir / "judge-00002.jsonl").resolve())
+            log.append({"event": "creating", "stage": "judge", "chunk": "judge-00002", "file_id": second})
+            lost = await client.create_batch(second, {})  # its reply "lost": no batch line in the journal
+            clock = InstantClock()
+            stage = BatchStage(
+                stage="judge", provider=client, run_dir=run_dir, run_id="run",
+                settings=BatchConfig(poll_initial_s=0.02, poll_max_s=0.05), policy=RetryPolicy(), clock=clock,
+                realtime=RealtimeRunner(client, Limiter(concurrency=4, clock=clock), RetryPolicy(), clock),
+                journaled=set, progress={}, outage_timeout_s=900.0,
+            )
+            async with anyio.create_task_group() as group:
+                await group.start(stage.run, deliver)
+                for n in range(6):
+                    await stage.submit(Row(str(n), n, {}), request(custom_id=f"judge:{n}", text=f"Row {n}: yes or no?"))
+                await stage.close()
+            batches = [batch async for batch in client.list_batches({}, 0.0)]
+    assert sorted(delivered) == [f"judge:{n}" for n in range(6)]
+    assert all(isinstance(outcome, ChatResult) for outcome in delivered.values())
+    assert backend.calls == 6 and len(batches) == 2  # the lost one adopted, one new: no line twice
+    adopted = [event for event in log.events() if event["event"] == "batch" and event["chunk"] == "judge-00002"]
+    assert [event["batch_id"] for event in adopted] == [lost.id]

@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -114,13 +115,15 @@ class BatchStage:
         progress: dict[str, BatchProgress],
         outage_timeout_s: float,
         after_batch: Callable[[], Awaitable[None]] | None = None,
+        creating: anyio.Lock | None = None,
     ) -> None:
         """``lane`` names the stage's files, batches and events: the stage's name, or a judge lane's
         (``engine.run.lanes``: judges on another endpoint); ``journaled`` gives the custom_ids that
         already have an outcome (read once, on start);
         ``outage_timeout_s`` is how long a control-plane call keeps trying through transient
         failures; ``after_batch`` runs after each batch's outcomes are delivered (the judge
-        stage's flush)."""
+        stage's flush); ``creating`` is held while a batch is created: the endpoint's, shared by
+        every lane that calls it (see ``_create``)."""
         self.stage: StageName = stage
         self.lane = lane or stage
         self._provider = provider
@@ -137,6 +140,7 @@ class BatchStage:
         self._journaled = journaled
         self.progress = progress
         self.after_batch = after_batch
+        self._creating = creating or anyio.Lock()
         self._owner: dict[str, _Chunk] = {}
         self._open: _Chunk | None = None
         names = [path.stem for path in self._dir.glob("*.jsonl")]
@@ -208,18 +212,15 @@ class BatchStage:
         chunk.handle = None
         self._group.start_soon(self._submit_chunk, chunk)
 
-    async def _submit_chunk(self, chunk: _Chunk, file_id: str | None = None) -> None:
+    async def _submit_chunk(self, chunk: _Chunk, file_id: str | None = None, *, look_first: bool = False) -> None:
         """Upload the chunk (unless ``file_id`` says it was, before a restart), create its batch
-        and follow it to its end."""
-        uploaded_before = file_id is not None
+        and follow it to its end; ``look_first``: see ``_create``."""
         if file_id is None:
             async with self._uploads:
                 file_id = await self._upload(chunk)
             self._log.append({"event": "file", "stage": self.lane, "chunk": chunk.name, "file_id": file_id,
                               "attempt": chunk.attempt, "lines": len(chunk.custom_ids)})
-        batch = await self._create(chunk, file_id, look_first=uploaded_before)
-        self._log.append({"event": "batch", "stage": self.lane, "chunk": chunk.name, "batch_id": batch.id,
-                          "file_id": file_id})
+        batch = await self._create(chunk, file_id, look_first=look_first)
         await self._follow(chunk, batch)
 
     async def _upload(self, chunk: _Chunk) -> str:
@@ -239,12 +240,15 @@ class BatchStage:
         return await self._control(f"uploading {chunk.path.name}", upload_once)
 
     async def _create(self, chunk: _Chunk, file_id: str, *, look_first: bool = False) -> BatchJob:
-        """Create the chunk's batch once; after a lost reply, adopt the batch that was created.
-        ``look_first``: a crash may have come between the create and its journal line: look for
-        the batch before creating one."""
+        """Create the chunk's batch once and journal it; after a lost reply, adopt the batch that
+        was created. ``look_first``: a restart came after a create of this chunk was begun and
+        before its batch was journaled: look for that batch before creating one.
+
+        Creates on one endpoint go one at a time (``creating``), each begun with a journal line:
+        a batch whose reply was lost is then the only one of the endpoint that the journal does not
+        know, so it is found even where batches carry no tags (Anthropic's, found by content)."""
         tags = {"engine_run": self._run_id, "engine_stage": self.lane, "engine_chunk": chunk.name,
                 "engine_attempt": str(chunk.attempt)}
-        since = time.time() - _CLOCK_SKEW_S
         tried = look_first
 
         async def create_once() -> BatchJob:
@@ -256,7 +260,13 @@ class BatchStage:
             tried = True
             return await self._provider.create_batch(file_id, tags)
 
-        return await self._control(f"creating the batch of {chunk.name}", create_once)
+        async with self._creating:
+            self._log.append({"event": "creating", "stage": self.lane, "chunk": chunk.name, "file_id": file_id})
+            since = time.time() - _CLOCK_SKEW_S
+            batch = await self._control(f"creating the batch of {chunk.name}", create_once)
+            self._log.append({"event": "batch", "stage": self.lane, "chunk": chunk.name, "batch_id": batch.id,
+                              "file_id": file_id})
+        return batch
 
     async def _follow(self, chunk: _Chunk, batch: BatchJob) -> None:
         """Poll ``batch`` to its end, then deliver or retry each of the chunk's lines."""
@@ -421,12 +431,13 @@ class BatchStage:
                 chunk = await self._adopt(event["chunk"], int(event.get("attempt", 0)), event["file_id"], done)
                 if chunk is not None:
                     adopted.append((chunk, None, event["file_id"]))
+        begun = {event["chunk"] for event in events if event["event"] == "creating"}  # its reply may have been lost
         assert self._group is not None
         for chunk, running, file_id in adopted:
             if running is not None:
                 self._group.start_soon(self._follow, chunk, running)
             else:
-                self._group.start_soon(self._submit_chunk, chunk, file_id)
+                self._group.start_soon(partial(self._submit_chunk, chunk, file_id, look_first=chunk.name in begun))
 
     async def _adopt(self, name: str, attempt: int, file_id: str, done: set[str]) -> _Chunk | None:
         """Claim the chunk's lines that have no outcome and no newer owner; None if none remain.

@@ -14,7 +14,7 @@ A run from before lanes existed has the lanes ``predict`` and ``judge`` only, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskStatus
@@ -29,14 +29,15 @@ from .stage import Deliver, Stage
 
 @dataclass(eq=False, slots=True)
 class Endpoint:
-    """One endpoint of a run, as it is called: its provider, and the limiter and outage every
-    lane that calls it shares."""
+    """One endpoint of a run, as it is called: its provider, and the limiter, outage and batch
+    creation lock (``BatchStage._create``) every lane that calls it shares."""
 
     config: EndpointConfig
     provider: Provider
     limiter: Limiter
     outage: Outage
     callers: tuple[str, ...]
+    creating: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 @dataclass(frozen=True, slots=True)
