@@ -13,9 +13,12 @@ batch it was in, plus each realtime call). Lines that failed for a reason worth 
 realtime calls when fewer than ``realtime_retry_below`` remain, else in a new batch. The rest are
 recorded failures.
 
-Creating a batch is not idempotent: a create whose reply was lost (a reset, a timeout, a 5xx)
-may have created it. Before such a create is tried again, the endpoint's batches are searched for
-one made from the same file with the same tags, and that one is adopted. An upload whose reply
+Creating a batch is not idempotent: a create whose reply was lost (a reset, a timeout, a 5xx, a
+kill) may have created it. Before such a create is tried again, or a resumed run creates a batch
+whose create had begun, the endpoint's batches are searched for it (``find_batch``: by the file
+and the tags, or by content where batches carry no tags), and that one is adopted. Creates on one
+endpoint go one at a time, each begun with a journal line, so a lost one is the only batch of the
+endpoint the journal does not know. An upload whose reply
 was lost is looked for the same way among the endpoint's files (by its name, unique to the run
 and chunk, and its size), so no unjournaled copy is left behind.
 
