@@ -1,7 +1,8 @@
 """Client CPU per request: the engine's realtime path against plain clients, same server, same run.
 
 Every client sends the same chat completions (IMDB prompts) to one sim server in another process
-at the same concurrency. CPU is this process's user+system time (``time.process_time``), so the
+at the same concurrency; the engine also runs on the server's other API shapes (OpenAI's Responses
+API, Anthropic's Messages API), against the same floor. CPU is this process's user+system time (``time.process_time``), so the
 server's work is not counted; the server's own CPU is read from ``/proc`` and shown as the rate
 it could serve on one core. The engine's figure includes everything a run does: data set scan,
 limiter, retry bookkeeping, journal, join, parquet parts, metrics and the report with its plots
@@ -15,6 +16,7 @@ import cProfile
 import json
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -85,9 +87,11 @@ async def sdk_client(url: str, bodies: list[dict[str, Any]], concurrency: int, *
         await _fan_out(len(bodies), concurrency, call)
 
 
-async def engine_run(config: TaskConfig, url: str, concurrency: int) -> dict[str, Any]:
-    """A whole evaluation (two calls a row); returns its metrics."""
-    config = with_overrides(config, {"endpoint.base_url": url, "endpoint.concurrency": concurrency})
+async def engine_run(config: TaskConfig, url: str, concurrency: int, **endpoint: str) -> dict[str, Any]:
+    """A whole evaluation (two calls a row) with ``endpoint`` settings (its provider or api);
+    returns its metrics."""
+    settings = {f"endpoint.{name}": value for name, value in endpoint.items()}
+    config = with_overrides(config, {"endpoint.base_url": url, "endpoint.concurrency": concurrency, **settings})
     with TemporaryDirectory() as tmp:
         async with Evaluation(config, run_dir=Path(tmp) / "run") as evaluation:
             pass
@@ -141,10 +145,15 @@ def main(argv: list[str] | None = None) -> None:
         def engine() -> dict[str, Any]:
             return anyio.run(engine_run, config, url, args.concurrency)
 
+        def engine_on(**endpoint: str) -> Callable[[], dict[str, Any]]:
+            return lambda: anyio.run(partial(engine_run, config, url, args.concurrency, **endpoint))
+
         clients: list[tuple[str, Callable[[], Any]]] = [
             ("bare aiohttp + json.loads (floor)", lambda: anyio.run(bare_aiohttp, url, bodies, args.concurrency)),
             ("engine realtime path (both stages, journal, join, parquet, report)",
              profiled(engine, RESULTS / "overhead.prof") if args.profile else engine),
+            ("engine, OpenAI Responses API path (api = responses)", engine_on(api="responses")),
+            ("engine, Anthropic Messages path (provider = anthropic)", engine_on(provider="anthropic")),
             ("openai SDK, aiohttp transport",
              lambda: anyio.run(lambda: sdk_client(url, bodies, args.concurrency, aiohttp_transport=True))),
             ("openai SDK, default client",
