@@ -9,9 +9,9 @@ import anyio
 import pytest
 
 from adapters.openai import OpenAIProvider
-from adapters.openai.provider import _env_proxy
 from adapters.server.backends import SimBackend, SimSettings
 from adapters.server.embedded import EmbeddedServer
+from adapters.transport import env_proxy
 from benchmarks.proxy import FaultProxy
 from engine.errors import AuthError, ModelNotFoundError, ProviderError
 from engine.provider import ChatReply
@@ -95,7 +95,7 @@ def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPat
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-    assert _env_proxy("https://api.example.com/v1/chat/completions") == "http://proxy.internal:3128"
-    assert _env_proxy("http://127.0.0.1:8000/v1/chat/completions") is None
+    assert env_proxy("https://api.example.com/v1/chat/completions") == "http://proxy.internal:3128"
+    assert env_proxy("http://127.0.0.1:8000/v1/chat/completions") is None
     monkeypatch.delenv("HTTPS_PROXY")
-    assert _env_proxy("https://api.example.com/v1/chat/completions") is None
+    assert env_proxy("https://api.example.com/v1/chat/completions") is None

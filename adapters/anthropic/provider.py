@@ -27,9 +27,7 @@ import json
 import math
 import shutil
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +41,7 @@ import httpx2
 import sniffio
 from anthropic.types.messages import MessageBatch
 
+from adapters.transport import RawHeaders, env_proxy, header_map, scrub
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import is_transient, parse_retry_after
@@ -50,8 +49,6 @@ from engine.types import ChatRequest, Outcome
 
 from . import messages_format
 from .messages_format import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, anthropic_id
-
-RawHeaders = Sequence[tuple[bytes, bytes]]
 
 _MESSAGES: Final = "/v1/messages"
 _BATCHES: Final = "/v1/messages/batches"
@@ -68,9 +65,6 @@ _RATE_LIMIT_FALLBACKS: Final = {
     b"input-tokens-remaining": "remaining_tokens",
 }
 
-
-def _scrub(message: str, secret: str) -> str:
-    return message.replace(secret, "***") if secret and len(secret) >= 4 else message
 
 
 def sdk_base_url(base_url: str) -> str:
@@ -111,7 +105,7 @@ class AnthropicProvider:
                 connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s),
             )
-        self._proxy = _env_proxy(self._messages_url)
+        self._proxy = env_proxy(self._messages_url)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled run still closes its connections
@@ -325,7 +319,7 @@ class AnthropicProvider:
         return ProviderError(f"timed out after {self._timeout_s:g} s", kind="transient", reason="timeout")
 
     def _connection_error(self, root: BaseException) -> ProviderError:
-        message = _scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
+        message = scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
         return ProviderError(message, kind="transient", reason="connection")
 
     def _sdk_connection_error(self, exc: anthropic.APIConnectionError) -> ProviderError:
@@ -345,7 +339,7 @@ class AnthropicProvider:
         """An error reply as a ``ProviderError``: ``error_type`` is Anthropic's (None when the
         body is not its error object); ``model`` is set for Messages calls, where a 404 in
         Anthropic's shape can only mean an unknown model."""
-        message = _scrub(f"HTTP {status}: {error_type}: {detail}" if error_type else f"HTTP {status}: {detail}", self._api_key)
+        message = scrub(f"HTTP {status}: {error_type}: {detail}" if error_type else f"HTTP {status}: {detail}", self._api_key)
         if status == 404 and model is not None:
             if error_type is None:
                 message = f"{message} (the endpoint {self.base_url} has no Messages API: is it Anthropic's?)"
@@ -356,7 +350,7 @@ class AnthropicProvider:
             source = f"${self._api_key_env}" if self._api_key_env else "the API key"
             message = f"{message} (the endpoint {self.base_url} rejected the key in {source})"
             return AuthError(message, kind="no", reason="http_401", status_code=status)
-        retry_after = parse_retry_after(_header_map(headers)) if status == 429 or status >= 500 else None
+        retry_after = parse_retry_after(header_map(headers)) if status == 429 or status >= 500 else None
         if status == 429:
             return ProviderError(
                 message, kind="rate_limit", reason="http_429", status_code=status,
@@ -365,13 +359,6 @@ class AnthropicProvider:
         kind: ErrorKind = "transient" if is_transient(f"http_{status}", status) else "no"
         return ProviderError(message, kind=kind, reason=f"http_{status}", status_code=status, retry_after=retry_after)
 
-
-def _env_proxy(url: str) -> str | None:
-    """HTTP(S)_PROXY and NO_PROXY, as the SDK honours them, looked up once."""
-    parts = urllib.parse.urlsplit(url)
-    if urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _error_of(raw: bytes) -> tuple[str | None, str]:
@@ -383,9 +370,6 @@ def _error_of(raw: bytes) -> tuple[str | None, str]:
         error_type, message = None, ""
     return (error_type, message) if error_type else (None, raw[:200].decode("utf-8", "replace") or "no body")
 
-
-def _header_map(headers: RawHeaders) -> dict[str, str]:
-    return {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
 
 
 def _rate_limits(headers: RawHeaders) -> RateLimits | None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +37,7 @@ import openai
 import sniffio
 from openai.types import Batch
 
+from adapters.transport import RawHeaders, env_proxy, header_map, scrub
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import parse_retry_after
@@ -46,7 +45,6 @@ from engine.types import ChatRequest, Outcome
 
 from . import batch_format, responses_format
 
-RawHeaders = Sequence[tuple[bytes, bytes]]
 Api = Literal["chat", "responses"]
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -60,9 +58,6 @@ _RATE_LIMIT_FIELDS = {
     b"remaining-tokens": "remaining_tokens",
 }
 
-
-def _scrub(message: str, secret: str) -> str:
-    return message.replace(secret, "***") if secret and len(secret) >= 4 else message
 
 
 class OpenAIProvider:
@@ -108,7 +103,7 @@ class OpenAIProvider:
             )
         # HTTP(S)_PROXY and NO_PROXY, as the SDK honours them; looked up once, where aiohttp's
         # trust_env would look them (and ~/.netrc) up in a worker thread on every request.
-        self._proxy = _env_proxy(self._chat_url)
+        self._proxy = env_proxy(self._chat_url)
         self._options: Any = {"headers": _JSON_HEADERS, "security": {"bearer_auth": True}}
 
     async def aclose(self) -> None:
@@ -330,7 +325,7 @@ class OpenAIProvider:
         return ProviderError(f"timed out after {self._timeout_s:g} s", kind="transient", reason="timeout")
 
     def _connection_error(self, root: BaseException) -> ProviderError:
-        message = _scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
+        message = scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
         return ProviderError(message, kind="transient", reason="connection")
 
     def _sdk_connection_error(self, exc: openai.APIConnectionError) -> ProviderError:
@@ -346,7 +341,7 @@ class OpenAIProvider:
 
     def _status_error(self, status: int, detail: str, headers: RawHeaders, *, model: str | None = None) -> ProviderError:
         """``model`` is set for chat calls, where a 404 can only mean an unknown model."""
-        message = _scrub(f"HTTP {status}: {detail}", self._api_key)
+        message = scrub(f"HTTP {status}: {detail}", self._api_key)
         if status == 404 and model is not None:
             message = f"{message} (the endpoint {self.base_url} does not serve the model {model!r})"
             return ModelNotFoundError(message, kind="no", reason="http_404", status_code=status)
@@ -360,7 +355,7 @@ class OpenAIProvider:
                 kind="rate_limit",
                 reason="http_429",
                 status_code=status,
-                retry_after=parse_retry_after(_header_map(headers)),
+                retry_after=parse_retry_after(header_map(headers)),
                 rate_limits=_rate_limits(headers),
             )
         if status >= 500 and _is_validation_error(detail):
@@ -380,12 +375,6 @@ def _is_validation_error(detail: str) -> bool:
     lowered = detail.lower()
     return any(marker in lowered for marker in _VALIDATION_MARKERS)
 
-
-def _env_proxy(url: str) -> str | None:
-    parts = urllib.parse.urlsplit(url)
-    if urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _is_openai_error(body: object) -> bool:
@@ -408,9 +397,6 @@ def _error_message(status: int, raw: bytes) -> str:
     detail = error.get("message") if isinstance(error, dict) else None
     return f"{message} - {detail}" if isinstance(detail, str) and detail else message
 
-
-def _header_map(headers: RawHeaders) -> dict[str, str]:
-    return {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
 
 
 def _rate_limits(headers: RawHeaders) -> RateLimits | None:
