@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from . import faults, limiter, memory, overhead, realtime_vs_batch
+from . import faults, limiter, memory, overhead, providers, realtime_vs_batch
 
 BENCHMARKS = {
     "faults": faults.main,
     "limiter": limiter.main,
     "memory": memory.main,
     "overhead": overhead.main,
+    "providers": providers.main,
     "realtime-vs-batch": realtime_vs_batch.main,
 }
 
