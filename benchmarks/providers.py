@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import openai
 from adapters.server.backends.sim import SimSettings
 from adapters.server.embedded import EmbeddedServer
 from engine import load_config
+from engine.journal import EventLog
+from engine.rundir import RunDir
 from engine.shipped import example_config
 from tests.support import CountingBackend
 
@@ -41,7 +42,6 @@ PRICES = {
     "claude-sim": {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write_input": 3.75},
     "gpt-sim": {"input": 1.25, "output": 10.0, "cached_input": 0.125},
 }
-REQUEST_FILE = re.compile(r"^(predict|judge(?:\.[A-Za-z0-9_-]+)?)-\d{5}\.jsonl$")
 _RUN = """
 import json, sys, anyio
 from pathlib import Path
@@ -102,8 +102,11 @@ def batches_by_provider(url: str, run_id: str) -> dict[str, int]:
 
 
 def needed_by_lane(run_dir: Path) -> dict[str, int]:
-    """The request files the run wrote per lane: one batch each."""
-    lanes = [match.group(1) for path in (run_dir / "batches").iterdir() if (match := REQUEST_FILE.match(path.name))]
+    """The request files the run sealed and uploaded, per lane: one batch each. (A file still
+    open when the run was killed was never sent: its lines went into a new file on resume.)"""
+    uploaded = {(event["stage"], event["chunk"]) for event in EventLog(RunDir(run_dir).batch_events).events()
+                if event["event"] == "file"}
+    lanes = [lane for lane, _ in uploaded]
     return {lane: lanes.count(lane) for lane in sorted(set(lanes))}
 
 
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.rows} rows, killed after {killed_at} calls, resumed: {metrics['n_judged']} judged, {wall:.1f} s wall")
     print(f"requests at the server {sum(backend.requests.values())} = {3 * args.rows} lines + {preflights} preflights; "
           f"paid twice {twice}")
-    print(f"batches created {created} / request files {needed}")
+    print(f"batches created {created} / request files uploaded {needed}")
     print(f"{'endpoint':58} {'requests':>8} {'prompt':>9} {'cached':>9} {'written':>8} {'cost USD':>9}")
     for endpoint in metrics["endpoints"]:
         tokens = endpoint["tokens"]
