@@ -3,6 +3,10 @@
 Each size is a whole evaluation (both stages, journal, join, parquet parts, metrics) of a
 synthetic csv (short texts, three labels) against a sim server in another process, run in a
 fresh child process that reports its own peak RSS (``ru_maxrss``) when it is done.
+
+``--resume`` measures a resumed run instead: the run is started in a child process and killed
+(SIGKILL) once its judge journal holds about half the rows, then resumed in a fresh child
+process, whose peak is the figure.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,46 +69,69 @@ def synthetic_task(data: Path, base_url: str, **settings: Any) -> TaskConfig:
     return parse_config(task, source="synthetic", base_dir=data.parent)
 
 
-async def _evaluate(data: Path, base_url: str, run_dir: Path) -> dict[str, Any]:
-    async with Evaluation(synthetic_task(data, base_url), run_dir=run_dir) as evaluation:
+async def _evaluate(data: Path, base_url: str, run_dir: Path, resume: bool) -> dict[str, Any]:
+    config = None if resume else synthetic_task(data, base_url)
+    async with Evaluation(config, run_dir=run_dir, resume=resume) as evaluation:
         pass
     assert evaluation.metrics is not None
     return evaluation.metrics
 
 
-def _child(data: str, base_url: str, run_dir: str) -> None:
-    """The measured process: one run, then its metrics and peak RSS as one JSON line."""
-    metrics = anyio.run(_evaluate, Path(data), base_url, Path(run_dir))
+def _child(data: str, base_url: str, run_dir: str, how: str = "run") -> None:
+    """The measured process: one run (``how``: ``run`` or ``resume``), then its metrics and peak
+    RSS as one JSON line."""
+    metrics = anyio.run(_evaluate, Path(data), base_url, Path(run_dir), how == "resume")
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"peak_rss_mb": peak_kib / 1024, "n_judged": metrics["n_judged"],
                       "wall_seconds": metrics["wall_seconds"]}))
 
 
-def measure(rows: int, base_url: str, workdir: Path) -> dict[str, Any]:
+def measure(rows: int, base_url: str, workdir: Path, *, resume: bool = False) -> dict[str, Any]:
     data = synthetic_csv(workdir / f"rows-{rows}.csv", rows)
-    command = [sys.executable, "-m", "benchmarks.memory", str(data), base_url, str(workdir / f"run-{rows}")]
+    run_dir = workdir / f"run-{rows}"
+    command = [sys.executable, "-m", "benchmarks.memory", str(data), base_url, str(run_dir)]
+    if resume:
+        _killed_half_way(command, run_dir / "journal" / "judge.ndjson", rows)
+        command.append("resume")
     child = subprocess.run(command, capture_output=True, text=True, check=True)
     return {"rows": rows, **json.loads(child.stdout.strip().splitlines()[-1])}
+
+
+def _killed_half_way(command: list[str], journal: Path, rows: int) -> None:
+    """Run ``command`` and SIGKILL it once ``journal`` holds about ``rows / 2`` lines (told by
+    its size: the first lines' mean length), polling the file twice a second."""
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        while process.poll() is None:
+            time.sleep(0.5)
+            if journal.exists() and journal.stat().st_size > 0:
+                with journal.open("rb") as lines:
+                    head = lines.readlines(64 * 1024)
+                if len(head) > 1 and journal.stat().st_size >= rows / 2 * (sum(map(len, head)) / len(head)):
+                    process.kill()
+        if process.returncode == 0:
+            raise SystemExit(f"the run of {rows} rows finished before it could be killed half-way")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks memory", description=__doc__)
     parser.add_argument("--rows-small", type=int, default=10_000)
     parser.add_argument("--rows-large", type=int, default=100_000, help="e.g. 1000000 (about an hour on 2 cores)")
+    parser.add_argument("--resume", action="store_true", help="measure resuming a run killed half-way")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, sim_server_process() as server:
         url = server.url
-        rows = [measure(n, url, Path(tmp)) for n in (args.rows_small, args.rows_large)]
+        rows = [measure(n, url, Path(tmp), resume=args.resume) for n in (args.rows_small, args.rows_large)]
     growth = rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
     print(f"{'rows':>9} {'peak RSS MB':>12} {'judged':>9} {'wall s':>8}")
     for row in rows:
         print(f"{row['rows']:9d} {row['peak_rss_mb']:12.1f} {row['n_judged']:9d} {row['wall_seconds']:8.1f}")
-    print(f"growth {growth:.1f} MB for {rows[1]['rows'] - rows[0]['rows']} more rows (target < 150 MB)")
+    what = "resuming a run killed half-way" if args.resume else "a run"
+    print(f"growth {growth:.1f} MB for {rows[1]['rows'] - rows[0]['rows']} more rows, {what} (target < 150 MB)")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "memory.json"
+    out = RESULTS / ("memory-resume.json" if args.resume else "memory.json")
     out.write_text(json.dumps({"settings": vars(args), "rows": rows, "growth_mb": growth}, indent=2) + "\n")
     print(f"written {out}")
 
 
 if __name__ == "__main__":
-    _child(*sys.argv[1:4])
+    _child(*sys.argv[1:5])

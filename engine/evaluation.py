@@ -273,10 +273,9 @@ class Evaluation:
         sessions = SessionLog(self._dir)
         sessions.start()
         self._stack.callback(sessions.end)
+        done = results.done_row_ids()
         owed = dataset.rows(
-            results.input_columns,
-            exclude=results.done_row_ids(),
-            attach=_journal_records(self._dir, builder.call_prefixes),
+            results.input_columns, exclude=done, attach=_journal_records(self._dir, builder.call_prefixes, done)
         )
         self.stats.total = dataset.n_rows
         self.stats.started = time.perf_counter()
@@ -472,14 +471,18 @@ async def preflight(providers: dict[EndpointConfig, Provider], config: TaskConfi
             break
 
 
-def _journal_records(run_dir: RunDir, call_prefixes: tuple[str, ...]) -> dict[str, pl.LazyFrame]:
+def _journal_records(
+    run_dir: RunDir, call_prefixes: tuple[str, ...], done: pl.LazyFrame | None
+) -> dict[str, pl.LazyFrame]:
     """The journal as frames to attach to owed rows: predictions, and each judge call's verdicts
-    (by ``custom_id`` prefix; none for a stage whose journal is still empty, as in a fresh run)."""
+    (by ``custom_id`` prefix; none for a stage whose journal is still empty, as in a fresh run).
+    The records of ``done`` rows (in results already) are left out: a resumed run holds only
+    its unfinished rows' records, whatever the size of its journal."""
     frames: dict[str, pl.LazyFrame] = {}
     if has_records(run_dir.journal("predict")):
-        frames["predict"] = scan_journal(run_dir.journal("predict"))
+        frames["predict"] = scan_journal(run_dir.journal("predict"), without=done)
     if has_records(run_dir.journal("judge")):
-        judge = scan_journal(run_dir.journal("judge"))
+        judge = scan_journal(run_dir.journal("judge"), without=done)
         for prefix in call_prefixes:
             frames[prefix] = judge.filter(pl.col("custom_id").str.starts_with(f"{prefix}:"))
     return frames

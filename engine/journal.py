@@ -256,11 +256,15 @@ def _is_record(line: str) -> bool:
     return True
 
 
-def scan_journal(path: Path) -> pl.LazyFrame:
-    """The journal as a frame; the last record per ``custom_id`` wins."""
+def scan_journal(path: Path, *, without: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """The journal as a frame; the last record per ``custom_id`` wins. ``without``: a frame of
+    ``row_id``s whose records are left out before that (a resumed run's finished rows: what is
+    kept, and held to find each last record, is then the unfinished rows' only)."""
     if not has_records(path):
         return pl.LazyFrame(schema=JOURNAL_SCHEMA)
     frame = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA)
+    if without is not None:
+        frame = frame.join(without.select("row_id"), on="row_id", how="anti", maintain_order="left")
     return frame.unique(subset="custom_id", keep="last", maintain_order=True)
 
 
