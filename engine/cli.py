@@ -60,6 +60,8 @@ def _run_parser(commands: Any) -> None:
     run.add_argument("--cache", type=Path, metavar="DIR",
                      help="a response cache shared across runs: a request already answered is not sent again")
     run.add_argument("--quiet", action="store_true", help="plain progress lines, even on a terminal")
+    run.add_argument("--no-report", action="store_true",
+                     help="write results.parquet and metrics.json only (python -m engine report RUN_DIR writes the report later)")
     run.add_argument("--json-progress", action="store_true", help="progress as JSON lines (every 5 s)")
 
 
@@ -127,6 +129,7 @@ def _judge_parser(commands: Any) -> None:
     judge.add_argument("--cache", type=Path, metavar="DIR",
                        help="a response cache shared across runs: a request already answered is not sent again")
     judge.add_argument("--quiet", action="store_true", help="plain progress lines, even on a terminal")
+    judge.add_argument("--no-report", action="store_true", help="write results.parquet and metrics.json only")
     judge.add_argument("--json-progress", action="store_true", help="progress as JSON lines (every 5 s)")
 
 
@@ -248,11 +251,12 @@ def _evaluation(args: argparse.Namespace) -> Evaluation:
     if not args.resume:
         if args.retry_failed:
             raise ConfigError("--retry-failed goes with --resume RUN_DIR")
-        return Evaluation(config_from_args(args), run_dir=args.out)
+        return Evaluation(config_from_args(args), run_dir=args.out, report=not args.no_report)
     if args.out is not None:
         raise ConfigError("--resume finishes the run in RUN_DIR: leave out --out")
     base = load_config(args.config) if args.config else RunDir(args.resume).config()
-    return Evaluation(_with_flags(base, args), run_dir=args.resume, resume=True, retry_failed=args.retry_failed)
+    return Evaluation(_with_flags(base, args), run_dir=args.resume, resume=True, retry_failed=args.retry_failed,
+                      report=not args.no_report)
 
 
 def _judging(args: argparse.Namespace) -> Evaluation:
@@ -261,7 +265,7 @@ def _judging(args: argparse.Namespace) -> Evaluation:
         raise ConfigError("judge takes one RUN_DIR, or two with --pairwise (RUN_A RUN_B)")
     sources = Sources(tuple(args.runs))
     config = _with_settings(judging_config(sources, args.config), _judging_flags(args), args)
-    return Evaluation(config, run_dir=args.out, sources=sources)
+    return Evaluation(config, run_dir=args.out, sources=sources, report=not args.no_report)
 
 
 def exit_status(metrics: dict[str, Any]) -> int:

@@ -36,7 +36,6 @@ from .prior import PriorPredictions, Sources, missing_prediction
 from .prompts import PromptBuilder
 from .provider import Provider
 from .report import summary
-from .report.document import write_report
 from .response_cache import CachedStage, ResponseCache, cache_endpoint, temperature_notes
 from .results import ResultsWriter
 from .resume import check_mode_change, stale_rows
@@ -81,13 +80,16 @@ class Evaluation:
         row_buffer: int = 64,
         provider: Provider | None = None,
         sources: Sources | None = None,
+        report: bool = True,
     ) -> None:
         """``provider``: the endpoint to run against (an ``engine.provider.Provider``, such as
         ``MockProvider`` in tests), entered and closed by the evaluation; None for the one the
         config's endpoint names, or the embedded server when it has no base URL. ``sources``:
         judge the predictions of these finished runs instead of predicting (``engine.prior``:
         re-judging, or a pairwise comparison of two runs); a resumed run reads them from its
-        ``run.json``."""
+        ``run.json``. ``report``: write ``report.md`` and ``report.html`` with their plots when the
+        run ends (False: only ``results.parquet`` and ``metrics.json``, the report's CPU and its
+        imports saved; ``python -m engine report RUN_DIR`` writes it later)."""
         if resume:
             if run_dir is None:
                 raise ValueError("resume=True needs the run_dir to resume")
@@ -125,6 +127,7 @@ class Evaluation:
         self._predictions: dict[str, str] | None = None
         self._clock = clock or AnyioClock()
         self._row_buffer = row_buffer
+        self._report = report
         self._stack = AsyncExitStack()
         self._rows_out: MemoryObjectReceiveStream[JoinedRow] | None = None
 
@@ -407,6 +410,10 @@ class Evaluation:
             for caller, format in self.formats.formats.items()
         }
         write_json(self._dir.metrics_file, metrics)
+        if not self._report:
+            return metrics
+        from .report.document import write_report  # matplotlib: imported by the runs that draw
+
         try:
             write_report(self._dir)
         except Exception as exc:  # the run's results and metrics are written: a report is extra

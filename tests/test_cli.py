@@ -197,3 +197,30 @@ def test_a_damaged_journal_line_is_named_and_a_damaged_part_rebuilt(tmp_path: Pa
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"note: {part.with_suffix('.damaged')}: a damaged results part, set aside" in rebuilt.stderr
     assert results(run_dir).equals(expected)
+
+
+def test_no_report_writes_results_and_metrics_only_and_never_imports_matplotlib(tmp_path: Path) -> None:
+    """A run that does not want a report pays neither its CPU nor its imports; the report can
+    be written later from the run directory."""
+    script = (
+        "import sys, anyio\n"
+        "from engine import Evaluation, load_config, with_overrides\n"
+        "from engine.shipped import example_config\n"
+        "config = with_overrides(load_config(example_config('imdb')), {'dataset.limit': 20, 'local.backend': 'sim'})\n"
+        "async def main():\n"
+        f"    async with Evaluation(config, run_dir={str(tmp_path / 'run')!r}, report=False):\n"
+        "        pass\n"
+        "anyio.run(main)\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    library = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert library.returncode == 0, library.stderr
+    assert library.stdout.strip() == "False"
+    assert (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / "results.parquet").exists()
+    assert not (tmp_path / "run" / "report.md").exists() and not (tmp_path / "run" / "report.html").exists()
+    cli = engine("run", "--limit", "20", "--set", "local.backend=sim", "--no-report", "--quiet", "--out", str(tmp_path / "cli"))
+    assert cli.returncode == 0, cli.stderr
+    assert not (tmp_path / "cli" / "report.md").exists()
+    later = engine("report", str(tmp_path / "cli"))
+    assert later.returncode == 0, later.stderr
+    assert (tmp_path / "cli" / "report.md").exists()
