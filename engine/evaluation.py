@@ -31,7 +31,7 @@ from .connect import open_providers
 from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
 from .formats import DESCRIBED, StructuredOutput
-from .journal import Journal, check_journal, has_records, repair_torn_tail, scan_journal
+from .journal import Journal, check_journal, has_records, journaled_among, repair_torn_tail, scan_journal
 from .prior import PriorPredictions, Sources, missing_prediction
 from .prompts import PromptBuilder
 from .provider import Provider
@@ -50,7 +50,7 @@ from .run.retry import RetryPolicy
 from .run.stage import Stage
 from .rundir import RunDir, check_resumable, new_run_dir, write_json
 from .sessions import SessionLog, run_figures
-from .types import STAGES, JoinedRow, StageName
+from .types import STAGES, JoinedRow
 
 LOCAL_MODEL_CONCURRENCY = 2
 
@@ -247,7 +247,7 @@ class Evaluation:
                     policy=RetryPolicy(max_retries=lane.endpoint.max_retries),
                     clock=self._clock,
                     realtime=runner,
-                    journaled=partial(_journaled_ids, self._dir, lane.stage),
+                    journaled=partial(journaled_among, self._dir.journal(lane.stage)),
                     progress=self.stats.batches,
                     outage_timeout_s=lane.endpoint.outage_timeout_s,
                     creating=self._endpoint(lane).creating,
@@ -445,12 +445,6 @@ def _check_group_by(config: TaskConfig, columns: list[str]) -> None:
             raise ConfigError(
                 f"{config.where('report.group_by')}: {name!r} is not a column of the data set (columns: {', '.join(columns)})"
             )
-
-
-def _journaled_ids(run_dir: RunDir, stage: StageName) -> set[str]:
-    """Custom ids that already have an outcome in the stage's journal."""
-    frame = scan_journal(run_dir.journal(stage)).select("custom_id").collect()
-    return set(frame.to_series().to_list())
 
 
 async def preflight(providers: dict[EndpointConfig, Provider], config: TaskConfig, builder: PromptBuilder) -> None:

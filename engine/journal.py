@@ -268,6 +268,17 @@ def scan_journal(path: Path, *, without: pl.LazyFrame | None = None) -> pl.LazyF
     return frame.unique(subset="custom_id", keep="last", maintain_order=True)
 
 
+def journaled_among(path: Path, custom_ids: list[str]) -> set[str]:
+    """Those of ``custom_ids`` that have an outcome in the journal file ``path``: one streaming
+    pass over its ids, holding only the ones asked about (a resumed batch stage asks a request
+    file at a time, so it never holds every id of a large journal)."""
+    if not custom_ids or not has_records(path):
+        return set()
+    wanted = pl.LazyFrame({"custom_id": custom_ids})
+    found = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA).select("custom_id").join(wanted, on="custom_id", how="semi")
+    return set(found.unique().collect(engine="streaming").to_series().to_list())
+
+
 class Journal:
     """The run's journal files, open for appending; ``close`` when the run ends."""
 

@@ -491,7 +491,7 @@ async def test_a_resume_adopts_only_the_batch_whose_create_was_begun(tmp_path: P
                 stage="judge", provider=client, run_dir=run_dir, run_id="run",
                 settings=BatchConfig(poll_initial_s=0.02, poll_max_s=0.05), policy=RetryPolicy(), clock=clock,
                 realtime=RealtimeRunner(client, Limiter(concurrency=4, clock=clock), RetryPolicy(), clock),
-                journaled=set, progress={}, outage_timeout_s=900.0,
+                journaled=lambda custom_ids: set(), progress={}, outage_timeout_s=900.0,
             )
             async with anyio.create_task_group() as group:
                 await group.start(stage.run, deliver)

@@ -357,7 +357,7 @@ async def test_batch_lines_retried_in_realtime_are_charged_their_token_estimate(
                 settings=BatchConfig(poll_initial_s=0.02, poll_max_s=0.05, realtime_retry_below=100),
                 policy=RetryPolicy(), clock=clock,
                 realtime=RealtimeRunner(chat, Limiter(concurrency=4, clock=clock), RetryPolicy(), clock),
-                journaled=set, progress={}, outage_timeout_s=900.0,
+                journaled=lambda custom_ids: set(), progress={}, outage_timeout_s=900.0,
             )
             sent: dict[str, int] = {}
             async with anyio.create_task_group() as group:

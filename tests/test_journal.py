@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from engine.errors import JournalError
-from engine.journal import Journal, check_journal, record_to_outcome, repair_torn_tail, scan_journal
+from engine.journal import Journal, check_journal, journaled_among, record_to_outcome, repair_torn_tail, scan_journal
 from engine.rundir import RunDir
 from engine.types import ChatResult, Failure, Row, Usage, row_fingerprint
 
@@ -90,3 +90,17 @@ def test_a_sound_journal_passes_the_check(tmp_path: Path) -> None:
     journal.close()
     check_journal(RunDir(tmp_path).journal("predict"))
     check_journal(RunDir(tmp_path).journal("judge"))  # empty
+
+
+def test_a_stage_is_asked_which_of_some_ids_are_journaled(tmp_path: Path) -> None:
+    """What a resumed batch stage asks of the journal, a request file at a time."""
+    run_dir = RunDir(tmp_path)
+    journal = Journal(run_dir)
+    for index in range(50):
+        row = Row(str(index), index, {"text": "t"})
+        journal.append("judge", row, ChatResult(f"judge:{index}", "correct", "m", Usage(1, 1), 0.1))
+    journal.close()
+    asked = [f"judge:{index}" for index in range(40, 60)]
+    assert journaled_among(run_dir.journal("judge"), asked) == {f"judge:{index}" for index in range(40, 50)}
+    assert journaled_among(run_dir.journal("judge"), []) == set()
+    assert journaled_among(run_dir.journal("predict"), asked) == set()  # an empty journal

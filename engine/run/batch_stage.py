@@ -114,15 +114,16 @@ class BatchStage:
         policy: RetryPolicy,
         clock: Clock,
         realtime: RealtimeRunner,
-        journaled: Callable[[], set[str]],
+        journaled: Callable[[list[str]], set[str]],
         progress: dict[str, BatchProgress],
         outage_timeout_s: float,
         after_batch: Callable[[], Awaitable[None]] | None = None,
         creating: anyio.Lock | None = None,
     ) -> None:
         """``lane`` names the stage's files, batches and events: the stage's name, or a judge lane's
-        (``engine.run.lanes``: judges on another endpoint); ``journaled`` gives the custom_ids that
-        already have an outcome (read once, on start);
+        (``engine.run.lanes``: judges on another endpoint); ``journaled(custom_ids)`` says which of
+        them already have an outcome (asked on start, a request file at a time, so a resumed
+        run never holds every id of its journal);
         ``outage_timeout_s`` is how long a control-plane call keeps trying through transient
         failures; ``after_batch`` runs after each batch's outcomes are delivered (the judge
         stage's flush); ``creating`` is held while a batch is created: the endpoint's, shared by
@@ -404,7 +405,6 @@ class BatchStage:
         events = [event for event in self._log.events() if event.get("stage") == self.lane]
         if not events:
             return
-        done = self._journaled()
         since = min(float(event.get("at", 0)) for event in events) - _CLOCK_SKEW_S
         listed = await self._control("listing the endpoint's batches", self._list_ours, since)
         batches = {batch.id: batch for batch in listed}
@@ -426,12 +426,12 @@ class BatchStage:
             input_id = batch.input_id or next(
                 (str(event["file_id"]) for event in events if event["event"] == "batch" and event["batch_id"] == batch.id), ""
             )
-            chunk = await self._adopt(name, attempt, input_id, done)
+            chunk = await self._adopt(name, attempt, input_id)
             if chunk is not None:
                 adopted.append((chunk, batch, None))
         for event in events:  # uploaded, but the batch was never created
             if event["event"] == "file" and event["chunk"] not in chunks_with_batch:
-                chunk = await self._adopt(event["chunk"], int(event.get("attempt", 0)), event["file_id"], done)
+                chunk = await self._adopt(event["chunk"], int(event.get("attempt", 0)), event["file_id"])
                 if chunk is not None:
                     adopted.append((chunk, None, event["file_id"]))
         begun = {event["chunk"] for event in events if event["event"] == "creating"}  # its reply may have been lost
@@ -442,7 +442,7 @@ class BatchStage:
             else:
                 self._group.start_soon(partial(self._submit_chunk, chunk, file_id, look_first=chunk.name in begun))
 
-    async def _adopt(self, name: str, attempt: int, file_id: str, done: set[str]) -> _Chunk | None:
+    async def _adopt(self, name: str, attempt: int, file_id: str) -> _Chunk | None:
         """Claim the chunk's lines that have no outcome and no newer owner; None if none remain.
 
         A request file missing from ``batches/`` is restored from the provider's copy
@@ -462,7 +462,9 @@ class BatchStage:
                     raise
                 return None  # the provider's copy is gone too: which lines it held is unknown
         chunk = _Chunk(name, path, attempt=attempt)
-        chunk.custom_ids = [cid for cid in chunk.lines(self._provider) if cid not in done and cid not in self._owner]
+        unowned = [cid for cid in chunk.lines(self._provider) if cid not in self._owner]
+        done = await anyio.to_thread.run_sync(self._journaled, unowned)
+        chunk.custom_ids = [cid for cid in unowned if cid not in done]
         if not chunk.custom_ids:
             return None
         for custom_id in chunk.custom_ids:
