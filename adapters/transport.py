@@ -1,11 +1,15 @@
 """What the provider adapters share about HTTP: raw response headers, the proxy a URL goes
-through, and keeping a key out of a message."""
+through, keeping a key out of a message, and the transport's failures as ``ProviderError``s."""
 
 from __future__ import annotations
 
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+
+import aiohttp
+
+from engine.errors import ProviderError
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
@@ -26,3 +30,26 @@ def env_proxy(url: str) -> str | None:
 
 def header_map(headers: RawHeaders) -> dict[str, str]:
     return {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
+
+
+def timeout_error(timeout_s: float) -> ProviderError:
+    return ProviderError(f"timed out after {timeout_s:g} s", kind="transient", reason="timeout")
+
+
+def connection_error(root: BaseException, secret: str) -> ProviderError:
+    """A connection that failed, named by its root cause (``secret`` kept out of the message)."""
+    message = scrub(f"connection failed: {type(root).__name__}: {root}", secret)
+    return ProviderError(message, kind="transient", reason="connection")
+
+
+def sdk_connection_error(
+    exc: BaseException, sdk_timeout: type[BaseException], secret: str, timeout_s: float
+) -> ProviderError:
+    """An SDK's connection error (``sdk_timeout``: its timeout class) as a timeout or a failed
+    connection. The aiohttp transport reports a dropped connection as a connect *timeout*: the
+    root cause tells a real timeout from a reset."""
+    root: BaseException = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    timed_out = isinstance(root, (TimeoutError, aiohttp.ServerTimeoutError)) or (root is exc and isinstance(exc, sdk_timeout))
+    return timeout_error(timeout_s) if timed_out else connection_error(root, secret)

@@ -41,7 +41,15 @@ import httpx2
 import sniffio
 from anthropic.types.messages import MessageBatch
 
-from adapters.transport import RawHeaders, env_proxy, header_map, scrub
+from adapters.transport import (
+    RawHeaders,
+    connection_error,
+    env_proxy,
+    header_map,
+    scrub,
+    sdk_connection_error,
+    timeout_error,
+)
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import is_transient, parse_retry_after
@@ -316,22 +324,13 @@ class AnthropicProvider:
         return BatchApiMissingError(message, kind="no", reason="http_404", status_code=404)
 
     def _timeout_error(self) -> ProviderError:
-        return ProviderError(f"timed out after {self._timeout_s:g} s", kind="transient", reason="timeout")
+        return timeout_error(self._timeout_s)
 
     def _connection_error(self, root: BaseException) -> ProviderError:
-        message = scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
-        return ProviderError(message, kind="transient", reason="connection")
+        return connection_error(root, self._api_key)
 
     def _sdk_connection_error(self, exc: anthropic.APIConnectionError) -> ProviderError:
-        # The aiohttp transport reports a dropped connection as a connect *timeout*: look at the
-        # root cause to tell a real timeout from a reset.
-        root: BaseException = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
-        timed_out = isinstance(root, (TimeoutError, aiohttp.ServerTimeoutError)) or (
-            root is exc and isinstance(exc, anthropic.APITimeoutError)
-        )
-        return self._timeout_error() if timed_out else self._connection_error(root)
+        return sdk_connection_error(exc, anthropic.APITimeoutError, self._api_key, self._timeout_s)
 
     def _status_error(
         self, status: int, error_type: str | None, detail: str, headers: RawHeaders, *, model: str | None = None

@@ -37,7 +37,15 @@ import openai
 import sniffio
 from openai.types import Batch
 
-from adapters.transport import RawHeaders, env_proxy, header_map, scrub
+from adapters.transport import (
+    RawHeaders,
+    connection_error,
+    env_proxy,
+    header_map,
+    scrub,
+    sdk_connection_error,
+    timeout_error,
+)
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import parse_retry_after
@@ -322,22 +330,13 @@ class OpenAIProvider:
         return BatchApiMissingError(message, kind="no", reason="http_404", status_code=404)
 
     def _timeout_error(self) -> ProviderError:
-        return ProviderError(f"timed out after {self._timeout_s:g} s", kind="transient", reason="timeout")
+        return timeout_error(self._timeout_s)
 
     def _connection_error(self, root: BaseException) -> ProviderError:
-        message = scrub(f"connection failed: {type(root).__name__}: {root}", self._api_key)
-        return ProviderError(message, kind="transient", reason="connection")
+        return connection_error(root, self._api_key)
 
     def _sdk_connection_error(self, exc: openai.APIConnectionError) -> ProviderError:
-        # The aiohttp transport reports a dropped connection as a connect *timeout*: look at the
-        # root cause to tell a real timeout from a reset.
-        root: BaseException = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
-        timed_out = isinstance(root, (TimeoutError, aiohttp.ServerTimeoutError)) or (
-            root is exc and isinstance(exc, openai.APITimeoutError)
-        )
-        return self._timeout_error() if timed_out else self._connection_error(root)
+        return sdk_connection_error(exc, openai.APITimeoutError, self._api_key, self._timeout_s)
 
     def _status_error(self, status: int, detail: str, headers: RawHeaders, *, model: str | None = None) -> ProviderError:
         """``model`` is set for chat calls, where a 404 can only mean an unknown model."""
