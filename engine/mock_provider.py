@@ -25,7 +25,7 @@ from typing import Any, Literal
 import anyio
 
 from .errors import BatchApiMissingError, ProviderError
-from .provider import BatchCounts, BatchJob, ChatReply
+from .provider import BatchCounts, BatchJob, ChatReply, made_from
 from .types import ChatRequest, ChatResult, Failure, Outcome, StageName, TokenLogprob, Usage
 
 Answer = Callable[[ChatRequest], str | ChatReply]
@@ -134,10 +134,7 @@ class MockProvider:
     async def find_batch(
         self, input_id: str, tags: Mapping[str, str], since: float, known: frozenset[str]
     ) -> BatchJob | None:
-        async for batch in self.list_batches(tags, since):
-            if batch.input_id == input_id and batch.id not in known:
-                return batch
-        return None
+        return await made_from(self.list_batches(tags, since), input_id, known)
 
     async def download_results(self, job: BatchJob, stem: Path) -> list[Path]:
         self._require_batch_api()

@@ -159,6 +159,15 @@ class BatchProvider(Protocol):
         ...
 
 
+async def made_from(batches: AsyncIterator[BatchJob], input_id: str, known: frozenset[str]) -> BatchJob | None:
+    """The first of ``batches`` made from ``input_id`` that is not one of ``known``: ``find_batch``
+    for a provider whose batches carry their tags and input (list them by the tags)."""
+    async for batch in batches:
+        if batch.input_id == input_id and batch.id not in known:
+            return batch
+    return None
+
+
 class Provider(ChatProvider, BatchProvider, Protocol):
     """One endpoint, realtime and batch. Enter it (``async with``) to open its connections."""
 

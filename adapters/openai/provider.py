@@ -47,7 +47,7 @@ from adapters.transport import (
     timeout_error,
 )
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
-from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
+from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits, made_from
 from engine.run.retry import parse_retry_after
 from engine.types import ChatRequest, Outcome
 
@@ -267,10 +267,7 @@ class OpenAIProvider:
         self, input_id: str, tags: Mapping[str, str], since: float, known: frozenset[str]
     ) -> BatchJob | None:
         """The batch made from ``input_id`` with ``tags``: found by its metadata and input file."""
-        async for batch in self.list_batches(tags, since):
-            if batch.input_id == input_id and batch.id not in known:
-                return batch
-        return None
+        return await made_from(self.list_batches(tags, since), input_id, known)
 
     async def download_results(self, job: BatchJob, stem: Path) -> list[Path]:
         """The output file as ``<stem>.output.jsonl``, the error file as ``<stem>.errors.jsonl``."""
