@@ -1,8 +1,12 @@
-"""Peak memory of a realtime run against its row count: it must stay flat, whatever the size.
+"""Peak memory of a run against its row count: it must stay flat, whatever the size.
 
 Each size is a whole evaluation (both stages, journal, join, parquet parts, metrics) of a
 synthetic csv (short texts, three labels) against a sim server in another process, run in a
 fresh child process that reports its own peak RSS (``ru_maxrss``) when it is done.
+
+``--mode batch`` runs both stages as provider batches (files of ``--lines-per-file`` lines, a
+server turnaround of ``--batch-min-seconds``) and also reports the time from the last batch
+ending to ``metrics.json`` written.
 
 ``--resume`` measures a resumed run instead: the run is started in a child process and killed
 (SIGKILL) once its judge journal holds about half the rows, then resumed in a fresh child
@@ -25,6 +29,8 @@ import anyio
 
 from engine import Evaluation
 from engine.config import TaskConfig, parse_config
+from engine.journal import EventLog
+from engine.rundir import RunDir
 
 from .server import sim_server_process
 
@@ -69,27 +75,45 @@ def synthetic_task(data: Path, base_url: str, **settings: Any) -> TaskConfig:
     return parse_config(task, source="synthetic", base_dir=data.parent)
 
 
-async def _evaluate(data: Path, base_url: str, run_dir: Path, resume: bool) -> dict[str, Any]:
-    config = None if resume else synthetic_task(data, base_url)
+def _settings(mode: str, lines_per_file: int) -> dict[str, Any]:
+    """The task's tables for ``mode``: batch mode polls often, the server's turnaround being short."""
+    if mode == "realtime":
+        return {}
+    return {
+        "predict": {"mode": "batch"},
+        "judge": {"mode": "batch"},
+        "batch": {"max_requests_per_file": lines_per_file, "poll_initial_s": 0.5, "poll_max_s": 1.0},
+    }
+
+
+async def _evaluate(data: Path, base_url: str, run_dir: Path, resume: bool, settings: dict[str, Any]) -> dict[str, Any]:
+    config = None if resume else synthetic_task(data, base_url, **settings)
     async with Evaluation(config, run_dir=run_dir, resume=resume) as evaluation:
         pass
     assert evaluation.metrics is not None
     return evaluation.metrics
 
 
-def _child(data: str, base_url: str, run_dir: str, how: str = "run") -> None:
-    """The measured process: one run (``how``: ``run`` or ``resume``), then its metrics and peak
-    RSS as one JSON line."""
-    metrics = anyio.run(_evaluate, Path(data), base_url, Path(run_dir), how == "resume")
+def _child(data: str, base_url: str, run_dir: str, settings: str, how: str = "run") -> None:
+    """The measured process: one run (``how``: ``run`` or ``resume``; ``settings``: the task's
+    tables as JSON), then its metrics, peak RSS and finish time as one JSON line."""
+    metrics = anyio.run(_evaluate, Path(data), base_url, Path(run_dir), how == "resume", json.loads(settings))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"peak_rss_mb": peak_kib / 1024, "n_judged": metrics["n_judged"],
-                      "wall_seconds": metrics["wall_seconds"]}))
+                      "wall_seconds": metrics["wall_seconds"], "finish_seconds": finish_seconds(RunDir(Path(run_dir)))}))
 
 
-def measure(rows: int, base_url: str, workdir: Path, *, resume: bool = False) -> dict[str, Any]:
+def finish_seconds(run: RunDir) -> float | None:
+    """From the last batch seen ending (its ``ended`` event) to ``metrics.json`` written; None
+    for a run without batches."""
+    ended = [float(event["at"]) for event in EventLog(run.batch_events).events() if event["event"] == "ended"]
+    return run.metrics_file.stat().st_mtime - max(ended) if ended else None
+
+
+def measure(rows: int, base_url: str, workdir: Path, *, settings: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     data = synthetic_csv(workdir / f"rows-{rows}.csv", rows)
     run_dir = workdir / f"run-{rows}"
-    command = [sys.executable, "-m", "benchmarks.memory", str(data), base_url, str(run_dir)]
+    command = [sys.executable, "-m", "benchmarks.memory", str(data), base_url, str(run_dir), json.dumps(settings)]
     if resume:
         _killed_half_way(command, run_dir / "journal" / "judge.ndjson", rows)
         command.append("resume")
@@ -117,21 +141,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows-small", type=int, default=10_000)
     parser.add_argument("--rows-large", type=int, default=100_000, help="e.g. 1000000 (about an hour on 2 cores)")
     parser.add_argument("--resume", action="store_true", help="measure resuming a run killed half-way")
+    parser.add_argument("--mode", choices=("realtime", "batch"), default="realtime", help="both stages in this mode")
+    parser.add_argument("--lines-per-file", type=int, default=50_000, help="batch mode: lines per request file")
+    parser.add_argument("--batch-min-seconds", type=float, default=2.0, help="batch mode: the server's turnaround")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, sim_server_process() as server:
+    settings = _settings(args.mode, args.lines_per_file)
+    server_args = ("--batch-min-seconds", str(args.batch_min_seconds)) if args.mode == "batch" else ()
+    with tempfile.TemporaryDirectory() as tmp, sim_server_process(*server_args) as server:
         url = server.url
-        rows = [measure(n, url, Path(tmp), resume=args.resume) for n in (args.rows_small, args.rows_large)]
+        rows = [measure(n, url, Path(tmp), settings=settings, resume=args.resume) for n in (args.rows_small, args.rows_large)]
     growth = rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
-    print(f"{'rows':>9} {'peak RSS MB':>12} {'judged':>9} {'wall s':>8}")
+    print(f"{'rows':>9} {'peak RSS MB':>12} {'judged':>9} {'wall s':>8} {'finish s':>9}")
     for row in rows:
-        print(f"{row['rows']:9d} {row['peak_rss_mb']:12.1f} {row['n_judged']:9d} {row['wall_seconds']:8.1f}")
-    what = "resuming a run killed half-way" if args.resume else "a run"
+        finish = f"{row['finish_seconds']:9.1f}" if row["finish_seconds"] is not None else f"{'-':>9}"
+        print(f"{row['rows']:9d} {row['peak_rss_mb']:12.1f} {row['n_judged']:9d} {row['wall_seconds']:8.1f} {finish}")
+    what = ("resuming a run killed half-way" if args.resume else "a run") + f", {args.mode}"
     print(f"growth {growth:.1f} MB for {rows[1]['rows'] - rows[0]['rows']} more rows, {what} (target < 150 MB)")
+    if args.mode == "batch":
+        print("finish s: from the last batch ending to metrics.json written (target < 10 s)")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("memory-resume.json" if args.resume else "memory.json")
+    out = RESULTS / f"memory{'-batch' if args.mode == 'batch' else ''}{'-resume' if args.resume else ''}.json"
     out.write_text(json.dumps({"settings": vars(args), "rows": rows, "growth_mb": growth}, indent=2) + "\n")
     print(f"written {out}")
 
 
 if __name__ == "__main__":
-    _child(*sys.argv[1:5])
+    _child(*sys.argv[1:6])

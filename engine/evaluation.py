@@ -44,7 +44,8 @@ from .run.batch_stage import BatchStage
 from .run.lanes import Endpoint, Lane, RoutedStage, lanes_of
 from .run.limits import AnyioClock, Clock, Limiter
 from .run.outage import Outage
-from .run.pipeline import JoinState, LiveStats, Pipeline
+from .run.parked import Parked
+from .run.pipeline import JoinState, LiveStats, Pending, Pipeline
 from .run.realtime import RealtimeRunner, RealtimeStage
 from .run.retry import RetryPolicy
 from .run.stage import Stage
@@ -295,11 +296,7 @@ class Evaluation:
             rows_in_flight = max(rows_in_flight, self.config.batch.max_rows_in_flight)
         pipeline = Pipeline(
             builder=builder,
-            join=JoinState(
-                self.config.labels,
-                builder.judges,
-                builder.answer,
-            ),
+            join=JoinState(self.config.labels, builder.judges, builder.answer, pending=self._pending_store()),
             predict=predict,
             judge=judge,
             journal=journal,
@@ -312,6 +309,15 @@ class Evaluation:
         group: TaskGroup = await self._stack.enter_async_context(anyio.create_task_group())
         group.start_soon(pipeline.run, owed)
         group.start_soon(self._collect, joined, results, rows_in)
+
+    def _pending_store(self) -> Parked[Pending] | None:
+        """Where predictions wait for judge batches: on disk, as every row of the run may be
+        waiting at once (None: in memory, for realtime judges, which keep few waiting)."""
+        if self.config.stage_mode("judge") != "batch":
+            return None
+        pending: Parked[Pending] = Parked(self._dir.scratch_dir / "join.sqlite")
+        self._stack.callback(pending.close)
+        return pending
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         if exc_info[0] is None:

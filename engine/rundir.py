@@ -10,6 +10,7 @@
     runs/<run-id>/journal/sessions.ndjson when each session of the run started and ended
     runs/<run-id>/batches/                batch request files and their downloaded results
     runs/<run-id>/server/                 the embedded server's files and batches
+    runs/<run-id>/.scratch/               rows parked while they wait for batches; removed when the session ends
     runs/<run-id>/results.parts/          results written so far, merged at the end into
     runs/<run-id>/results.parquet         one row per data row
     runs/<run-id>/metrics.json            the numbers
@@ -70,6 +71,8 @@ class RunDir:
         self.batch_events = self.journal_dir / "batches.ndjson"
         self.session_events = self.journal_dir / "sessions.ndjson"
         self.batches_dir = self.path / "batches"
+        #: One session's disposable files (rows waiting for batches: ``engine.run.parked``).
+        self.scratch_dir = self.path / ".scratch"
         self.server_dir = self.path / "server"
         self.plots_dir = self.path / "plots"
         self.report_md = self.path / "report.md"

@@ -7,9 +7,12 @@ engine's own interface.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import polars as pl
 import pytest
 
@@ -19,7 +22,7 @@ from engine.errors import BatchApiMissingError, ProviderError
 from engine.journal import scan_journal
 from engine.mock_provider import MockProvider
 from engine.rundir import RunDir
-from engine.types import ChatRequest
+from engine.types import ChatRequest, Row
 
 from .conftest import imdb_config
 
@@ -97,3 +100,34 @@ async def test_a_provider_without_a_batch_api_stops_a_batch_run(tmp_path: Path) 
         async with Evaluation(config, run_dir=tmp_path / "run", provider=MockProvider(genre_judge, batch_api=False),
                               clock=InstantClock()):
             pass
+
+
+class RowCensus:
+    """Real time, sleeps that only yield, and at each sleep (a batch being polled, among others)
+    a count of the data rows alive in memory."""
+
+    def __init__(self) -> None:
+        self.alive: list[int] = []
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def sleep(self, seconds: float) -> None:
+        self.alive.append(sum(1 for thing in gc.get_objects() if isinstance(thing, Row)))
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_rows_waiting_for_batches_wait_on_disk_not_in_memory(tmp_path: Path) -> None:
+    """Every row is in a batch at once (predictions, then verdicts, take three polls): only the
+    rows of the file being written are held in memory meanwhile (and the one being fed and the
+    one being joined), and the scratch files are gone at the end."""
+    census = RowCensus()
+    per_file = 5
+    config = imdb_config(None, limit=ROWS, **{"predict.mode": "batch", "judge.mode": "batch",
+                                               "batch.max_requests_per_file": per_file})
+    async with Evaluation(config, run_dir=tmp_path / "run", provider=MockProvider(genre_judge, turnaround=3),
+                          clock=census) as evaluation:
+        pass
+    assert evaluation.metrics is not None and evaluation.metrics["n_judged"] == ROWS
+    assert census.alive and max(census.alive) <= per_file + 2, census.alive
+    assert not RunDir(tmp_path / "run").scratch_dir.exists()

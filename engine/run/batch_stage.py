@@ -57,6 +57,7 @@ from ..rundir import RunDir
 from ..templates import estimate_tokens
 from ..types import ChatRequest, Failure, Outcome, Row, StageName
 from .limits import Clock
+from .parked import Parked
 from .realtime import RealtimeRunner
 from .retry import RetryPolicy, is_transient
 from .stage import Deliver
@@ -82,7 +83,8 @@ class BatchProgress:
 
 @dataclass(eq=False, slots=True)
 class _Chunk:
-    """One request file and the rows waiting for its lines."""
+    """One request file and its lines' ids. ``rows`` holds the rows of a file still being written;
+    once it is sealed they wait on disk (``BatchStage._parked``) until its batch is delivered."""
 
     name: str
     path: Path
@@ -146,6 +148,8 @@ class BatchStage:
         self.after_batch = after_batch
         self._creating = creating or anyio.Lock()
         self._owner: dict[str, _Chunk] = {}
+        # Rows waiting in sealed files, by custom_id: on disk, as a run may have all its rows in batches.
+        self._parked: Parked[Row] = Parked(run_dir.scratch_dir / f"{self.lane}.sqlite")
         self._open: _Chunk | None = None
         names = [path.stem for path in self._dir.glob("*.jsonl")]
         names += [str(event.get("chunk")) for event in self._log.events()]  # their files may be gone
@@ -162,11 +166,14 @@ class BatchStage:
 
     async def run(self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._deliver = deliver
-        async with anyio.create_task_group() as group:
-            self._group = group
-            await self._reattach()
-            task_status.started()
-            await self._closed.wait()
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                await self._reattach()
+                task_status.started()
+                await self._closed.wait()
+        finally:
+            self._parked.close()
 
     async def submit(self, row: Row, request: ChatRequest) -> None:
         owner = self._owner.get(request.custom_id)
@@ -175,7 +182,7 @@ class BatchStage:
             if early is not None:
                 await self._hand_over(row, early)
             else:
-                owner.rows[request.custom_id] = row
+                self._parked[request.custom_id] = row
             return
         line = self._provider.encode_line(request)
         size = len(line.encode()) + 1
@@ -214,6 +221,8 @@ class BatchStage:
         assert chunk.handle is not None and self._group is not None
         chunk.handle.close()
         chunk.handle = None
+        self._parked.put_many(chunk.rows.items())
+        chunk.rows.clear()
         self._group.start_soon(self._submit_chunk, chunk)
 
     async def _submit_chunk(self, chunk: _Chunk, file_id: str | None = None, *, look_first: bool = False) -> None:
@@ -293,19 +302,22 @@ class BatchStage:
             "finished_at": batch.finished_at,
             "lines": len(chunk.custom_ids),
         })
-        outcomes = await self._download(chunk, batch)
+        what = f"downloading the results of batch {batch.id} ({chunk.name})"
+        paths = await self._control(what, self._provider.download_results, batch, self._dir / chunk.name)
         async with self._delivering:  # one batch at a time, so its rows are flushed together
+            outcomes = await self._read_results(paths)
+            mine = [custom_id for custom_id in chunk.custom_ids if self._owner.get(custom_id, chunk) is chunk]
+            rows = self._parked.take(mine)  # the others: a newer batch carries their line now
             retry: list[str] = []
-            for custom_id in chunk.custom_ids:
-                if self._owner.get(custom_id, chunk) is not chunk:
-                    continue  # a newer batch carries this line now
+            for custom_id in mine:
                 outcome = replace(outcomes.get(custom_id) or self._missing(custom_id, batch), attempts=chunk.attempt + 1)
                 retryable = isinstance(outcome, Failure) and is_transient(outcome.reason, outcome.status_code)
                 if retryable and chunk.attempt < self._settings.max_line_retries:
                     retry.append(custom_id)
                 else:
-                    await self._settle(chunk, custom_id, outcome)
+                    await self._settle(chunk, custom_id, outcome, rows.pop(custom_id, None))
             if retry:
+                self._parked.put_many((custom_id, rows[custom_id]) for custom_id in retry if custom_id in rows)
                 await self._retry(chunk, retry)
             if self.after_batch is not None:
                 await self.after_batch()
@@ -316,18 +328,19 @@ class BatchStage:
             return Failure(custom_id, "batch_failed", f"batch {batch.id} failed validation: {errors or 'no reason given'}")
         return Failure(custom_id, f"batch_{batch.status}", f"batch {batch.id} ended {batch.status} without this line")
 
-    async def _download(self, chunk: _Chunk, batch: BatchJob) -> dict[str, Outcome]:
-        what = f"downloading the results of batch {batch.id} ({chunk.name})"
-        paths = await self._control(what, self._provider.download_results, batch, self._dir / chunk.name)
+    async def _read_results(self, paths: list[Path]) -> dict[str, Outcome]:
+        """A batch's downloaded result files as outcomes by custom_id (read while delivering, so
+        one batch's outcomes are in memory at a time)."""
         outcomes: dict[str, Outcome] = {}
         for path in paths:
             outcomes.update(await anyio.to_thread.run_sync(_by_custom_id, self._provider.read_results(path)))
         return outcomes
 
-    async def _settle(self, chunk: _Chunk, custom_id: str, outcome: Outcome) -> None:
-        row = chunk.rows.pop(custom_id, None)
+    async def _settle(self, chunk: _Chunk, custom_id: str, outcome: Outcome, row: Row | None) -> None:
+        """Hand ``row``'s outcome over; without its row (the feeder has not reached it yet, on
+        resume) the outcome waits for it in the chunk."""
         if row is None:
-            chunk.early[custom_id] = outcome  # the feeder has not reached this row yet
+            chunk.early[custom_id] = outcome
         else:
             await self._hand_over(row, outcome)
 
@@ -347,22 +360,20 @@ class BatchStage:
         for custom_id in custom_ids:
             retry.handle.write(lines[custom_id] if lines[custom_id].endswith("\n") else lines[custom_id] + "\n")
             retry.custom_ids.append(custom_id)
-            self._owner[custom_id] = retry
-            row = chunk.rows.pop(custom_id, None)
-            if row is not None:
-                retry.rows[custom_id] = row
+            self._owner[custom_id] = retry  # its row, if the feeder has reached it, stays parked
         self._seal(retry)
 
     async def _retry_realtime(self, chunk: _Chunk, custom_id: str, line: str) -> None:
         """One line as a realtime call, paced like any request; its outcome counts the batches
         the line was in besides the calls."""
         body = self._provider.decode_line(line)[1]
-        row = chunk.rows.get(custom_id)
+        row = self._parked.get(custom_id)
         row_id = row.row_id if row is not None else custom_id.partition(":")[2]
         reply_budget = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
         request = ChatRequest(custom_id, row_id, self.stage, body, estimate_tokens(body["messages"], reply_budget))
         outcome = await self._realtime.call(request)
-        await self._settle(chunk, custom_id, replace(outcome, attempts=chunk.attempt + 1 + outcome.attempts))
+        attempts = chunk.attempt + 1 + outcome.attempts
+        await self._settle(chunk, custom_id, replace(outcome, attempts=attempts), self._parked.pop(custom_id, None))
 
     def _note(self, chunk: _Chunk, batch: BatchJob) -> None:
         counts = batch.counts

@@ -9,7 +9,7 @@ rows are in the pipeline at once is bounded, so memory stays flat on any input s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -65,6 +65,10 @@ class LiveStats:
             self.failed += 1
 
 
+#: A prediction waiting for its verdicts: its row, the prediction, the judge calls answered so far.
+Pending = tuple[Row, ChatResult, dict[str, Outcome]]
+
+
 class JoinState:
     """Pending predictions by row id; turns a prediction and its verdicts into a joined row.
 
@@ -78,9 +82,12 @@ class JoinState:
         label_set: tuple[str, ...],
         judges: tuple[Judge, ...],
         answer: Callable[[str, str], str] = lambda caller, content: content,
+        pending: MutableMapping[str, Pending] | None = None,
     ) -> None:
         """``answer(caller, content)`` reads the answer out of a prediction (a constrained one is
-        JSON); ``judges`` are the task's, in panel order, and read their own replies."""
+        JSON); ``judges`` are the task's, in panel order, and read their own replies; ``pending``:
+        where predictions wait for their verdicts (a dict; ``engine.run.parked.Parked``, on disk,
+        when they wait for judge batches)."""
         self._labels = frozenset(label_set)
         self._judges = judges
         self._calls = {
@@ -89,7 +96,7 @@ class JoinState:
             for repeat in range(calls_of(judge.config))
         }
         self._answer = answer
-        self._pending: dict[str, tuple[Row, ChatResult, dict[str, Outcome]]] = {}
+        self._pending: MutableMapping[str, Pending] = {} if pending is None else pending
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -105,11 +112,11 @@ class JoinState:
 
     def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow | None:
         """Record one judge call's outcome; the joined row once every call of the row has one."""
-        row, prediction, calls = self._pending[row_id]
+        row, prediction, calls = self._pending.pop(row_id)
         calls[outcome.custom_id.partition(":")[0]] = outcome
         if len(calls) < len(self._calls):
+            self._pending[row_id] = (row, prediction, calls)  # a store on disk holds a copy: written back
             return None
-        del self._pending[row_id]
         kind = self._judges[0].config.kind
         return _joined(row, prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
 
