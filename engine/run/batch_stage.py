@@ -37,6 +37,7 @@ never turned into a batch (a crash in between) becomes its batch now. A request 
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
@@ -62,6 +63,7 @@ from .realtime import RealtimeRunner
 from .retry import RetryPolicy, is_transient
 from .stage import Deliver
 
+_SLICE = 1_000  # rows parked at a time as a file is written; result lines read, and rows taken, at a time
 _CHUNK_NAME = re.compile(r"^(predict|judge(?:\.[A-Za-z0-9_-]+)?)-(\d{5})$")
 # How far the endpoint's clock (its batches' and files' ``created_at``) may be behind ours.
 _CLOCK_SKEW_S = 600.0
@@ -83,8 +85,8 @@ class BatchProgress:
 
 @dataclass(eq=False, slots=True)
 class _Chunk:
-    """One request file and its lines' ids. ``rows`` holds the rows of a file still being written;
-    once it is sealed they wait on disk (``BatchStage._parked``) until its batch is delivered."""
+    """One request file and its lines' ids. ``rows`` holds the last rows written to the file (at
+    most ``_SLICE``); the others wait on disk (``BatchStage._parked``) until its batch is delivered."""
 
     name: str
     path: Path
@@ -197,6 +199,8 @@ class BatchStage:
         chunk.size += size
         chunk.custom_ids.append(request.custom_id)
         chunk.rows[request.custom_id] = row
+        if len(chunk.rows) >= _SLICE:
+            self._park(chunk)
         if len(chunk.custom_ids) >= self._settings.max_requests_per_file:
             await self.flush()
 
@@ -221,9 +225,13 @@ class BatchStage:
         assert chunk.handle is not None and self._group is not None
         chunk.handle.close()
         chunk.handle = None
+        self._park(chunk)
+        self._group.start_soon(self._submit_chunk, chunk)
+
+    def _park(self, chunk: _Chunk) -> None:
+        """Move the rows of the file being written to disk, where they wait for its batch."""
         self._parked.put_many(chunk.rows.items())
         chunk.rows.clear()
-        self._group.start_soon(self._submit_chunk, chunk)
 
     async def _submit_chunk(self, chunk: _Chunk, file_id: str | None = None, *, look_first: bool = False) -> None:
         """Upload the chunk (unless ``file_id`` says it was, before a restart), create its batch
@@ -305,36 +313,47 @@ class BatchStage:
         what = f"downloading the results of batch {batch.id} ({chunk.name})"
         paths = await self._control(what, self._provider.download_results, batch, self._dir / chunk.name)
         async with self._delivering:  # one batch at a time, so its rows are flushed together
-            outcomes = await self._read_results(paths)
-            mine = [custom_id for custom_id in chunk.custom_ids if self._owner.get(custom_id, chunk) is chunk]
-            rows = self._parked.take(mine)  # the others: a newer batch carries their line now
-            retry: list[str] = []
-            for custom_id in mine:
-                outcome = replace(outcomes.get(custom_id) or self._missing(custom_id, batch), attempts=chunk.attempt + 1)
-                retryable = isinstance(outcome, Failure) and is_transient(outcome.reason, outcome.status_code)
-                if retryable and chunk.attempt < self._settings.max_line_retries:
-                    retry.append(custom_id)
-                else:
-                    await self._settle(chunk, custom_id, outcome, rows.pop(custom_id, None))
+            retry = await self._deliver_results(chunk, batch, paths)
             if retry:
-                self._parked.put_many((custom_id, rows[custom_id]) for custom_id in retry if custom_id in rows)
                 await self._retry(chunk, retry)
             if self.after_batch is not None:
                 await self.after_batch()
+
+    async def _deliver_results(self, chunk: _Chunk, batch: BatchJob, paths: list[Path]) -> list[str]:
+        """Settle each of the chunk's lines from the batch's result files (a slice of lines at a
+        time, with their rows taken from where they are parked, so memory does not grow with the
+        batch), then its lines that have no result; returns the lines to try again."""
+        waiting = {custom_id for custom_id in chunk.custom_ids if self._owner.get(custom_id, chunk) is chunk}
+        retry: list[str] = []  # the others: a newer batch carries their line now
+
+        async def decide(outcomes: list[Outcome]) -> None:
+            ours = [outcome for outcome in outcomes if outcome.custom_id in waiting]
+            rows = self._parked.take(outcome.custom_id for outcome in ours)
+            for outcome in ours:
+                waiting.discard(outcome.custom_id)
+                outcome = replace(outcome, attempts=chunk.attempt + 1)
+                retryable = isinstance(outcome, Failure) and is_transient(outcome.reason, outcome.status_code)
+                if retryable and chunk.attempt < self._settings.max_line_retries:
+                    retry.append(outcome.custom_id)
+                    if (row := rows.get(outcome.custom_id)) is not None:
+                        self._parked[outcome.custom_id] = row
+                else:
+                    await self._settle(chunk, outcome.custom_id, outcome, rows.get(outcome.custom_id))
+
+        for path in paths:
+            lines = self._provider.read_results(path)
+            while outcomes := await anyio.to_thread.run_sync(_take, lines, _SLICE):
+                await decide(outcomes)
+        missing = [custom_id for custom_id in chunk.custom_ids if custom_id in waiting]
+        for start in range(0, len(missing), _SLICE):
+            await decide([self._missing(custom_id, batch) for custom_id in missing[start:start + _SLICE]])
+        return retry
 
     def _missing(self, custom_id: str, batch: BatchJob) -> Failure:
         if batch.status == "failed":
             errors = "; ".join(batch.errors)
             return Failure(custom_id, "batch_failed", f"batch {batch.id} failed validation: {errors or 'no reason given'}")
         return Failure(custom_id, f"batch_{batch.status}", f"batch {batch.id} ended {batch.status} without this line")
-
-    async def _read_results(self, paths: list[Path]) -> dict[str, Outcome]:
-        """A batch's downloaded result files as outcomes by custom_id (read while delivering, so
-        one batch's outcomes are in memory at a time)."""
-        outcomes: dict[str, Outcome] = {}
-        for path in paths:
-            outcomes.update(await anyio.to_thread.run_sync(_by_custom_id, self._provider.read_results(path)))
-        return outcomes
 
     async def _settle(self, chunk: _Chunk, custom_id: str, outcome: Outcome, row: Row | None) -> None:
         """Hand ``row``'s outcome over; without its row (the feeder has not reached it yet, on
@@ -488,5 +507,5 @@ class BatchStage:
         return [batch async for batch in self._provider.list_batches(tags, since)]
 
 
-def _by_custom_id(outcomes: Iterator[Outcome]) -> dict[str, Outcome]:
-    return {outcome.custom_id: outcome for outcome in outcomes}
+def _take(outcomes: Iterator[Outcome], count: int) -> list[Outcome]:
+    return list(itertools.islice(outcomes, count))
