@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.run.parked import Parked
-from engine.types import Row
+from engine.types import ChatResult, Failure, Row, TokenLogprob, Usage
 
 
 def test_values_come_back_as_they_went_in_and_leave_when_taken(tmp_path: Path) -> None:
@@ -34,4 +34,16 @@ def test_a_file_left_by_a_killed_session_is_started_afresh(tmp_path: Path) -> No
     left._db.close()  # killed: never closed
     parked: Parked[int] = Parked(path)
     assert len(parked) == 0 and list(parked) == []
+    parked.close()
+
+
+def test_a_prediction_waiting_for_its_verdicts_comes_back_whole(tmp_path: Path) -> None:
+    """The engine's own records are pickled by their fields (``_by_fields``): every field, in order."""
+    row = Row("7", 7, {"text": "a"}, None, "00ff")
+    prediction = ChatResult("predict:7", "Drama", "small", Usage(3, 4, cached_tokens=2), None, attempts=2,
+                            logprobs=(TokenLogprob("Dr", -0.1, (("Co", -2.5),)),))
+    failure = Failure("judge:7", "http_503", "unavailable", status_code=503, attempts=3)
+    parked: Parked[tuple[Row, ChatResult, dict[str, Failure]]] = Parked(tmp_path / "join.sqlite")
+    parked["7"] = (row, prediction, {"judge": failure})
+    assert parked.pop("7") == (row, prediction, {"judge": failure})
     parked.close()

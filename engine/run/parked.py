@@ -11,12 +11,15 @@ the number of rows.
 
 from __future__ import annotations
 
+import io
 import itertools
 import pickle
 import sqlite3
 from collections.abc import Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
+
+from ..types import ChatResult, Failure, Row, TokenLogprob, Usage
 
 V = TypeVar("V")
 T = TypeVar("T")
@@ -104,8 +107,22 @@ def _batched(keys: Iterable[str]) -> Iterator[tuple[str, ...]]:
         yield some
 
 
+def _by_fields(thing: Any) -> tuple[type, tuple[Any, ...]]:
+    """A frozen slotted dataclass as its class and its fields' values (in ``__slots__``, their
+    order): pickled as a call of the class, where pickle's own way reads ``dataclasses.fields``
+    for every instance (a third of a delivery's time)."""
+    return type(thing), tuple(getattr(thing, name) for name in thing.__slots__)
+
+
+_BY_FIELDS = dict.fromkeys((Row, ChatResult, Failure, Usage, TokenLogprob), _by_fields)
+
+
 def _dumps(value: object) -> bytes:
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _BY_FIELDS
+    pickler.dump(value)
+    return out.getvalue()
 
 
 def _loads(data: bytes) -> Any:
