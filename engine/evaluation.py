@@ -32,6 +32,7 @@ from .dataset import Dataset
 from .errors import ConfigError, FatalError, ProviderError, engine_error_in
 from .formats import DESCRIBED, StructuredOutput
 from .journal import Journal, check_journal, has_records, journaled_among, repair_torn_tail, scan_journal
+from .journal_totals import TOTALS_COLUMNS, JournalTotals, read_totals
 from .prior import PriorPredictions, Sources, missing_prediction
 from .prompts import PromptBuilder
 from .provider import Provider
@@ -131,6 +132,9 @@ class Evaluation:
         self._report = report
         self._stack = AsyncExitStack()
         self._rows_out: MemoryObjectReceiveStream[JoinedRow] | None = None
+        self._journal: Journal | None = None
+        #: Sums over every journaled call, this session's folded in as they are written.
+        self._totals = JournalTotals()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -272,7 +276,7 @@ class Evaluation:
 
     async def _start(self, dataset: Dataset, builder: PromptBuilder, results: ResultsWriter) -> None:
         """Start the journal writer, the pipeline over the rows still owed, and the collector."""
-        journal = Journal(self._dir)
+        journal = self._journal = Journal(self._dir, fold=self._totals.add, columns=TOTALS_COLUMNS)
         self._stack.callback(journal.close)
         sessions = SessionLog(self._dir)
         sessions.start()
@@ -404,10 +408,14 @@ class Evaluation:
             self.metrics = await anyio.to_thread.run_sync(self._final_metrics)
 
     def _final_metrics(self) -> dict[str, Any]:
+        assert self._journal is not None
+        self._journal.fold_rest()  # this session's calls; earlier sessions' are read from what they wrote
+        totals = read_totals(self._dir, into=self._totals, upto=self._journal.earlier_bytes)
         metrics = summary.build_metrics(
             self._dir,
             self.config,
-            figures=run_figures(self._dir, now=time.time()),
+            figures=run_figures(self._dir, totals, now=time.time()),
+            totals=totals,
             backend=self.config.local.backend if self._embedded else None,
         )
         assert self.formats is not None

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .errors import JournalError
 from .rundir import RunDir
 from .types import STAGES, ChatResult, Failure, Outcome, Row, StageName, TokenLogprob, Usage
 
+_FOLD_EVERY = 2_000  # records handed to ``Journal``'s fold at a time
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one, not one per line as json.dumps(ensure_ascii=False) builds
 
 JOURNAL_SCHEMA: dict[str, pl.DataType] = {
@@ -156,18 +157,23 @@ def repair_torn_tail(path: Path) -> int:
         return size - keep
 
 
-def journal_frames(path: Path, columns: tuple[str, ...], *, block_bytes: int = 4 << 20) -> Iterator[pl.DataFrame]:
-    """Every record of a journal file, ``columns`` only, a few MB of lines at a time.
+def journal_frames(
+    path: Path, columns: tuple[str, ...], *, block_bytes: int = 4 << 20, end: int | None = None
+) -> Iterator[pl.DataFrame]:
+    """Every record of a journal file (of its first ``end`` bytes), ``columns`` only, a few MB of
+    lines at a time.
 
     For the end-of-run aggregates (tokens, timings), which sum over every call, so their memory
     stays flat whatever the size of the journal: polars' ``scan_ndjson`` holds the whole file.
     """
-    if not path.exists():
+    if not path.exists() or end == 0:
         return
     schema = {name: JOURNAL_SCHEMA[name] for name in columns}
+    left = path.stat().st_size if end is None else end
     with path.open("rb") as journal:
         rest = b""
-        while block := journal.read(block_bytes):
+        while left > 0 and (block := journal.read(min(block_bytes, left))):
+            left -= len(block)
             data = rest + block
             end = data.rfind(b"\n") + 1
             rest = data[end:]
@@ -280,29 +286,62 @@ def journaled_among(path: Path, custom_ids: list[str]) -> set[str]:
 
 
 class Journal:
-    """The run's journal files, open for appending; ``close`` when the run ends."""
+    """The run's journal files, open for appending; ``close`` when the run ends.
 
-    def __init__(self, run_dir: RunDir) -> None:
+    ``fold(stage, frame)``, if given, receives this session's records as frames of ``columns``, a
+    block of ``_FOLD_EVERY`` at a time and the rest on ``fold_rest`` (the end-of-run sums,
+    ``engine.journal_totals``, gathered without reading the files back); ``earlier_bytes`` says
+    how much of each file earlier sessions wrote.
+    """
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        *,
+        fold: Callable[[StageName, pl.DataFrame], None] | None = None,
+        columns: tuple[str, ...] = (),
+    ) -> None:
         self.run_dir = run_dir
         self._descriptors: dict[str, int] = {}
+        self.earlier_bytes: dict[str, int] = {}
+        self._fold = fold
+        self._schema = {name: JOURNAL_SCHEMA[name] for name in columns}
+        self._unfolded: dict[StageName, list[dict[str, Any]]] = {stage: [] for stage in STAGES}
         try:
             run_dir.journal_dir.mkdir(parents=True, exist_ok=True)
             for stage in STAGES:
                 path = run_dir.journal(stage)
                 repair_torn_tail(path)
                 self._descriptors[stage] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self.earlier_bytes[stage] = os.fstat(self._descriptors[stage]).st_size
         except OSError as exc:
             self.close()
             raise self._error(exc) from exc
 
     def append(self, stage: StageName, row: Row, outcome: Outcome) -> None:
-        data = (_ENCODER.encode(outcome_to_record(row, outcome)) + "\n").encode()
+        record = outcome_to_record(row, outcome)
+        data = (_ENCODER.encode(record) + "\n").encode()
         try:
             written = os.write(self._descriptors[stage], data)
             while written < len(data):  # a short write: the rest, or the error that caused it
                 written += os.write(self._descriptors[stage], data[written:])
         except OSError as exc:
             raise self._error(exc) from exc
+        if self._fold is not None:
+            unfolded = self._unfolded[stage]
+            unfolded.append(record)
+            if len(unfolded) >= _FOLD_EVERY:
+                self._fold_block(stage)
+
+    def fold_rest(self) -> None:
+        """Hand ``fold`` the records it has not had yet."""
+        for stage in STAGES:
+            self._fold_block(stage)
+
+    def _fold_block(self, stage: StageName) -> None:
+        records, self._unfolded[stage] = self._unfolded[stage], []
+        if records and self._fold is not None:
+            self._fold(stage, pl.from_dicts(records, schema=self._schema))
 
     def close(self) -> None:
         for descriptor in self._descriptors.values():

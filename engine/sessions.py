@@ -3,7 +3,8 @@
 A run may take several sessions: its first start and each ``--resume``. Each appends a line to
 ``journal/sessions.ndjson`` when it starts and one when it ends; a session killed before its end
 line ends, for the figures, at the last thing it journaled (a result, a batch event). The figures
-are summed from the journal, so they cover every session, killed ones included:
+are summed over the journal (``engine.journal_totals``), so they cover every session, killed
+ones included:
 
 - ``requests``: every request a journaled outcome cost (its ``attempts``: realtime calls with
   their retries, batch lines once per batch that carried them); calls still in flight when a
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from .journal import EventLog, journal_frames
+from .journal_totals import JournalTotals
 from .rundir import RunDir
 from .types import STAGES
 
@@ -59,20 +61,11 @@ class RunFigures:
         return round(self.requests / self.wall_seconds, 2) if self.wall_seconds > 0 else None
 
 
-def run_figures(run_dir: RunDir, *, now: float | None = None) -> RunFigures:
-    """The figures of every session of the run; the one still running (if any) ends at ``now``."""
-    requests = retries = rate_limited = 0
-    activity: list[pl.Series] = []
-    for stage in STAGES:
-        for frame in journal_frames(run_dir.journal(stage), ("attempts", "rate_limited", "finished_at")):
-            attempts = frame["attempts"].fill_null(1)
-            requests += int(attempts.sum())
-            retries += int((attempts - 1).clip(lower_bound=0).sum())
-            rate_limited += int(frame["rate_limited"].fill_null(0).sum())
-            activity.append(frame["finished_at"].drop_nulls())
-    activity.append(pl.Series([float(event["at"]) for event in EventLog(run_dir.batch_events).events()], dtype=pl.Float64()))
-    times = pl.concat(activity) if activity else pl.Series(dtype=pl.Float64())
+def run_figures(run_dir: RunDir, totals: JournalTotals, *, now: float | None = None) -> RunFigures:
+    """The figures of every session of the run, its calls' from ``totals``; the session still
+    running (if any) ends at ``now``."""
     spans = SessionLog(run_dir).spans()
+    times: pl.Series | None = None
     wall = 0.0
     for number, (start, end) in enumerate(spans):
         if end is None:
@@ -80,8 +73,18 @@ def run_figures(run_dir: RunDir, *, now: float | None = None) -> RunFigures:
             if last and now is not None:
                 end = now
             else:
+                times = _activity(run_dir) if times is None else times
                 following = spans[number + 1][0] if not last else float("inf")
                 within = times.filter((times >= start) & (times < following))
                 end = float(within.max()) if within.len() else start  # type: ignore[arg-type]
         wall += max(0.0, end - start)
-    return RunFigures(len(spans), round(wall, 3), requests, retries, rate_limited)
+    return RunFigures(len(spans), round(wall, 3), totals.requests, totals.retries, totals.rate_limited)
+
+
+def _activity(run_dir: RunDir) -> pl.Series:
+    """When each journaled call finished and each batch event happened: where a killed session's
+    span ends (read only for a run with such a session)."""
+    activity = [frame["finished_at"].drop_nulls() for stage in STAGES
+                for frame in journal_frames(run_dir.journal(stage), ("finished_at",))]
+    activity.append(pl.Series([float(event["at"]) for event in EventLog(run_dir.batch_events).events()], dtype=pl.Float64()))
+    return pl.concat(activity)

@@ -18,8 +18,9 @@ from rich.console import Console
 
 from engine import Evaluation, TaskConfig, load_config, with_overrides
 from engine.config import parse_config
+from engine.journal_totals import read_totals
 from engine.report.document import INVALID_LABEL, label_breakdown, write_report
-from engine.report.summary import cost_usd, percent, print_summary, tokens_by_caller
+from engine.report.summary import cost_usd, percent, print_summary
 from engine.rundir import RunDir
 from engine.shipped import example_config
 
@@ -259,7 +260,7 @@ def test_cost_prices_prompt_tokens_from_the_providers_cache_at_their_own_rates(t
          "latency_s": None, "cached_tokens": 1200},
     ]
     (journal / "predict.ndjson").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    tokens = tokens_by_caller(RunDir(tmp_path))
+    tokens = read_totals(RunDir(tmp_path)).tokens_by_caller()
     used = tokens["predict"]
     assert (used["cached"], used["cache_write"], used["batch_cached"]) == (2400, 1200, 1200)
     cost = cost_usd(config, tokens)
@@ -287,7 +288,7 @@ def test_cost_prices_each_call_at_the_rate_of_the_way_it_was_made(tmp_path: Path
     (journal / "judge.ndjson").write_text("\n".join([
         journal_line("judge:0", 1000, 5, None), journal_line("judge:1", 50, 1, 0.2), journal_line("judge:2", 70, 3, 1.5),
     ]) + "\n")
-    tokens = tokens_by_caller(RunDir(tmp_path))
+    tokens = read_totals(RunDir(tmp_path)).tokens_by_caller()
     uncached = {"cached": 0, "cache_write": 0, "batch_cached": 0, "batch_cache_write": 0}
     assert tokens["predict"] == {"prompt": 700, "completion": 70, "batch_prompt": 500, "batch_completion": 50, "served": ["m"],
                                  **uncached}

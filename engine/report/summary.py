@@ -16,7 +16,8 @@ from rich.table import Table
 
 from ..config import CalibrationConfig, Mode, TaskConfig
 from ..formats import DESCRIBED, FORMATS
-from ..journal import EventLog, journal_frames
+from ..journal import EventLog
+from ..journal_totals import TOKEN_KINDS, JournalTotals, read_totals
 from ..judges import judge_prefixes
 from ..rundir import RunDir, write_json
 from ..sessions import RunFigures, run_figures
@@ -27,32 +28,19 @@ from .metrics import failure_reasons, panel_metrics, quality_metrics
 from .trusted import trusted_metrics, with_trusted_labels
 
 
-def stage_overlap(run_dir: RunDir) -> dict[str, Any]:
-    """How many judge calls started before the last prediction finished (the stages overlap)."""
-    finished = [frame["finished_at"].max() for frame in journal_frames(run_dir.journal("predict"), ("finished_at",))]
-    last_prediction = max((value for value in finished if value is not None), default=float("-inf"))
-    calls = early = 0
-    for frame in journal_frames(run_dir.journal("judge"), ("started_at",)):
-        calls += frame.height
-        early += int((frame["started_at"] < last_prediction).sum())
-    return {
-        "judge_calls": calls,
-        "judge_started_before_last_prediction": early,
-        "share": early / calls if calls else None,
-    }
-
-
 def build_metrics(
     run_dir: RunDir,
     config: TaskConfig,
     *,
     figures: RunFigures,
+    totals: JournalTotals,
     backend: str | None,
     calibration: CalibrationConfig | None = None,
 ) -> dict[str, Any]:
     """Every number of ``metrics.json``; ``figures`` cover every session of the run (see
-    ``engine.sessions``). Trusted labels from ``calibration`` (default: the config's) are the
-    ground truth of the rows they label."""
+    ``engine.sessions``), ``totals`` every call in its journal (``engine.journal_totals``).
+    Trusted labels from ``calibration`` (default: the config's) are the ground truth of the rows
+    they label."""
     results = pl.scan_parquet(run_dir.results_file)
     calibration = calibration or config.calibration
     if calibration is not None:
@@ -98,16 +86,16 @@ def build_metrics(
         if config.judge_kind == "score":
             alpha, units = krippendorff_alpha(results, "scores", ordinal=True)
             metrics["panel"].update(krippendorff_alpha_scores=alpha, krippendorff_alpha_scores_n=units)
-    by_caller = tokens_by_caller(run_dir)
+    by_caller = totals.tokens_by_caller()
     metrics["tokens"] = {
         stage: {
             kind: sum(used[kind] for caller, used in by_caller.items() if caller.split(".")[0] == stage)
-            for kind in _TOKEN_KINDS
+            for kind in TOKEN_KINDS
         }
         for stage in STAGES
     }
     metrics["cost_usd"] = cost_usd(config, by_caller)
-    metrics["endpoints"] = endpoint_metrics(run_dir, config, by_caller, metrics["cost_usd"])
+    metrics["endpoints"] = endpoint_metrics(config, totals, metrics["cost_usd"])
     metrics["mode"] = {"predict": config.predict.mode, "judge": config.judge_mode}
     metrics["wall_seconds"] = figures.wall_seconds
     metrics["sessions"] = figures.sessions
@@ -116,8 +104,8 @@ def build_metrics(
     metrics["retries"] = figures.retries
     metrics["rate_limited"] = figures.rate_limited
     metrics["batches_created"] = batches_created(run_dir)
-    metrics["cache_hits"] = cache_hits(run_dir)
-    metrics["stage_overlap"] = stage_overlap(run_dir)
+    metrics["cache_hits"] = totals.cache_hits  # answered from engine.response_cache: no tokens, no attempt
+    metrics["stage_overlap"] = totals.stage_overlap()
     metrics["models"] = {
         caller: {"requested": stage_config.model, "served": by_caller.get(caller, {}).get("served", []), "backend": backend}
         for caller, stage_config in (("predict", config.predict), *zip(prefixes, config.judges, strict=True))
@@ -129,97 +117,37 @@ def refresh_metrics(run_dir: RunDir, calibration: CalibrationConfig) -> dict[str
     """``metrics.json`` of a finished run computed again with trusted labels added (no call is
     made: everything comes from the run directory); returns the new metrics."""
     run = run_dir.load()
+    totals = read_totals(run_dir)
     metrics = build_metrics(
-        run_dir, run.config, figures=run_figures(run_dir), backend=run.metrics["models"]["predict"]["backend"],
-        calibration=calibration,
+        run_dir, run.config, figures=run_figures(run_dir, totals), totals=totals,
+        backend=run.metrics["models"]["predict"]["backend"], calibration=calibration,
     )
     metrics["structured_output"] = run.metrics.get("structured_output", {})
     write_json(run_dir.metrics_file, metrics)
     return metrics
 
 
-_TOKEN_KINDS = (
-    "prompt", "completion", "batch_prompt", "batch_completion", "cached", "cache_write", "batch_cached", "batch_cache_write"
-)
-
-
-def tokens_by_caller(run_dir: RunDir) -> dict[str, dict[str, Any]]:
-    """Tokens and served model names per ``custom_id`` prefix (``predict``, ``judge``,
-    ``judge.<name>``), from the journal's successful calls.
-
-    ``prompt`` and ``completion`` count every call; ``batch_prompt`` and ``batch_completion`` the
-    part answered in provider batches: the journal's answers without a latency (realtime calls,
-    a batch stage's retries among them, have one: ``ChatResult.latency_s``). ``cached`` and
-    ``cache_write`` are the prompt tokens read from and written to the provider's prompt cache
-    (part of ``prompt``), ``batch_cached`` and ``batch_cache_write`` their part in batches."""
-    totals: dict[str, dict[str, Any]] = {}
-    columns = ("custom_id", "ok", "prompt_tokens", "completion_tokens", "latency_s", "model", "cached_tokens",
-               "cache_write_tokens")
-    in_batch = pl.col("latency_s").is_null()
-    for stage in STAGES:
-        for frame in journal_frames(run_dir.journal(stage), columns):
-            sums = (
-                frame.filter(pl.col("ok"))
-                .group_by(pl.col("custom_id").str.split(":").list.first().str.replace(r"@\d+$", "").alias("caller"))
-                .agg(
-                    pl.col("prompt_tokens").sum().alias("prompt"),
-                    pl.col("completion_tokens").sum().alias("completion"),
-                    pl.col("prompt_tokens").filter(in_batch).sum().alias("batch_prompt"),
-                    pl.col("completion_tokens").filter(in_batch).sum().alias("batch_completion"),
-                    pl.col("cached_tokens").sum().alias("cached"),
-                    pl.col("cache_write_tokens").sum().alias("cache_write"),
-                    pl.col("cached_tokens").filter(in_batch).sum().alias("batch_cached"),
-                    pl.col("cache_write_tokens").filter(in_batch).sum().alias("batch_cache_write"),
-                    pl.col("model").drop_nulls().unique().alias("served"),
-                )
-            )
-            for row in sums.iter_rows(named=True):
-                total = totals.setdefault(row["caller"], {**dict.fromkeys(_TOKEN_KINDS, 0), "served": set()})
-                for kind in _TOKEN_KINDS:
-                    total[kind] += int(row[kind] or 0)
-                total["served"].update(row["served"])
-    return {caller: {**total, "served": sorted(total["served"])[:5]} for caller, total in totals.items()}
-
-
-def endpoint_metrics(
-    run_dir: RunDir, config: TaskConfig, tokens: dict[str, dict[str, Any]], costs: dict[str, float | None] | None
-) -> list[dict[str, Any]]:
+def endpoint_metrics(config: TaskConfig, totals: JournalTotals, costs: dict[str, float | None] | None) -> list[dict[str, Any]]:
     """Each endpoint the run called (``TaskConfig.endpoints``): its callers, the requests they
     made (every attempt, as ``requests``), the answers that were 429s, their tokens (prompt,
     completion, cached) and cost (None without a price for one of its callers)."""
-    calls: dict[str, dict[str, int]] = {}
-    for stage in STAGES:
-        for frame in journal_frames(run_dir.journal(stage), ("custom_id", "attempts", "rate_limited")):
-            sums = frame.group_by(pl.col("custom_id").str.split(":").list.first().str.replace(r"@\d+$", "").alias("caller")).agg(
-                pl.col("attempts").fill_null(1).sum().alias("requests"), pl.col("rate_limited").fill_null(0).sum()
-            )
-            for row in sums.iter_rows(named=True):
-                total = calls.setdefault(row["caller"], {"requests": 0, "rate_limited": 0})
-                total["requests"] += int(row["requests"])
-                total["rate_limited"] += int(row["rate_limited"])
+    tokens = totals.tokens_by_caller()
     described = []
     for endpoint, callers in config.endpoints.items():
         caller_costs = [None if costs is None else costs.get(caller) for caller in callers]
+        called = [totals.callers[caller] for caller in callers if caller in totals.callers]
         described.append({
             "endpoint": endpoint.described,
             "provider": endpoint.provider,
             "api": endpoint.api,
             "callers": list(callers),
-            **{key: sum(calls.get(caller, {}).get(key, 0) for caller in callers) for key in ("requests", "rate_limited")},
+            "requests": sum(caller.requests for caller in called),
+            "rate_limited": sum(caller.rate_limited for caller in called),
             "tokens": {kind: sum(int(tokens.get(caller, {}).get(kind, 0)) for caller in callers)
                        for kind in ("prompt", "completion", "cached", "cache_write")},
             "cost_usd": None if None in caller_costs else round(sum(c for c in caller_costs if c is not None), 6),
         })
     return described
-
-
-def cache_hits(run_dir: RunDir) -> dict[str, int]:
-    """Calls per stage answered from the response cache (``engine.response_cache``): journaled
-    with ``cached``, no tokens and no attempt, so they add nothing to requests, tokens or cost."""
-    return {
-        stage: sum(int(frame["cached"].fill_null(False).sum()) for frame in journal_frames(run_dir.journal(stage), ("cached",)))
-        for stage in STAGES
-    }
 
 
 def batches_created(run_dir: RunDir) -> int:
@@ -240,7 +168,7 @@ def cost_usd(config: TaskConfig, tokens: dict[str, dict[str, Any]]) -> dict[str,
         if price is None:
             costs[caller] = None
             continue
-        used = {**dict.fromkeys(_TOKEN_KINDS, 0), **tokens.get(caller, {})}
+        used = {**dict.fromkeys(TOKEN_KINDS, 0), **tokens.get(caller, {})}
         in_batch = {kind: int(used[f"batch_{kind}"]) for kind in ("prompt", "completion", "cached", "cache_write")}
         in_realtime = {kind: int(used[kind]) - spent for kind, spent in in_batch.items()}
         cost = 0.0
