@@ -18,11 +18,16 @@ import pytest
 
 from benchmarks.clocks import InstantClock
 from engine import Evaluation
+from engine.config import BatchConfig
 from engine.errors import BatchApiMissingError, ProviderError
 from engine.journal import scan_journal
 from engine.mock_provider import MockProvider
+from engine.run.batch_stage import BatchStage
+from engine.run.limits import Limiter
+from engine.run.realtime import RealtimeRunner
+from engine.run.retry import RetryPolicy
 from engine.rundir import RunDir
-from engine.types import ChatRequest, Row
+from engine.types import ChatRequest, ChatResult, Outcome, Row
 
 from .conftest import imdb_config
 
@@ -131,3 +136,56 @@ async def test_rows_waiting_for_batches_wait_on_disk_not_in_memory(tmp_path: Pat
     assert evaluation.metrics is not None and evaluation.metrics["n_judged"] == ROWS
     assert census.alive and max(census.alive) <= per_file + 2, census.alive
     assert not RunDir(tmp_path / "run").scratch_dir.exists()
+
+
+class StopOnFirstPoll(InstantClock):
+    """The session 'dies' the first time it waits to poll a batch: the batch exists at the
+    provider and is journaled, its rows are not delivered."""
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+
+    async def sleep(self, seconds: float) -> None:
+        self.scope.cancel()
+        await anyio.lowlevel.checkpoint()
+
+
+def predict_stage(provider: MockProvider, run_dir: RunDir, clock: InstantClock) -> BatchStage:
+    return BatchStage(
+        stage="predict", provider=provider, run_dir=run_dir, run_id="run", settings=BatchConfig(), policy=RetryPolicy(),
+        clock=clock, realtime=RealtimeRunner(provider, Limiter(concurrency=4, clock=clock), RetryPolicy(), clock),
+        journaled=lambda custom_ids: set(), progress={}, outage_timeout_s=900.0,
+    )
+
+
+async def test_a_resumed_batch_that_ended_before_its_rows_were_fed_hands_each_over_when_it_comes(tmp_path: Path) -> None:
+    """The outcomes of a batch adopted on resume wait (on disk) for rows the feeder has not
+    reached yet; each is handed over the moment its row is submitted, and nothing is sent again."""
+    provider, run_dir = MockProvider(genre_judge), RunDir(tmp_path / "run")
+    rows = [(Row(str(i), i, {}), ChatRequest(f"predict:{i}", str(i), "predict", {"model": "m", "messages": []}, 10))
+            for i in range(5)]
+    with anyio.CancelScope() as scope:
+        first = predict_stage(provider, run_dir, StopOnFirstPoll(scope))
+        async with anyio.create_task_group() as group:
+            await group.start(first.run, lambda row, outcome: anyio.lowlevel.checkpoint())
+            for row, request in rows:
+                await first.submit(row, request)
+            await first.close()
+    assert scope.cancelled_caught and [job.status for job in provider.batches] == ["in_progress"]
+
+    handed: list[tuple[str, str, str]] = []
+
+    async def deliver(row: Row, outcome: Outcome) -> None:
+        assert isinstance(outcome, ChatResult)
+        handed.append((row.row_id, outcome.custom_id, outcome.content))
+
+    resumed = predict_stage(provider, run_dir, InstantClock())
+    async with anyio.create_task_group() as group:
+        await group.start(resumed.run, deliver)
+        await anyio.wait_all_tasks_blocked()  # the adopted batch has ended and been read: no row came yet
+        assert handed == []
+        for row, request in rows:
+            await resumed.submit(row, request)
+            assert handed[-1] == (row.row_id, request.custom_id, "Drama")
+        await resumed.close()
+    assert len(provider.batches) == 1 and len(handed) == 5

@@ -94,7 +94,6 @@ class _Chunk:
     custom_ids: list[str] = field(default_factory=list)
     size: int = 0
     rows: dict[str, Row] = field(default_factory=dict)
-    early: dict[str, Outcome] = field(default_factory=dict)
     handle: IO[str] | None = None
 
     def lines(self, provider: BatchProvider) -> dict[str, str]:
@@ -152,6 +151,8 @@ class BatchStage:
         self._owner: dict[str, _Chunk] = {}
         # Rows waiting in sealed files, by custom_id: on disk, as a run may have all its rows in batches.
         self._parked: Parked[Row] = Parked(run_dir.scratch_dir / f"{self.lane}.sqlite")
+        # Outcomes of a resumed run's batches whose rows the feeder has not reached yet.
+        self._early: Parked[Outcome] = Parked(run_dir.scratch_dir / f"{self.lane}.early.sqlite")
         self._open: _Chunk | None = None
         names = [path.stem for path in self._dir.glob("*.jsonl")]
         names += [str(event.get("chunk")) for event in self._log.events()]  # their files may be gone
@@ -176,11 +177,12 @@ class BatchStage:
                 await self._closed.wait()
         finally:
             self._parked.close()
+            self._early.close()
 
     async def submit(self, row: Row, request: ChatRequest) -> None:
         owner = self._owner.get(request.custom_id)
         if owner is not None:  # an earlier session's batch carries this line already
-            early = owner.early.pop(request.custom_id, None)
+            early = self._early.pop(request.custom_id, None)
             if early is not None:
                 await self._hand_over(row, early)
             else:
@@ -338,7 +340,7 @@ class BatchStage:
                     if (row := rows.get(outcome.custom_id)) is not None:
                         self._parked[outcome.custom_id] = row
                 else:
-                    await self._settle(chunk, outcome.custom_id, outcome, rows.get(outcome.custom_id))
+                    await self._settle(outcome.custom_id, outcome, rows.get(outcome.custom_id))
 
         for path in paths:
             lines = self._provider.read_results(path)
@@ -355,11 +357,11 @@ class BatchStage:
             return Failure(custom_id, "batch_failed", f"batch {batch.id} failed validation: {errors or 'no reason given'}")
         return Failure(custom_id, f"batch_{batch.status}", f"batch {batch.id} ended {batch.status} without this line")
 
-    async def _settle(self, chunk: _Chunk, custom_id: str, outcome: Outcome, row: Row | None) -> None:
+    async def _settle(self, custom_id: str, outcome: Outcome, row: Row | None) -> None:
         """Hand ``row``'s outcome over; without its row (the feeder has not reached it yet, on
-        resume) the outcome waits for it in the chunk."""
+        resume) the outcome waits for it on disk."""
         if row is None:
-            chunk.early[custom_id] = outcome
+            self._early[custom_id] = outcome
         else:
             await self._hand_over(row, outcome)
 
@@ -392,7 +394,7 @@ class BatchStage:
         request = ChatRequest(custom_id, row_id, self.stage, body, estimate_tokens(body["messages"], reply_budget))
         outcome = await self._realtime.call(request)
         attempts = chunk.attempt + 1 + outcome.attempts
-        await self._settle(chunk, custom_id, replace(outcome, attempts=attempts), self._parked.pop(custom_id, None))
+        await self._settle(custom_id, replace(outcome, attempts=attempts), self._parked.pop(custom_id, None))
 
     def _note(self, chunk: _Chunk, batch: BatchJob) -> None:
         counts = batch.counts
