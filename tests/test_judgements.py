@@ -98,7 +98,7 @@ async def test_score_metrics_equal_the_standard_librarys(tmp_path: Path) -> None
     assert (s["invalid_scores"], s["invalid_score_rate"]) == (invalid, invalid / ROWS)
     assert metrics["judge_kind"] == "score" and metrics["invalid_verdicts"] == invalid
     report = (tmp_path / "score" / "report.md").read_text()
-    assert "## Scores" in report and (tmp_path / "score" / "plots" / "scores.png").exists()
+    assert "## Scores" in report and (tmp_path / "score" / "plots" / "scores.svg").exists()
 
 
 @pytest.mark.parametrize("mode", ["realtime", "batch"])

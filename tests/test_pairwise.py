@@ -106,7 +106,7 @@ async def test_pairwise_figures_equal_a_plain_computation(tmp_path: Path, mode: 
     assert metrics["length_correlation"] == pytest.approx(statistics.correlation(points, differences))
     report = (tmp_path / "ab" / "report.md").read_text()
     assert "## Pairwise comparison" in report and "## Accuracy" not in report
-    assert (tmp_path / "ab" / "plots" / "pairwise.png").exists()
+    assert (tmp_path / "ab" / "plots" / "pairwise.svg").exists()
 
 
 async def test_a_pairwise_judge_file_must_be_pairwise(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import re
@@ -10,6 +9,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import anyio
 import polars as pl
@@ -26,8 +26,8 @@ from engine.shipped import example_config
 
 from .conftest import imdb_config
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = ("run.json", "metrics.json", "results.parquet", "journal")
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def run_evaluation(config: TaskConfig, run_dir: Path) -> Path:
@@ -83,20 +83,24 @@ def report(runs: dict[str, Path], kind: str, tmp_path: Path) -> tuple[Path, dict
 
 
 def check_plots(run_dir: Path, markdown: str, page: str, expected: set[str]) -> None:
-    plots = {path.name for path in (run_dir / "plots").glob("*.png")}
+    """The ``expected`` plots, and no other, are well-formed SVG files in plots/, linked from
+    report.md and inlined as they are in report.html, which loads nothing from elsewhere."""
+    plots = {path.name for path in (run_dir / "plots").iterdir()}
     assert plots == expected
-    linked = re.findall(r"!\[[^]]*\]\((plots/[^)]+\.png)\)", markdown)
+    linked = re.findall(r"!\[[^]]*\]\((plots/[^)]+\.svg)\)", markdown)
     assert {Path(link).name for link in linked} == expected
-    sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == len(expected)
-    embedded = {base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in sources}
+    assert page.count("<svg ") == len(expected) and "<img" not in page
     for name in expected:
-        data = (run_dir / "plots" / name).read_bytes()
-        assert data.startswith(PNG_MAGIC) and 5_000 < len(data) < 200_000, name
-        assert data in embedded, f"{name} is not embedded in report.html"
-    assert all(src.startswith("data:image/png;base64,") for src in sources)
-    for external in ("<script", "<link", "href=", "url(", "@import"):
+        markup = (run_dir / "plots" / name).read_text(encoding="utf-8")
+        assert ElementTree.fromstring(markup).tag == f"{SVG}svg", name
+        assert markup in page, f"{name} is not inlined in report.html"
+    for external in ("<script", "<link", "href=", "@import"):
         assert external not in page
+    assert not re.search(r"url\((?!#)", page)  # only references within the page (a hatch pattern)
+
+
+def svg_texts(path: Path) -> list[str]:
+    return [text.text or "" for text in ElementTree.parse(path).iter(f"{SVG}text")]
 
 
 def check_numbers(metrics: dict[str, Any], markdown: str, page: str) -> None:
@@ -112,7 +116,7 @@ def check_numbers(metrics: dict[str, Any], markdown: str, page: str) -> None:
 
 def test_realtime_report(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir, metrics, markdown, page = report(runs, "realtime", tmp_path)
-    check_plots(run_dir, markdown, page, {"accuracy.png", "confusion.png", "labels.png", "latency.png", "throughput.png"})
+    check_plots(run_dir, markdown, page, {"accuracy.svg", "confusion.svg", "labels.svg", "latency.svg", "throughput.svg"})
     check_numbers(metrics, markdown, page)
     confusion = metrics["confusion"]
     for document in (markdown, html.unescape(page)):
@@ -121,26 +125,29 @@ def test_realtime_report(runs: dict[str, Path], tmp_path: Path) -> None:
         assert f"always '{metrics['majority_baseline_label']}'" in document
         assert f"{metrics['judge_vs_truth_kappa']:.3f}" in document
     assert f"| judge: correct | {confusion['tp']} | {confusion['fp']} |" in markdown
+    assert {str(confusion[cell]) for cell in ("tp", "fp", "fn", "tn")} <= set(svg_texts(run_dir / "plots" / "confusion.svg"))
     assert "Where the judge and the ground truth disagree" in markdown
     assert "| predict | 40 |" in markdown  # latency table: 40 realtime calls per stage
 
 
 def test_batch_report(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir, metrics, markdown, page = report(runs, "batch", tmp_path)
-    check_plots(run_dir, markdown, page, {"accuracy.png", "confusion.png", "labels.png", "batches.png"})
+    check_plots(run_dir, markdown, page, {"accuracy.svg", "confusion.svg", "labels.svg", "batches.svg"})
     check_numbers(metrics, markdown, page)
     assert "No successful realtime calls" in markdown
     events = [json.loads(line) for line in (run_dir / "journal" / "batches.ndjson").read_text().splitlines()]
     ended = [event for event in events if event["event"] == "ended"]
     assert len(ended) == metrics["batches_created"] == 6  # 40 rows in files of 15, per stage
+    chunks = svg_texts(run_dir / "plots" / "batches.svg")
     for event in ended:
         assert event["batch_id"] in markdown and event["batch_id"] in page
+        assert chunks.count(event["chunk"]) == 1  # a bar per batch
 
 
 def test_report_without_labels(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir, metrics, markdown, page = report(runs, "ag_news", tmp_path)
     assert metrics["ground_truth_accuracy"] is None
-    check_plots(run_dir, markdown, page, {"accuracy.png", "labels.png", "latency.png", "throughput.png"})
+    check_plots(run_dir, markdown, page, {"accuracy.svg", "labels.svg", "latency.svg", "throughput.svg"})
     check_numbers(metrics, markdown, page)
     assert "This task has no ground truth" in markdown and "This task has no ground truth" in page
     assert "Answers the judge rejected" in markdown
@@ -172,7 +179,7 @@ def test_label_breakdown_pools_invalid_answers() -> None:
 
 def test_panel_report_has_each_judge_and_the_cost(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir, metrics, markdown, page = report(runs, "panel", tmp_path)
-    check_plots(run_dir, markdown, page, {"accuracy.png", "confusion.png", "labels.png", "latency.png", "throughput.png"})
+    check_plots(run_dir, markdown, page, {"accuracy.svg", "confusion.svg", "labels.svg", "latency.svg", "throughput.svg"})
     panel, cost = metrics["panel"], metrics["cost_usd"]
     assert "| predict | judge.j0 | judge.j1 | judge.j2 |" in markdown
     for name, numbers in panel["judges"].items():
@@ -185,7 +192,7 @@ def test_panel_report_has_each_judge_and_the_cost(runs: dict[str, Path], tmp_pat
 def test_report_of_a_run_where_every_call_failed(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir, metrics, markdown, page = report(runs, "failed", tmp_path)
     assert metrics["n_failed"] == 10 and metrics["judge_accuracy"] is None
-    assert not (run_dir / "plots").exists() and "<img" not in page
+    assert not (run_dir / "plots").exists() and "<svg" not in page
     assert "No predictions." in markdown and "No successful realtime calls" in markdown
     assert "## Failed rows" in markdown and "simulated 50" in markdown
 

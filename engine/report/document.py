@@ -1,15 +1,14 @@
-"""``report.md`` and a self-contained ``report.html`` for people, with PNG plots in ``plots/``.
+"""``report.md`` and a self-contained ``report.html`` for people, with SVG plots in ``plots/``.
 
 Everything is read from the run directory alone (``run.json``, ``metrics.json``,
 ``results.parquet``, ``journal/``), so a copied or archived run can be reported again. The
 document is built once as sections of blocks (paragraphs, notes, tables, images) and rendered
-twice: Markdown that links the PNGs beside it, and HTML that embeds them as base64 data URIs,
+twice: Markdown that links the SVG files beside it, and HTML that holds their markup inline,
 with its CSS inline and no script, so the one file can be mailed or attached as it is.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ _BIN_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
     "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
-    "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}"
+    "text-align:left;vertical-align:top}th{background:#f3f3f3}svg{max-width:100%;height:auto}"
     ".note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5rem 1rem}"
 )
 
@@ -67,7 +66,7 @@ def _has_truth(run: FinishedRun) -> bool:
 
 
 def write_report(run_dir: RunDir | Path) -> Path:
-    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``run_dir``; returns report.md."""
+    """Write ``report.md``, ``report.html`` and ``plots/*.svg`` into ``run_dir``; returns report.md."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run = run_dir.load()
     plots_dir = run_dir.plots_dir
@@ -157,7 +156,7 @@ def _accuracy(run: FinishedRun, plots_dir: Path) -> _Section:
             for name, key in (("judge", "judge_accuracy"), ("ground truth", "ground_truth_accuracy")) if m[key] is not None]
     if bars:
         top = (m["majority_baseline_label"], m["majority_baseline_accuracy"]) if m["majority_baseline_label"] else None
-        section.blocks.append(_Image(plots.accuracy_plot(plots_dir / "accuracy.png", bars, top), "accuracy with 95% CIs"))
+        section.blocks.append(_Image(plots.accuracy_plot(plots_dir / "accuracy.svg", bars, top), "accuracy with 95% CIs"))
     if not _has_truth(run):
         section.blocks.append(_no_truth(run))
     return section
@@ -185,7 +184,7 @@ def _judge_vs_truth(run: FinishedRun, plots_dir: Path) -> _Section:
         percent(m["judge_vs_truth_agreement"]), kappa, percent(m["judge_precision"]), percent(m["judge_recall"]),
         f"{m['judge_vs_truth_n']:,}",
     )]))
-    section.blocks.append(_Image(plots.confusion_plot(plots_dir / "confusion.png", c), "judge vs truth confusion matrix"))
+    section.blocks.append(_Image(plots.confusion_plot(plots_dir / "confusion.svg", c), "judge vs truth confusion matrix"))
     return section
 
 
@@ -226,7 +225,7 @@ def _labels(run: FinishedRun, plots_dir: Path) -> _Section:
              percent(row["truth_rate"]), percent(row["in_truth"])) for row in breakdown.iter_rows(named=True)]
     width = len(header) if _has_truth(run) else 4
     section.blocks.append(_Table(header[:width], [row[:width] for row in rows]))
-    section.blocks.append(_Image(plots.label_plot(plots_dir / "labels.png", breakdown), "per-label breakdown"))
+    section.blocks.append(_Image(plots.label_plot(plots_dir / "labels.svg", breakdown), "per-label breakdown"))
     return section
 
 
@@ -257,7 +256,7 @@ def _latency(run: FinishedRun, plots_dir: Path) -> _Section:
     low = min(summary["min"] for summary in summaries.values())
     high = max(summary["1.0"] for summary in summaries.values())
     edges, counts = _histogram(run.results, {stage: f"{stage}_latency_s" for stage in summaries}, low, high, bins=40)
-    path = plots.latency_plot(plots_dir / "latency.png", edges, counts)
+    path = plots.latency_plot(plots_dir / "latency.svg", edges, counts)
     section.blocks.append(_Image(path, "latency histogram per stage"))
     return section
 
@@ -334,7 +333,7 @@ def _timing(run: FinishedRun, plots_dir: Path) -> _Section:
     rates = throughput(run.dir)
     if rates is not None:
         section.blocks.append("Realtime completions per second, from the journal's finish times.")
-        section.blocks.append(_Image(plots.throughput_plot(plots_dir / "throughput.png", rates), "throughput over time"))
+        section.blocks.append(_Image(plots.throughput_plot(plots_dir / "throughput.svg", rates), "throughput over time"))
     spans = batch_spans(run.dir)
     if spans is not None:
         section.blocks.append(f"{spans.height} batches, from creation to their end (hatched: not completed).")
@@ -342,7 +341,7 @@ def _timing(run: FinishedRun, plots_dir: Path) -> _Section:
             (row["stage"], row["chunk"], row["batch_id"], row["status"], str(row["lines"]), f"{row['start']:.0f} s",
              f"{row['end'] - row['start']:.0f} s") for row in spans.iter_rows(named=True)
         ]))
-        section.blocks.append(_Image(plots.batch_timeline_plot(plots_dir / "batches.png", spans), "batch timeline"))
+        section.blocks.append(_Image(plots.batch_timeline_plot(plots_dir / "batches.svg", spans), "batch timeline"))
     if rates is None and spans is None:
         section.blocks.append("No completed calls to time.")
     return section
@@ -473,7 +472,7 @@ def _scores(run: FinishedRun, plots_dir: Path) -> _Section | None:
     ])
     if score["distribution_n"]:
         section.blocks.append(_Image(
-            plots.score_plot(plots_dir / "scores.png", score["distribution"], score["mean_score"], score["pass_at"]),
+            plots.score_plot(plots_dir / "scores.svg", score["distribution"], score["mean_score"], score["pass_at"]),
             "score histogram",
         ))
     return section
@@ -503,7 +502,7 @@ def _pairwise(run: FinishedRun, plots_dir: Path) -> _Section:
     ])
     if p["n"]:
         section.blocks.append(_Image(
-            plots.pairwise_plot(plots_dir / "pairwise.png", p["a_wins"], p["ties"], p["b_wins"], p["first_position_rate"]),
+            plots.pairwise_plot(plots_dir / "pairwise.svg", p["a_wins"], p["ties"], p["b_wins"], p["first_position_rate"]),
             "pairwise outcomes and position preference",
         ))
     return section
@@ -533,7 +532,7 @@ def _probabilities(run: FinishedRun, plots_dir: Path) -> _Section | None:
             (f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", f"{b['rows']:,}", percent(b["predicted"]), percent(b["observed"]))
             for b in p["calibration"]
         ]))
-        section.blocks.append(_Image(plots.calibration_plot(plots_dir / "calibration.png", p["calibration"]), "calibration"))
+        section.blocks.append(_Image(plots.calibration_plot(plots_dir / "calibration.svg", p["calibration"]), "calibration"))
     return section
 
 
@@ -692,8 +691,7 @@ def _html(title: str, sections: list[_Section]) -> str:
                 parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in block.rows]
                 parts.append("</table>")
             elif isinstance(block, _Image):
-                data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-                parts.append(f'<p><img alt="{e(block.alt)}" src="data:image/png;base64,{data}"></p>')
+                parts.append(f'<p role="img" aria-label="{e(block.alt)}">{block.path.read_text(encoding="utf-8")}</p>')
             elif isinstance(block, _Note):
                 parts.append(f'<p class="note">{e(block.text)}</p>')
             else:
