@@ -6,7 +6,7 @@ turnaround (``--batch-min-seconds``: a batch completes no sooner than that). Cos
 (``engine.config.Price``). For batch runs, ``finish s`` is the time from the engine seeing the
 last batch complete (its ``ended`` event) to ``metrics.json`` written: downloading the output,
 journaling and joining its rows, merging ``results.parquet`` and computing the metrics. Writes a
-CSV and a PNG of throughput against rows.
+CSV and an SVG of throughput against rows.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import anyio
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from engine import Evaluation
 from engine.journal import EventLog
+from engine.report.svg import LABEL_SIZE, Axes, LegendEntry, Picture, legend_size
 from engine.rundir import RunDir
 
 from .memory import synthetic_csv, synthetic_task
@@ -31,6 +31,7 @@ from .server import sim_server_process
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("realtime", "batch")
+COLOURS = {"realtime": "#1f77b4", "batch": "#ff7f0e"}
 
 
 async def _evaluate(task: Any, run_dir: Path) -> dict[str, Any]:
@@ -74,17 +75,33 @@ def finish_seconds(run_dir: Path) -> float:
     return run.metrics_file.stat().st_mtime - max(ended)
 
 
+def _decades(values: list[float]) -> tuple[float, float]:
+    """The powers of ten around ``values``: a log axis with a tick at each end."""
+    return 10.0 ** math.floor(math.log10(min(values))), 10.0 ** math.ceil(math.log10(max(values)))
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    figure = Figure(figsize=(6, 4))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for mode in MODES:
-        points = [(row["rows"], row["rows_per_second"]) for row in rows if row["mode"] == mode]
-        if points:
-            axes.plot(*zip(*points, strict=True), marker="o", label=mode)
-    axes.set(xscale="log", yscale="log", xlabel="rows", ylabel="rows/s (both stages)", title="realtime vs batch (sim)")
-    axes.legend()
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    """Rows per second against rows, a line per mode, on log axes."""
+    picture = Picture(600, 400)
+    lines = {mode: [(row["rows"], row["rows_per_second"]) for row in rows if row["mode"] == mode] for mode in MODES}
+    entries = [LegendEntry(mode, COLOURS[mode], "line") for mode, points in lines.items() if points]
+    box = (80.0, 30.0, legend_size(entries)[0] + 24, 50.0)
+    x, y = _decades([row["rows"] for row in rows]), _decades([row["rows_per_second"] for row in rows])
+    axes = Axes.inside(picture, box, x, y, x_log=True, y_log=True)
+    for mode, points in lines.items():
+        placed = [(axes.x(count), axes.y(rate)) for count, rate in points]
+        if placed:
+            picture.line(placed, COLOURS[mode], width=1.5)
+            for point in placed:
+                picture.circle(*point, 3.5, COLOURS[mode])
+    axes.x_ticks(axes.x.ticks())
+    axes.y_ticks(axes.y.ticks())
+    axes.x_label("rows")
+    axes.y_label("rows/s (both stages)", 66)
+    picture.text((axes.x.start + axes.x.end) / 2, 15, "realtime vs batch (sim)", size=LABEL_SIZE, anchor="middle")
+    picture.legend(axes.x.end + 10, axes.y.end, entries)
+    axes.frame()
+    picture.save(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,6 +129,6 @@ def main(argv: list[str] | None = None) -> None:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, RESULTS / "realtime_vs_batch.png")
+    plot(rows, RESULTS / "realtime_vs_batch.svg")
     (RESULTS / "realtime_vs_batch.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
-    print(f"written {RESULTS / 'realtime_vs_batch.csv'} and .png")
+    print(f"written {RESULTS / 'realtime_vs_batch.csv'} and .svg")
