@@ -426,7 +426,7 @@ class Evaluation:
         write_json(self._dir.metrics_file, metrics)
         if not self._report:
             return metrics
-        from .report.document import write_report  # matplotlib: imported by the runs that draw
+        from .report.document import write_report  # the report: imported by the runs that write one
 
         try:
             write_report(self._dir)
