@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from . import faults, limiter, memory, overhead, providers, realtime_vs_batch
+from . import faults, fixed_cost, limiter, memory, overhead, providers, realtime_vs_batch
 
 BENCHMARKS = {
     "faults": faults.main,
+    "fixed-cost": fixed_cost.main,
     "limiter": limiter.main,
     "memory": memory.main,
     "overhead": overhead.main,
