@@ -217,15 +217,16 @@ def has_records(path: Path) -> bool:
 def check_journal(path: Path) -> None:
     """Raise ``JournalError`` naming the first line of ``path`` that is not a journal record.
 
-    Polars parses the whole file once (fast); only when it fails are the lines read in Python to
-    say which one. A torn last line is not damage: ``repair_torn_tail`` cuts it on reopening.
+    Polars parses the file a few MB at a time (``journal_frames``: read whole, a million-row
+    journal took its size in memory); only when that fails are the lines read in Python to say
+    which one. A torn last line is not damage: ``repair_torn_tail`` cuts it on reopening.
     """
     if not has_records(path):
         return
     try:
-        nulls = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA).select(
-            pl.col("custom_id").null_count() + pl.col("ok").null_count()
-        ).collect().item()
+        nulls = sum(
+            frame["custom_id"].null_count() + frame["ok"].null_count() for frame in journal_frames(path, ("custom_id", "ok"))
+        )
     except pl.exceptions.PolarsError:
         nulls = 1
     if not nulls:
