@@ -175,10 +175,10 @@ def journal_frames(
         while left > 0 and (block := journal.read(min(block_bytes, left))):
             left -= len(block)
             data = rest + block
-            end = data.rfind(b"\n") + 1
-            rest = data[end:]
-            if end:
-                yield pl.read_ndjson(io.BytesIO(data[:end]), schema=schema)
+            whole = data.rfind(b"\n") + 1
+            rest = data[whole:]
+            if whole:
+                yield pl.read_ndjson(io.BytesIO(data[:whole]), schema=schema)
         if rest.strip():
             yield pl.read_ndjson(io.BytesIO(rest), schema=schema)
 
