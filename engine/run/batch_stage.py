@@ -329,18 +329,20 @@ class BatchStage:
         retry: list[str] = []  # the others: a newer batch carries their line now
 
         async def decide(outcomes: list[Outcome]) -> None:
-            ours = [outcome for outcome in outcomes if outcome.custom_id in waiting]
-            rows = self._parked.take(outcome.custom_id for outcome in ours)
-            for outcome in ours:
+            settled: list[Outcome] = []
+            for outcome in outcomes:
+                if outcome.custom_id not in waiting:
+                    continue
                 waiting.discard(outcome.custom_id)
                 outcome = replace(outcome, attempts=chunk.attempt + 1)
                 retryable = isinstance(outcome, Failure) and is_transient(outcome.reason, outcome.status_code)
                 if retryable and chunk.attempt < self._settings.max_line_retries:
-                    retry.append(outcome.custom_id)
-                    if (row := rows.get(outcome.custom_id)) is not None:
-                        self._parked[outcome.custom_id] = row
+                    retry.append(outcome.custom_id)  # its row, if the feeder has reached it, stays parked
                 else:
-                    await self._settle(outcome.custom_id, outcome, rows.get(outcome.custom_id))
+                    settled.append(outcome)
+            rows = self._parked.take(outcome.custom_id for outcome in settled)
+            for outcome in settled:
+                await self._settle(outcome.custom_id, outcome, rows.get(outcome.custom_id))
 
         for path in paths:
             lines = self._provider.read_results(path)
@@ -388,8 +390,7 @@ class BatchStage:
         """One line as a realtime call, paced like any request; its outcome counts the batches
         the line was in besides the calls."""
         body = self._provider.decode_line(line)[1]
-        row = self._parked.get(custom_id)
-        row_id = row.row_id if row is not None else custom_id.partition(":")[2]
+        row_id = custom_id.partition(":")[2]  # custom_ids are <caller>:<row id>; a caller has no colon
         reply_budget = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
         request = ChatRequest(custom_id, row_id, self.stage, body, estimate_tokens(body["messages"], reply_budget))
         outcome = await self._realtime.call(request)
