@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Sequence
 
 import aiohttp
+import httpx2
 
 from engine.errors import ProviderError
 
@@ -26,6 +27,13 @@ def env_proxy(url: str) -> str | None:
     if urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return urllib.request.getproxies().get(parts.scheme)
+
+
+def unsent_http_client() -> httpx2.AsyncClient:
+    """An HTTP client that cannot send, for an SDK client built only for its base URL and headers:
+    building the SDK's own costs an SSL context and the import of httpcore (and trio, where it is
+    installed)."""
+    return httpx2.AsyncClient(transport=httpx2.AsyncBaseTransport())
 
 
 def header_map(headers: RawHeaders) -> dict[str, str]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import anyio
 import pytest
 
@@ -125,6 +126,28 @@ def test_the_sdk_gets_the_base_url_without_v1() -> None:
     assert sdk_base_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
     assert sdk_base_url("https://api.anthropic.com") == "https://api.anthropic.com"
     assert sdk_base_url("https://gateway.example/anthropic/v1") == "https://gateway.example/anthropic"
+
+
+def test_the_sdk_http_client_is_built_for_the_control_plane_only(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the OpenAI adapter's: Messages calls on asyncio never build the SDK's HTTP client."""
+    built: list[object] = []
+
+    class Counted(anthropic.DefaultAioHttpClient):
+        def __init__(self, **kwargs: Any) -> None:
+            built.append(self)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(anthropic, "DefaultAioHttpClient", Counted)
+
+    async def main() -> tuple[int, int]:
+        async with AnthropicProvider(url, KEY) as client:
+            for _ in range(3):
+                assert isinstance(await client.complete(request()), ChatReply)
+            after_calls = len(built)
+            assert [job async for job in client.list_batches({}, since=0.0)] == []
+            return after_calls, len(built)
+
+    assert anyio.run(main) == (0, 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

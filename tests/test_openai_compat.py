@@ -4,8 +4,10 @@ SDK's ``post`` on trio. Same answers, same errors, over loopback HTTP to the emb
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
+import openai
 import pytest
 
 from adapters.openai import OpenAIProvider
@@ -39,7 +41,7 @@ def call(url: str, key: str, chat: ChatRequest, backend: str, timeout_s: float =
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    settings = SimSettings(seed=1, models=("small",), rpm=6000, burst_seconds=0.01)
+    settings = SimSettings(seed=1, models=("small",), rpm=6000, burst_seconds=60)  # headers on every reply, never a 429
     with EmbeddedServer(SimBackend(settings), api_key=KEY) as base_url:
         yield base_url
 
@@ -99,3 +101,26 @@ def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPat
     assert env_proxy("http://127.0.0.1:8000/v1/chat/completions") is None
     monkeypatch.delenv("HTTPS_PROXY")
     assert env_proxy("https://api.example.com/v1/chat/completions") is None
+
+
+def test_the_sdk_http_client_is_built_for_the_control_plane_only(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Realtime calls on asyncio go over the adapter's own session: the SDK's HTTP client (an SSL
+    context, httpcore imported: up to 0.45 s of CPU) is built at the first control-plane call."""
+    built: list[object] = []
+
+    class Counted(openai.DefaultAioHttpClient):
+        def __init__(self, **kwargs: Any) -> None:
+            built.append(self)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(openai, "DefaultAioHttpClient", Counted)
+
+    async def main() -> tuple[int, int]:
+        async with OpenAIProvider(url, KEY) as client:
+            for _ in range(3):
+                assert isinstance(await client.complete(request()), ChatReply)
+            after_calls = len(built)
+            assert [job async for job in client.list_batches({"run": "none"}, since=0.0)] == []
+            return after_calls, len(built)
+
+    assert anyio.run(main) == (0, 1)

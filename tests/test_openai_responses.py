@@ -52,7 +52,7 @@ def call(url: str, key: str, chat: ChatRequest, backend: str = "asyncio", api: A
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    settings = SimSettings(seed=1, models=("small",), rpm=6000, burst_seconds=0.01)
+    settings = SimSettings(seed=1, models=("small",), rpm=6000, burst_seconds=60)  # headers on every reply, never a 429
     with EmbeddedServer(SimBackend(settings), api_key=KEY) as base_url:
         yield base_url
 

@@ -49,6 +49,7 @@ from adapters.transport import (
     scrub,
     sdk_connection_error,
     timeout_error,
+    unsent_http_client,
 )
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
@@ -93,17 +94,13 @@ class AnthropicProvider:
         self._api_key_env = api_key_env
         self._timeout_s = timeout_s
         on_asyncio = sniffio.current_async_library() == "asyncio"
-        self.sdk = anthropic.AsyncAnthropic(
-            base_url=sdk_base_url(base_url),
-            api_key=api_key,
-            max_retries=0,
-            timeout=timeout_s,
-            http_client=(anthropic.DefaultAioHttpClient if on_asyncio else anthropic.DefaultAsyncHttpxClient)(timeout=timeout_s),
-        )
-        self._messages_url = str(self.sdk.base_url.join(_MESSAGES.lstrip("/")))
+        self._http_client_type = anthropic.DefaultAioHttpClient if on_asyncio else anthropic.DefaultAsyncHttpxClient
+        self._sdk: anthropic.AsyncAnthropic | None = None
+        endpoint = self._build_sdk(unsent_http_client())
+        self._messages_url = str(endpoint.base_url.join(_MESSAGES.lstrip("/")))
         self._headers = {
             name: value
-            for name, value in {**self.sdk.default_headers, **self.sdk.auth_headers}.items()
+            for name, value in {**endpoint.default_headers, **endpoint.auth_headers}.items()
             if isinstance(value, str)  # the SDK marks headers it leaves out with Omit()
         }
         self._session: aiohttp.ClientSession | None = None
@@ -115,11 +112,29 @@ class AnthropicProvider:
             )
         self._proxy = env_proxy(self._messages_url)
 
+    @property
+    def sdk(self) -> anthropic.AsyncAnthropic:
+        """The SDK client, built on first use, as the OpenAI adapter's: a realtime run on asyncio
+        never needs its HTTP client."""
+        if self._sdk is None:
+            self._sdk = self._build_sdk(self._http_client_type(timeout=self._timeout_s))
+        return self._sdk
+
+    def _build_sdk(self, http_client: httpx2.AsyncClient) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=sdk_base_url(self.base_url),
+            api_key=self._api_key,
+            max_retries=0,
+            timeout=self._timeout_s,
+            http_client=http_client,
+        )
+
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled run still closes its connections
             if self._session is not None:
                 await self._session.close()
-            await self.sdk.close()
+            if self._sdk is not None:
+                await self._sdk.close()
 
     async def __aenter__(self) -> AnthropicProvider:
         return self

@@ -45,6 +45,7 @@ from adapters.transport import (
     scrub,
     sdk_connection_error,
     timeout_error,
+    unsent_http_client,
 )
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits, made_from
@@ -86,18 +87,14 @@ class OpenAIProvider:
         self._api_key_env = api_key_env
         self._timeout_s = timeout_s
         on_asyncio = sniffio.current_async_library() == "asyncio"
-        self.sdk = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=0,
-            timeout=timeout_s,
-            http_client=(openai.DefaultAioHttpClient if on_asyncio else openai.DefaultAsyncHttpxClient)(timeout=timeout_s),
-        )
-        self._chat_url = str(self.sdk.base_url.join("chat/completions"))
-        self._responses_url = str(self.sdk.base_url.join("responses"))
+        self._http_client_type = openai.DefaultAioHttpClient if on_asyncio else openai.DefaultAsyncHttpxClient
+        self._sdk: openai.AsyncOpenAI | None = None
+        endpoint = self._build_sdk(unsent_http_client())
+        self._chat_url = str(endpoint.base_url.join("chat/completions"))
+        self._responses_url = str(endpoint.base_url.join("responses"))
         self._chat_headers = {
             name: value
-            for name, value in {**self.sdk.default_headers, **self.sdk.auth_headers}.items()
+            for name, value in {**endpoint.default_headers, **endpoint.auth_headers}.items()
             if isinstance(value, str)  # the SDK marks headers it leaves out with Omit()
         }
         self._session: aiohttp.ClientSession | None = None
@@ -114,11 +111,26 @@ class OpenAIProvider:
         self._proxy = env_proxy(self._chat_url)
         self._options: Any = {"headers": _JSON_HEADERS, "security": {"bearer_auth": True}}
 
+    @property
+    def sdk(self) -> openai.AsyncOpenAI:
+        """The SDK client, built on first use (the control plane, and chat calls off asyncio): its
+        HTTP client costs an SSL context and the import of httpcore, 0.05-0.45 s of CPU, that a
+        realtime run on asyncio never needs."""
+        if self._sdk is None:
+            self._sdk = self._build_sdk(self._http_client_type(timeout=self._timeout_s))
+        return self._sdk
+
+    def _build_sdk(self, http_client: httpx2.AsyncClient) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self._timeout_s, http_client=http_client
+        )
+
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):  # a cancelled run still closes its connections
             if self._session is not None:
                 await self._session.close()
-            await self.sdk.close()
+            if self._sdk is not None:
+                await self._sdk.close()
 
     async def __aenter__(self) -> OpenAIProvider:
         return self
