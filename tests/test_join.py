@@ -27,8 +27,8 @@ def test_prediction_waits_for_its_verdict_in_any_order() -> None:
     join = JoinState(LABELS, (judge(),))
     assert join.prediction(row("1"), result("predict:1", "Drama")) is None
     assert join.prediction(row("2"), result("predict:2", "Comedy")) is None
-    second = join.verdict("2", result("judge:2", "incorrect"))
-    first = join.verdict("1", result("judge:1", "correct"))
+    second = join.verdict(row("2"), result("judge:2", "incorrect"))
+    first = join.verdict(row("1"), result("judge:1", "correct"))
     assert len(join) == 0 and first is not None and second is not None
     assert (first.row_id, first.prediction, first.verdict, first.ground_truth_correct) == ("1", "Drama", True, True)
     assert (second.verdict, second.ground_truth_correct, second.prediction_valid) == (False, False, True)
@@ -45,7 +45,7 @@ def test_failed_prediction_completes_the_row_at_once() -> None:
 def test_failed_verdict_keeps_the_prediction() -> None:
     join = JoinState(LABELS, (judge(),))
     join.prediction(row("1"), result("predict:1", "Thriller"))
-    joined = join.verdict("1", Failure("judge:1", "timeout", "timed out"))
+    joined = join.verdict(row("1"), Failure("judge:1", "timeout", "timed out"))
     assert joined is not None and joined.status == "judge_failed" and joined.prediction == "Thriller"
     assert joined.prediction_valid is False and joined.verdict is None
 
@@ -53,7 +53,7 @@ def test_failed_verdict_keeps_the_prediction() -> None:
 def test_unrecognised_verdict_and_rows_without_labels() -> None:
     join = JoinState((), (judge(),))
     join.prediction(row("1", labels=None), result("predict:1", "anything"))
-    joined = join.verdict("1", result("judge:1", "maybe"))
+    joined = join.verdict(row("1", labels=None), result("judge:1", "maybe"))
     assert joined is not None and joined.status == "judged" and joined.verdict is None and joined.verdict_text == "maybe"
     assert joined.ground_truth_correct is None and joined.prediction_valid is None
 
@@ -62,10 +62,10 @@ def test_live_stats_count_each_outcome() -> None:
     join = JoinState(LABELS, (judge(),))
     stats = LiveStats(total=3)
     join.prediction(row("1"), result("predict:1", "Drama"))
-    stats.count(join.verdict("1", result("judge:1", "correct")))  # type: ignore[arg-type]
+    stats.count(join.verdict(row("1"), result("judge:1", "correct")))  # type: ignore[arg-type]
     stats.count(join.prediction(row("2"), Failure("predict:2", "timeout", "t")))  # type: ignore[arg-type]
     join.prediction(row("3"), result("predict:3", "Drama"))
-    stats.count(join.verdict("3", result("judge:3", "incorrect")))  # type: ignore[arg-type]
+    stats.count(join.verdict(row("3"), result("judge:3", "incorrect")))  # type: ignore[arg-type]
     assert (stats.judged, stats.failed, stats.done) == (2, 1, 3)
     assert stats.judge_accuracy == 0.5
 
@@ -80,9 +80,9 @@ def panel() -> JoinState:
 def test_a_panel_row_completes_with_its_last_judge_and_takes_the_majority() -> None:
     join = panel()
     join.prediction(row("1"), result("predict:1", "Drama"))
-    assert join.verdict("1", result("judge.b:1", "incorrect")) is None
-    assert join.verdict("1", result("judge.a:1", "correct")) is None
-    joined = join.verdict("1", result("judge.c:1", "correct"))
+    assert join.verdict(row("1"), result("judge.b:1", "incorrect")) is None
+    assert join.verdict(row("1"), result("judge.a:1", "correct")) is None
+    joined = join.verdict(row("1"), result("judge.c:1", "correct"))
     assert joined is not None and joined.verdicts == (True, False, True) and joined.verdict is True
     assert joined.verdict_texts == ("correct", "incorrect", "correct")
     assert joined.judge_tokens == Usage(9, 3)
@@ -91,9 +91,9 @@ def test_a_panel_row_completes_with_its_last_judge_and_takes_the_majority() -> N
 def test_a_panel_tie_or_failure_has_no_majority() -> None:
     join = panel()
     join.prediction(row("1"), result("predict:1", "Drama"))
-    join.verdict("1", result("judge.a:1", "correct"))
-    join.verdict("1", Failure("judge.b:1", "timeout", "timed out"))
-    joined = join.verdict("1", result("judge.c:1", "incorrect"))
+    join.verdict(row("1"), result("judge.a:1", "correct"))
+    join.verdict(row("1"), Failure("judge.b:1", "timeout", "timed out"))
+    joined = join.verdict(row("1"), result("judge.c:1", "incorrect"))
     assert joined is not None and joined.status == "judged"
     assert joined.verdicts == (True, None, False) and joined.verdict is None
     assert joined.error == "timeout: timed out"

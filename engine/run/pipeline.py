@@ -65,8 +65,9 @@ class LiveStats:
             self.failed += 1
 
 
-#: A prediction waiting for its verdicts: its row, the prediction, the judge calls answered so far.
-Pending = tuple[Row, ChatResult, dict[str, Outcome]]
+#: A prediction waiting for its verdicts: the prediction and the judge calls answered so far (not
+#: its row: each verdict comes with it, and a store on disk would keep a second copy).
+Pending = tuple[ChatResult, dict[str, Outcome]]
 
 
 class JoinState:
@@ -107,15 +108,16 @@ class JoinState:
             return _joined(row, None, self._labels, error=f"{outcome.reason}: {outcome.message}")
         answer = self._answer("predict", outcome.content)
         prediction = outcome if answer == outcome.content else replace(outcome, content=answer)
-        self._pending[row.row_id] = (row, prediction, {})
+        self._pending[row.row_id] = (prediction, {})
         return None
 
-    def verdict(self, row_id: str, outcome: Outcome) -> JoinedRow | None:
-        """Record one judge call's outcome; the joined row once every call of the row has one."""
-        row, prediction, calls = self._pending.pop(row_id)
+    def verdict(self, row: Row, outcome: Outcome) -> JoinedRow | None:
+        """Record one judge call's outcome for ``row`` (the row the call was made for); the joined
+        row once every call of the row has one."""
+        prediction, calls = self._pending.pop(row.row_id)
         calls[outcome.custom_id.partition(":")[0]] = outcome
         if len(calls) < len(self._calls):
-            self._pending[row_id] = (row, prediction, calls)  # a store on disk holds a copy: written back
+            self._pending[row.row_id] = (prediction, calls)  # a store on disk holds a copy: written back
             return None
         kind = self._judges[0].config.kind
         return _joined(row, prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
@@ -380,7 +382,7 @@ class Pipeline:
         answer = self._builder.answer("predict", outcome.content)
         for prefix, (index, repeat) in self._builder.calls.items():
             if prefix in judged:
-                joined = self._join.verdict(row.row_id, judged[prefix])
+                joined = self._join.verdict(row, judged[prefix])
             else:
                 await self._judge.submit(row, self._builder.judge(row, answer, index, repeat))
         if joined is not None:
@@ -389,7 +391,7 @@ class Pipeline:
     async def _on_verdict(self, row: Row, outcome: Outcome) -> None:
         outcome = self._join.trimmed(outcome)
         self._journal.append("judge", row, outcome)
-        joined = self._join.verdict(row.row_id, outcome)
+        joined = self._join.verdict(row, outcome)
         if joined is not None:
             await self._complete(joined)
 
