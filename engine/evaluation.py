@@ -282,9 +282,8 @@ class Evaluation:
         sessions.start()
         self._stack.callback(sessions.end)
         done = results.done_row_ids()
-        owed = dataset.rows(
-            results.input_columns, exclude=done, attach=_journal_records(self._dir, builder.call_prefixes, done)
-        )
+        records = await anyio.to_thread.run_sync(_journal_records, self._dir, builder.call_prefixes, done)
+        owed = dataset.rows(results.input_columns, exclude=done, attach=records)
         self.stats.total = dataset.n_rows
         self.stats.started = time.perf_counter()
         self._account_for_earlier_rows(results)
@@ -492,7 +491,7 @@ def _journal_records(
     """The journal as frames to attach to owed rows: predictions, and each judge call's verdicts
     (by ``custom_id`` prefix; none for a stage whose journal is still empty, as in a fresh run).
     The records of ``done`` rows (in results already) are left out: a resumed run holds only
-    its unfinished rows' records, whatever the size of its journal."""
+    its unfinished rows' records, whatever the size of its journal (read here, a few MB at a time)."""
     frames: dict[str, pl.LazyFrame] = {}
     if has_records(run_dir.journal("predict")):
         frames["predict"] = scan_journal(run_dir.journal("predict"), without=done)

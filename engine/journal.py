@@ -163,8 +163,8 @@ def journal_frames(
     """Every record of a journal file (of its first ``end`` bytes), ``columns`` only, a few MB of
     lines at a time.
 
-    For the end-of-run aggregates (tokens, timings), which sum over every call, so their memory
-    stays flat whatever the size of the journal: polars' ``scan_ndjson`` holds the whole file.
+    For whatever reads a whole journal (the end-of-run sums, resume), so its memory stays flat
+    whatever the size of the journal: polars' ``scan_ndjson`` maps the whole file.
     """
     if not path.exists() or end == 0:
         return
@@ -265,25 +265,34 @@ def _is_record(line: str) -> bool:
 
 def scan_journal(path: Path, *, without: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """The journal as a frame; the last record per ``custom_id`` wins. ``without``: a frame of
-    ``row_id``s whose records are left out before that (a resumed run's finished rows: what is
-    kept, and held to find each last record, is then the unfinished rows' only)."""
-    if not has_records(path):
-        return pl.LazyFrame(schema=JOURNAL_SCHEMA)
-    frame = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA)
-    if without is not None:
-        frame = frame.join(without.select("row_id"), on="row_id", how="anti", maintain_order="left")
-    return frame.unique(subset="custom_id", keep="last", maintain_order=True)
+    ``row_id``s whose records are left out (a resumed run's finished rows).
+
+    The file is read a few MB at a time (``journal_frames``) and each block keeps only the
+    records of rows not ``without``: what is held is the unfinished rows' records and the
+    finished ids, not the file (``scan_ndjson`` maps it whole: a resumed million-row run's
+    journals added their size, 150 MB each, to its peak RSS).
+    """
+    finished = None if without is None else without.select("row_id").unique().collect(engine="streaming")
+    kept = []
+    for frame in journal_frames(path, tuple(JOURNAL_SCHEMA)):
+        if finished is not None:
+            frame = frame.join(finished, on="row_id", how="anti", maintain_order="left")
+        kept.append(frame)
+    records = pl.concat(kept) if kept else pl.DataFrame(schema=JOURNAL_SCHEMA)
+    return records.lazy().unique(subset="custom_id", keep="last", maintain_order=True)
 
 
 def journaled_among(path: Path, custom_ids: list[str]) -> set[str]:
-    """Those of ``custom_ids`` that have an outcome in the journal file ``path``: one streaming
-    pass over its ids, holding only the ones asked about (a resumed batch stage asks a request
-    file at a time, so it never holds every id of a large journal)."""
-    if not custom_ids or not has_records(path):
+    """Those of ``custom_ids`` that have an outcome in the journal file ``path``: one pass over
+    its ids a few MB at a time, holding only the ones asked about (a resumed batch stage asks a
+    request file at a time, so it never holds every id of a large journal)."""
+    if not custom_ids:
         return set()
-    wanted = pl.LazyFrame({"custom_id": custom_ids})
-    found = pl.scan_ndjson(path, schema=JOURNAL_SCHEMA).select("custom_id").join(wanted, on="custom_id", how="semi")
-    return set(found.unique().collect(engine="streaming").to_series().to_list())
+    wanted = pl.Series(custom_ids, dtype=pl.String())
+    found: set[str] = set()
+    for frame in journal_frames(path, ("custom_id",)):
+        found.update(frame["custom_id"].filter(frame["custom_id"].is_in(wanted)).to_list())
+    return found
 
 
 class Journal:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -104,3 +106,61 @@ def test_a_stage_is_asked_which_of_some_ids_are_journaled(tmp_path: Path) -> Non
     assert journaled_among(run_dir.journal("judge"), asked) == {f"judge:{index}" for index in range(40, 50)}
     assert journaled_among(run_dir.journal("judge"), []) == set()
     assert journaled_among(run_dir.journal("predict"), asked) == set()  # an empty journal
+
+
+_PEAK_GROWTH = """
+import json, sys
+from pathlib import Path
+import polars as pl
+from engine.journal import check_journal, journaled_among, scan_journal
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
+def peak_growth(read):  # MB over the RSS before: the peak is reset first (clear_refs 5)
+    open("/proc/self/clear_refs", "w").write("5")
+    before = status("VmRSS")
+    read()
+    return status("VmHWM") - before
+
+finished = pl.LazyFrame({"row_id": [str(index) for index in range(int(sys.argv[3]))]})
+readers = {
+    "scan_journal": lambda path: scan_journal(path, without=finished).collect(),
+    "journaled_among": lambda path: journaled_among(path, ["judge:0", "judge:-1"]),
+    "check_journal": check_journal,
+}
+small, large = Path(sys.argv[1]), Path(sys.argv[2])
+for read in readers.values():
+    read(small)  # polars' pools and the allocator's arenas are set up before anything is measured
+print(json.dumps({name: [peak_growth(lambda: read(small)), peak_growth(lambda: read(large))]
+                  for name, read in readers.items()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS is reset through Linux's /proc")
+def test_reading_a_journal_holds_a_few_mb_of_it_whatever_its_size(tmp_path: Path) -> None:
+    """Resume reads every journal line (its finished rows' records left out, the batch stage's
+    ids asked about, damage looked for), a few MB at a time: polars' scan_ndjson mapped the whole
+    file, so a resumed million-row run's peak RSS grew by its journals' size (2 x 150 MB).
+
+    Told apart by the growth of the peak from a 48 MB journal to one twice its size, in a fresh
+    process: the file's size before (about 48 MB), a few MB of noise after."""
+    rows = 160_000
+    line = ('{{"custom_id": "judge:{0}", "row_id": "{0}", "ok": true, "content": "correct", "model": "sim:large", '
+            '"prompt_tokens": 39, "completion_tokens": 2, "latency_s": 0.005039, "attempts": 1, '
+            '"started_at": 1796341027.5138133, "finished_at": 1796341027.5227575, "rate_limited": 0, '
+            '"fingerprint": "42452e96404ff16e", "padding": "{1}"}}\n')
+    lines = "".join(line.format(index, "x" * 40) for index in range(rows)).encode()
+    small, large = tmp_path / "small.ndjson", tmp_path / "large.ndjson"
+    small.write_bytes(lines)
+    large.write_bytes(lines + lines)
+    del lines
+    child = subprocess.run([sys.executable, "-c", _PEAK_GROWTH, str(small), str(large), str(rows - 10)],
+                           capture_output=True, text=True, check=True)
+    growth = json.loads(child.stdout)
+    size_mb = small.stat().st_size / 2**20
+    assert size_mb > 45
+    for name, (from_small, from_large) in growth.items():
+        assert from_large - from_small < size_mb / 2, (name, growth, size_mb)

@@ -175,7 +175,13 @@ async def test_resume_redoes_exactly_the_rows_whose_data_changed(tmp_path: Path,
     assert any("40 finished rows are done again" in note for note in finished.notes)
 
 
-async def test_an_edited_row_alone_is_redone(tmp_path: Path, api_key: str) -> None:
+@pytest.mark.parametrize("bucket_rows", [50_000, 3])
+async def test_an_edited_row_alone_is_redone(
+    tmp_path: Path, api_key: str, monkeypatch: pytest.MonkeyPatch, bucket_rows: int
+) -> None:
+    """Finished rows are compared with their data rows a bucket at a time (by a hash of the id),
+    one bucket or seven."""
+    monkeypatch.setattr("engine.resume._BUCKET_ROWS", bucket_rows)
     data = movies(tmp_path, rows=20)
     backend = CountingBackend(SimSettings(seed=3))
     with EmbeddedServer(backend) as url:
