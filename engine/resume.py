@@ -53,7 +53,7 @@ def stale_rows(
     stale: set[str] = set()
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".resume-") as directory:
         staged = Path(directory) / "done.parquet"
-        for bucket in range(buckets):  # by a hash of the id: a million rows' join at once held 200 MB
+        for bucket in range(buckets):  # by a hash of the id: 200,000 rows joined at once held 93 MB
             in_bucket = pl.col(ROW_ID).hash() % buckets == bucket
             done.filter(in_bucket).join(current.filter(in_bucket), on=ROW_ID, how="left").sink_parquet(staged)
             frame = pl.scan_parquet(staged)
