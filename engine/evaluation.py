@@ -314,8 +314,9 @@ class Evaluation:
         group.start_soon(self._collect, joined, results, rows_in)
 
     def _pending_store(self) -> Parked[Pending] | None:
-        """Where predictions wait for judge batches: on disk, as every row of the run may be
-        waiting at once (None: in memory, for realtime judges, which keep few waiting)."""
+        """Where the answered calls of a row wait for its other judge calls (a panel's, or
+        repeats): on disk with judge batches, as every row of the run may be waiting at once
+        (None: in memory, for realtime judges, which keep few waiting)."""
         if self.config.stage_mode("judge") != "batch":
             return None
         pending: Parked[Pending] = Parked(self._dir.scratch_dir / "join.sqlite")

@@ -126,6 +126,9 @@ class Row:
 
     ``fingerprint`` is ``row_fingerprint`` of its fields and labels, journaled with each of its
     outcomes, so that a resumed run can tell a row that changed since its outcome was recorded.
+    ``prediction`` is its prediction once made (its answer read out, see ``JoinState.prediction``):
+    the row carries it along with its judge calls, so a verdict comes back with what it judged,
+    wherever the call waited (in memory, or parked on disk with a judge batch).
     """
 
     row_id: str
@@ -133,6 +136,7 @@ class Row:
     fields: dict[str, Any]
     labels: tuple[str, ...] | None = None
     fingerprint: str = ""
+    prediction: ChatResult | None = None
 
 
 def row_fingerprint(fields: dict[str, Any], labels: tuple[str, ...] | list[str] | None) -> str:

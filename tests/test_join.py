@@ -4,7 +4,7 @@ from engine.config import JudgeConfig
 from engine.judges import VerdictJudge
 from engine.run.pipeline import JoinState, LiveStats
 from engine.templates import Template, Templates
-from engine.types import ChatResult, Failure, Row, Usage
+from engine.types import ChatResult, Failure, JoinedRow, Row, Usage
 
 LABELS = ("Drama", "Crime", "Comedy")
 
@@ -23,12 +23,21 @@ def row(row_id: str, labels: tuple[str, ...] | None = ("Crime", "Drama")) -> Row
     return Row(row_id, int(row_id), {"text": f"row {row_id}"}, labels)
 
 
+def predicted(join: JoinState, data_row: Row, prediction: ChatResult) -> Row:
+    """The row as its judge calls carry it: with its prediction."""
+    carried = join.prediction(data_row, prediction)
+    assert isinstance(carried, Row) and carried.prediction == prediction
+    return carried
+
+
 def test_prediction_waits_for_its_verdict_in_any_order() -> None:
     join = JoinState(LABELS, (judge(),))
-    assert join.prediction(row("1"), result("predict:1", "Drama")) is None
-    assert join.prediction(row("2"), result("predict:2", "Comedy")) is None
-    second = join.verdict(row("2"), result("judge:2", "incorrect"))
-    first = join.verdict(row("1"), result("judge:1", "correct"))
+    one = join.prediction(row("1"), result("predict:1", "Drama"))
+    two = join.prediction(row("2"), result("predict:2", "Comedy"))
+    assert isinstance(one, Row) and isinstance(two, Row)
+    assert len(join) == 0  # each prediction waits in its row, which its judge call carries
+    second = join.verdict(two, result("judge:2", "incorrect"))
+    first = join.verdict(one, result("judge:1", "correct"))
     assert len(join) == 0 and first is not None and second is not None
     assert (first.row_id, first.prediction, first.verdict, first.ground_truth_correct) == ("1", "Drama", True, True)
     assert (second.verdict, second.ground_truth_correct, second.prediction_valid) == (False, False, True)
@@ -38,22 +47,22 @@ def test_prediction_waits_for_its_verdict_in_any_order() -> None:
 def test_failed_prediction_completes_the_row_at_once() -> None:
     join = JoinState(LABELS, (judge(),))
     joined = join.prediction(row("1"), Failure("predict:1", "http_400", "bad request", 400))
-    assert joined is not None and joined.status == "predict_failed" and joined.error == "http_400: bad request"
+    assert isinstance(joined, JoinedRow) and joined.status == "predict_failed" and joined.error == "http_400: bad request"
     assert len(join) == 0
 
 
 def test_failed_verdict_keeps_the_prediction() -> None:
     join = JoinState(LABELS, (judge(),))
-    join.prediction(row("1"), result("predict:1", "Thriller"))
-    joined = join.verdict(row("1"), Failure("judge:1", "timeout", "timed out"))
+    carried = predicted(join, row("1"), result("predict:1", "Thriller"))
+    joined = join.verdict(carried, Failure("judge:1", "timeout", "timed out"))
     assert joined is not None and joined.status == "judge_failed" and joined.prediction == "Thriller"
     assert joined.prediction_valid is False and joined.verdict is None
 
 
 def test_unrecognised_verdict_and_rows_without_labels() -> None:
     join = JoinState((), (judge(),))
-    join.prediction(row("1", labels=None), result("predict:1", "anything"))
-    joined = join.verdict(row("1", labels=None), result("judge:1", "maybe"))
+    carried = predicted(join, row("1", labels=None), result("predict:1", "anything"))
+    joined = join.verdict(carried, result("judge:1", "maybe"))
     assert joined is not None and joined.status == "judged" and joined.verdict is None and joined.verdict_text == "maybe"
     assert joined.ground_truth_correct is None and joined.prediction_valid is None
 
@@ -61,11 +70,10 @@ def test_unrecognised_verdict_and_rows_without_labels() -> None:
 def test_live_stats_count_each_outcome() -> None:
     join = JoinState(LABELS, (judge(),))
     stats = LiveStats(total=3)
-    join.prediction(row("1"), result("predict:1", "Drama"))
-    stats.count(join.verdict(row("1"), result("judge:1", "correct")))  # type: ignore[arg-type]
+    stats.count(join.verdict(predicted(join, row("1"), result("predict:1", "Drama")), result("judge:1", "correct")))  # type: ignore[arg-type]
     stats.count(join.prediction(row("2"), Failure("predict:2", "timeout", "t")))  # type: ignore[arg-type]
-    join.prediction(row("3"), result("predict:3", "Drama"))
-    stats.count(join.verdict(row("3"), result("judge:3", "incorrect")))  # type: ignore[arg-type]
+    three = predicted(join, row("3"), result("predict:3", "Drama"))
+    stats.count(join.verdict(three, result("judge:3", "incorrect")))  # type: ignore[arg-type]
     assert (stats.judged, stats.failed, stats.done) == (2, 1, 3)
     assert stats.judge_accuracy == 0.5
 
@@ -79,10 +87,11 @@ def panel() -> JoinState:
 
 def test_a_panel_row_completes_with_its_last_judge_and_takes_the_majority() -> None:
     join = panel()
-    join.prediction(row("1"), result("predict:1", "Drama"))
-    assert join.verdict(row("1"), result("judge.b:1", "incorrect")) is None
-    assert join.verdict(row("1"), result("judge.a:1", "correct")) is None
-    joined = join.verdict(row("1"), result("judge.c:1", "correct"))
+    carried = predicted(join, row("1"), result("predict:1", "Drama"))
+    assert join.verdict(carried, result("judge.b:1", "incorrect")) is None
+    assert join.verdict(carried, result("judge.a:1", "correct")) is None
+    assert len(join) == 1
+    joined = join.verdict(carried, result("judge.c:1", "correct"))
     assert joined is not None and joined.verdicts == (True, False, True) and joined.verdict is True
     assert joined.verdict_texts == ("correct", "incorrect", "correct")
     assert joined.judge_tokens == Usage(9, 3)
@@ -90,10 +99,10 @@ def test_a_panel_row_completes_with_its_last_judge_and_takes_the_majority() -> N
 
 def test_a_panel_tie_or_failure_has_no_majority() -> None:
     join = panel()
-    join.prediction(row("1"), result("predict:1", "Drama"))
-    join.verdict(row("1"), result("judge.a:1", "correct"))
-    join.verdict(row("1"), Failure("judge.b:1", "timeout", "timed out"))
-    joined = join.verdict(row("1"), result("judge.c:1", "incorrect"))
+    carried = predicted(join, row("1"), result("predict:1", "Drama"))
+    join.verdict(carried, result("judge.a:1", "correct"))
+    join.verdict(carried, Failure("judge.b:1", "timeout", "timed out"))
+    joined = join.verdict(carried, result("judge.c:1", "incorrect"))
     assert joined is not None and joined.status == "judged"
     assert joined.verdicts == (True, None, False) and joined.verdict is None
     assert joined.error == "timeout: timed out"

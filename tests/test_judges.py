@@ -156,10 +156,11 @@ def test_repeats_are_separate_calls_whose_majority_decides() -> None:
     assert [request.custom_id for request in requests] == ["judge:7", "judge@2:7", "judge@3:7"]
     assert [request.body["seed"] for request in requests] == [0, 1, 2]
     join = JoinState(("Crime",), builder.judges)
-    join.prediction(ROW, ChatResult("predict:7", "Crime", "m", Usage(1, 1), 0.1))
-    assert join.verdict(ROW, ChatResult("judge@3:7", "incorrect", "m", Usage(), 0.1)) is None
-    assert join.verdict(ROW, ChatResult("judge:7", "correct", "m", Usage(), 0.1)) is None
-    joined = join.verdict(ROW, ChatResult("judge@2:7", "correct", "m", Usage(), 0.1))
+    carried = join.prediction(ROW, ChatResult("predict:7", "Crime", "m", Usage(1, 1), 0.1))
+    assert isinstance(carried, Row)
+    assert join.verdict(carried, ChatResult("judge@3:7", "incorrect", "m", Usage(), 0.1)) is None
+    assert join.verdict(carried, ChatResult("judge:7", "correct", "m", Usage(), 0.1)) is None
+    joined = join.verdict(carried, ChatResult("judge@2:7", "correct", "m", Usage(), 0.1))
     assert joined is not None and joined.verdict is True
     assert joined.repeat_verdicts == (True, True, False) and joined.verdicts == (True,)
 

@@ -1,7 +1,7 @@
 """Rows parked on disk while they wait for a batch, so a run holds none of them in memory.
 
 A batch stage may have every row of a run waiting in its batches at once (a million rows in 20
-files), and the predictions of those rows wait for their judge batches as long. ``Parked`` is
+files), each judge call's row carrying its prediction. ``Parked`` is
 the mapping they wait in: keys are ids, values are pickled into an SQLite file of the run
 directory's scratch space (``RunDir.scratch_dir``). Nothing in it outlives the session: a
 resumed run feeds its owed rows again, so the file is created empty, never synced (no rollback

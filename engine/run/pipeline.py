@@ -65,13 +65,13 @@ class LiveStats:
             self.failed += 1
 
 
-#: A prediction waiting for its verdicts: the prediction and the judge calls answered so far (not
-#: its row: each verdict comes with it, and a store on disk would keep a second copy).
-Pending = tuple[ChatResult, dict[str, Outcome]]
+#: A row's judge calls answered so far, by ``custom_id`` prefix, while its others are out (a
+#: panel's judges, or a judge's repeats); its prediction travels with each call (``Row.prediction``).
+Pending = dict[str, Outcome]
 
 
 class JoinState:
-    """Pending predictions by row id; turns a prediction and its verdicts into a joined row.
+    """Turns a prediction and its verdicts into a joined row.
 
     A row completes when every call of every judge (each of its ``repeats``) has answered or
     failed. A judge's verdict is the strict majority of its repeats' recognised verdicts and its
@@ -87,8 +87,8 @@ class JoinState:
     ) -> None:
         """``answer(caller, content)`` reads the answer out of a prediction (a constrained one is
         JSON); ``judges`` are the task's, in panel order, and read their own replies; ``pending``:
-        where predictions wait for their verdicts (a dict; ``engine.run.parked.Parked``, on disk,
-        when they wait for judge batches)."""
+        where the answered calls of a row with more than one wait for the others, by row id (a
+        dict; ``engine.run.parked.Parked``, on disk, when they wait for judge batches)."""
         self._labels = frozenset(label_set)
         self._judges = judges
         self._calls = {
@@ -100,27 +100,33 @@ class JoinState:
         self._pending: MutableMapping[str, Pending] = {} if pending is None else pending
 
     def __len__(self) -> int:
+        """Rows with some of their judge calls answered and others still out."""
         return len(self._pending)
 
-    def prediction(self, row: Row, outcome: Outcome) -> JoinedRow | None:
-        """Record a prediction; a failed one completes the row at once."""
+    def prediction(self, row: Row, outcome: Outcome) -> JoinedRow | Row:
+        """A failed prediction's joined row (the row is complete); else the row carrying its
+        prediction, with its answer read out, for its judge calls to take along."""
         if isinstance(outcome, Failure):
             return _joined(row, None, self._labels, error=f"{outcome.reason}: {outcome.message}")
         answer = self._answer("predict", outcome.content)
         prediction = outcome if answer == outcome.content else replace(outcome, content=answer)
-        self._pending[row.row_id] = (prediction, {})
-        return None
+        return Row(row.row_id, row.index, row.fields, row.labels, row.fingerprint, prediction)
 
     def verdict(self, row: Row, outcome: Outcome) -> JoinedRow | None:
-        """Record one judge call's outcome for ``row`` (the row the call was made for); the joined
-        row once every call of the row has one."""
-        prediction, calls = self._pending.pop(row.row_id)
-        calls[outcome.custom_id.partition(":")[0]] = outcome
-        if len(calls) < len(self._calls):
-            self._pending[row.row_id] = (prediction, calls)  # a store on disk holds a copy: written back
-            return None
+        """Record one judge call's outcome for ``row`` (the row the call was made for, carrying
+        its prediction); the joined row once every call of the row has one."""
+        assert row.prediction is not None, "a judge call is made for a row that carries its prediction"
+        prefix = outcome.custom_id.partition(":")[0]
+        if len(self._calls) == 1:
+            calls = {prefix: outcome}
+        else:
+            calls = self._pending.pop(row.row_id, {})
+            calls[prefix] = outcome
+            if len(calls) < len(self._calls):
+                self._pending[row.row_id] = calls  # a store on disk holds a copy: written back
+                return None
         kind = self._judges[0].config.kind
-        return _joined(row, prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
+        return _joined(row, row.prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
 
     def trimmed(self, outcome: Outcome) -> Outcome:
         """A judge call's outcome with only the answer's token logprobs (all a judge reads of
@@ -373,18 +379,19 @@ class Pipeline:
 
     async def _predicted(self, row: Row, outcome: Outcome, judged: dict[str, Outcome]) -> None:
         """Join the prediction, then make every judge call (by ``custom_id`` prefix) that has no outcome yet."""
-        joined = self._join.prediction(row, outcome)
-        if joined is not None:
-            await self._complete(joined)
+        carried = self._join.prediction(row, outcome)
+        if isinstance(carried, JoinedRow):
+            await self._complete(carried)
             return
         self._stats.predicted += 1
         assert isinstance(outcome, ChatResult)
         answer = self._builder.answer("predict", outcome.content)
+        joined = None
         for prefix, (index, repeat) in self._builder.calls.items():
             if prefix in judged:
-                joined = self._join.verdict(row, judged[prefix])
+                joined = self._join.verdict(carried, judged[prefix])
             else:
-                await self._judge.submit(row, self._builder.judge(row, answer, index, repeat))
+                await self._judge.submit(carried, self._builder.judge(carried, answer, index, repeat))
         if joined is not None:
             await self._complete(joined)
 
