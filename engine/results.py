@@ -203,7 +203,10 @@ class ResultsWriter:
     def finalize(self) -> Path:
         """Merge the parts into ``results.parquet`` in data-set order.
 
-        One sort of everything would hold every row in memory at once. Instead each range of
+        Parts that are in order already (each sorted, none overlapping another: a batch run's,
+        whose result files come back in the order their requests were written) are concatenated
+        by a streaming sink (measured at a million rows: 0.6 s against 2.9 s). Otherwise one
+        sort of everything would hold every row in memory at once. Instead each range of
         ``SORT_RANGE`` row indices is sorted on its own into a file (the parts' statistics let a
         range skip the row groups it cannot contain), and the sorted ranges are concatenated by
         a streaming sink: memory stays flat however many rows there are (measured: 48 MB more for
@@ -214,6 +217,10 @@ class ResultsWriter:
         temporary = target.with_suffix(".tmp")
         if not parts:
             pl.DataFrame(schema=self.schema).write_parquet(temporary)
+            os.replace(temporary, target)
+            return target
+        if (ordered := _in_order(parts)) is not None:
+            pl.scan_parquet(ordered).sink_parquet(temporary, row_group_size=ROW_GROUP)
             os.replace(temporary, target)
             return target
         scan = pl.scan_parquet(parts)
@@ -228,3 +235,22 @@ class ResultsWriter:
             pl.scan_parquet(ranges).sink_parquet(temporary, row_group_size=ROW_GROUP)
         os.replace(temporary, target)
         return target
+
+
+def _in_order(parts: list[Path]) -> list[Path] | None:
+    """The parts in the order whose concatenation is in data-set order, if there is one: each
+    part sorted by row index and none overlapping another; None if they must be sorted."""
+    spans = (
+        pl.scan_parquet(parts, include_file_paths="part")
+        .group_by("part")
+        .agg(
+            first=pl.col("index").min(),
+            last=pl.col("index").max(),
+            sorted=(pl.col("index").diff() > 0).all(),
+        )
+        .sort("first")
+        .collect()
+    )
+    if not spans["sorted"].all() or (spans["first"].shift(-1) <= spans["last"]).any():
+        return None
+    return [Path(part) for part in spans["part"]]
