@@ -222,21 +222,30 @@ class Limiter:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
         await self._take_slot()
         try:
-            async with self._budget_lock:
-                now = self._clock.now()
-                while (delay := self._delay(tokens, now)) > _EPSILON:
-                    await self._clock.sleep(delay)
-                    now = self._clock.now()
-                if self._requests is not None:
-                    self._requests.take(1, now)
-                if self._tokens is not None:
-                    self._tokens.take(tokens, now)
+            now = self._clock.now()
+            if self._budget_lock.locked() or self._delay(tokens, now) > _EPSILON:
+                now = await self._wait_for_budget(tokens)
         except BaseException:
             self._give_slot()
             raise
+        if self._requests is not None:
+            self._requests.take(1, now)
+        if self._tokens is not None:
+            self._tokens.take(tokens, now)
         self._in_flight += 1
         self._tokens_in_flight += tokens
         return now
+
+    async def _wait_for_budget(self, tokens: int) -> float:
+        """Wait, first come first served, until one request and ``tokens`` tokens are within
+        budget; returns the clock time they are. (A call that finds the budget free and no one
+        waiting for it takes it without waiting its turn.)"""
+        async with self._budget_lock:
+            now = self._clock.now()
+            while (delay := self._delay(tokens, now)) > _EPSILON:
+                await self._clock.sleep(delay)
+                now = self._clock.now()
+        return now  # taken before another call runs: nothing awaits in between
 
     def _delay(self, tokens: int, now: float) -> float:
         delay = self._paused_until - now

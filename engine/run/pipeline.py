@@ -9,7 +9,7 @@ rows are in the pipeline at once is bounded, so memory stays flat on any input s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -208,7 +208,7 @@ def plurality(winners: list[str | None]) -> str | None:
     return leaders[0] if len(leaders) == 1 else "tie"
 
 
-def majority(verdicts: list[bool | None]) -> bool | None:
+def majority(verdicts: Sequence[bool | None]) -> bool | None:
     """Strict majority of the recognised verdicts; None on a tie or with none recognised."""
     yes = sum(1 for verdict in verdicts if verdict is True)
     no = sum(1 for verdict in verdicts if verdict is False)
@@ -242,6 +242,7 @@ def _joined(
     scored = kind == "score"
     repeated = kind != "pairwise" and any(len(judgement.readings) > 1 for judgement in judgements)
     winners = [judgement.winner for judgement in judgements] if kind == "pairwise" else []
+    judges_verdicts = tuple(judgement.verdict for judgement in judgements)
     readings = [reading for judgement in judgements for reading in judgement.readings] if repeated else []
     return JoinedRow(
         row_id=row.row_id,
@@ -252,7 +253,7 @@ def _joined(
         prediction=text,
         prediction_valid=prediction_is_valid(text, labels) if text is not None and kind != "pairwise" else None,
         verdict_text=" | ".join(text or "" for text in texts) if answers else None,
-        verdict=majority([judgement.verdict for judgement in judgements]),
+        verdict=majority(judges_verdicts),
         ground_truth_correct=(answer in row.labels) if row.labels is not None and answer is not None and kind != "pairwise"
         else None,
         error=error,
@@ -260,7 +261,7 @@ def _joined(
         judge_tokens=Usage(sum(v.usage.prompt_tokens for v in answers), sum(v.usage.completion_tokens for v in answers)),
         predict_latency_s=prediction.latency_s if prediction else None,
         judge_latency_s=max(latencies) if latencies else None,
-        verdicts=tuple(judgement.verdict for judgement in judgements),
+        verdicts=judges_verdicts,
         verdict_texts=texts,
         reasoning=" | ".join(text or "" for text in reasonings) if any(reasonings) else None,
         reasonings=reasonings if any(reasonings) else (),
