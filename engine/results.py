@@ -8,6 +8,7 @@ stays flat however many rows there are. A resumed run keeps the parts of the run
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -239,18 +240,17 @@ class ResultsWriter:
 
 def _in_order(parts: list[Path]) -> list[Path] | None:
     """The parts in the order whose concatenation is in data-set order, if there is one: each
-    part sorted by row index and none overlapping another; None if they must be sorted."""
-    spans = (
-        pl.scan_parquet(parts, include_file_paths="part")
-        .group_by("part")
-        .agg(
-            first=pl.col("index").min(),
-            last=pl.col("index").max(),
-            sorted=(pl.col("index").diff() > 0).all(),
-        )
-        .sort("first")
-        .collect()
-    )
-    if not spans["sorted"].all() or (spans["first"].shift(-1) <= spans["last"]).any():
+    part sorted by row index and none overlapping another; None if they must be sorted. (Read a
+    part at a time: one scan of them all with a column naming each row's file peaked 127 MB
+    higher at a million rows.)"""
+    spans = []
+    for part in parts:
+        index = pl.read_parquet(part, columns=["index"])["index"]
+        if not index.is_sorted():
+            return None
+        if len(index):
+            spans.append((index[0], index[-1], part))
+    spans.sort()
+    if any(following[0] <= span[1] for span, following in itertools.pairwise(spans)):
         return None
-    return [Path(part) for part in spans["part"]]
+    return [part for _, _, part in spans]
