@@ -138,6 +138,10 @@ class Row:
     fingerprint: str = ""
     prediction: ChatResult | None = None
 
+    def carrying(self, prediction: ChatResult) -> Row:
+        """This row with its prediction (``dataclasses.replace`` costs 7 us, on every row)."""
+        return Row(self.row_id, self.index, self.fields, self.labels, self.fingerprint, prediction)
+
 
 def row_fingerprint(fields: dict[str, Any], labels: tuple[str, ...] | list[str] | None) -> str:
     """A short stable hash of what a row's results depend on: its fields as the templates read

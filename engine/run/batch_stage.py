@@ -334,7 +334,7 @@ class BatchStage:
                 if outcome.custom_id not in waiting:
                     continue
                 waiting.discard(outcome.custom_id)
-                if outcome.attempts != chunk.attempt + 1:  # read as one call: 1
+                if outcome.attempts != chunk.attempt + 1:  # a result line reads as one call
                     outcome = replace(outcome, attempts=chunk.attempt + 1)
                 retryable = isinstance(outcome, Failure) and is_transient(outcome.reason, outcome.status_code)
                 if retryable and chunk.attempt < self._settings.max_line_retries:

@@ -2,9 +2,10 @@
 
 Each owed row gets a task: predict (unless the journal already has it), then judge (unless the
 journal already has that too). A row's judge call is issued the moment its prediction exists, so
-the two stages overlap. ``JoinState`` holds predictions that wait for their verdict, keyed by
-row id (``custom_id`` carries it), and emits a ``JoinedRow`` the moment a row is complete. How many
-rows are in the pipeline at once is bounded, so memory stays flat on any input size.
+the two stages overlap. The row carries its prediction with its judge calls (``Row.prediction``),
+and ``JoinState`` emits a ``JoinedRow`` the moment every call of a row has its outcome (those of a
+row with several wait for the others, keyed by row id). How many rows are in the pipeline at once
+is bounded, so memory stays flat on any input size.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class JoinState:
             return _joined(row, None, self._labels, error=f"{outcome.reason}: {outcome.message}")
         answer = self._answer("predict", outcome.content)
         prediction = outcome if answer == outcome.content else replace(outcome, content=answer)
-        return Row(row.row_id, row.index, row.fields, row.labels, row.fingerprint, prediction)
+        return row.carrying(prediction)
 
     def verdict(self, row: Row, outcome: Outcome) -> JoinedRow | None:
         """Record one judge call's outcome for ``row`` (the row the call was made for, carrying
@@ -385,8 +386,8 @@ class Pipeline:
             await self._complete(carried)
             return
         self._stats.predicted += 1
-        assert isinstance(outcome, ChatResult)
-        answer = self._builder.answer("predict", outcome.content)
+        assert carried.prediction is not None
+        answer = carried.prediction.content  # read out of the reply by the join
         joined = None
         for prefix, (index, repeat) in self._builder.calls.items():
             if prefix in judged:
