@@ -42,6 +42,7 @@ from .results import ResultsWriter
 from .resume import check_mode_change, stale_rows
 from .run import streams
 from .run.batch_stage import BatchStage
+from .run.heap import frozen_heap
 from .run.lanes import Endpoint, Lane, RoutedStage, lanes_of
 from .run.limits import AnyioClock, Clock, Limiter
 from .run.outage import Outage
@@ -164,6 +165,7 @@ class Evaluation:
             self._dir.write_run(config, endpoint=self._endpoint_name(), started=started, sources=sources)
             self.started = True
             self._make_runners(providers, builder.formats)
+            self._stack.enter_context(frozen_heap())
             await self._start(dataset, builder, results)
         except BaseException:
             await self._stack.__aexit__(None, None, None)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import pytest
+
 from engine.config import JudgeConfig
-from engine.judges import VerdictJudge
-from engine.run.pipeline import JoinState, LiveStats
+from engine.judges import ScoreJudge, VerdictJudge
+from engine.run.pipeline import JoinState, LiveStats, _joined, _Judgement
 from engine.templates import Template, Templates
-from engine.types import ChatResult, Failure, JoinedRow, Row, Usage
+from engine.types import ChatResult, Failure, JoinedRow, Outcome, Row, TokenLogprob, Usage
 
 LABELS = ("Drama", "Crime", "Comedy")
 
@@ -106,3 +108,43 @@ def test_a_panel_tie_or_failure_has_no_majority() -> None:
     assert joined is not None and joined.status == "judged"
     assert joined.verdicts == (True, None, False) and joined.verdict is None
     assert joined.error == "timeout: timed out"
+
+
+def _every_reply() -> list[tuple[str, Outcome]]:
+    """A judge's outcomes of every shape the join reads: answers, reasoning, unrecognised, logprobs, failures."""
+    logprobs = (TokenLogprob("corr", -0.1), TokenLogprob("ect", -0.01))
+    return [
+        ("Drama", result("judge:1", "correct")),
+        ("Drama", result("judge:1", "Incorrect.")),
+        ("Drama", result("judge:1", "The answer names the genre.\nVERDICT: correct")),
+        ("Drama", result("judge:1", "hmm\n" * 40 + "VERDICT: incorrect")),  # too long to be remembered
+        ("Thriller", result("judge:1", "maybe")),
+        ("Drama", result("judge:1", "")),
+        ("Drama", result("judge:1", '{"reasoning": "The genre is right.", "verdict": "correct"}')),
+        ("Drama", result("judge:1", '{"reasoning": "no answer"}')),
+        ("Drama", result("judge:1", '{"reasoning": "", "verdict": "incorrect"}')),
+        ("Drama", ChatResult("judge:1", "correct", "m", Usage(3, 1), None, logprobs=logprobs)),
+        ("Drama", result("judge:1", "SCORE: 4")),
+        ("Drama", result("judge:1", "5")),
+        ("Drama", result("judge:1", "Reasoning.\nSCORE: 2")),
+        ("Drama", Failure("judge:1", "timeout", "timed out")),
+    ]
+
+
+@pytest.mark.parametrize("config", [
+    JudgeConfig(model="j", user_template="{prediction}"),
+    JudgeConfig(model="j", user_template="{prediction}", reasoning=True, logprobs=True),
+    JudgeConfig(model="j", user_template="{prediction}", kind="score", pass_at=4),
+    JudgeConfig(model="j", user_template="{prediction}", kind="score", reasoning=True),
+], ids=["verdict", "verdict-reasoning", "score", "score-reasoning"])
+@pytest.mark.parametrize("labels", [("Crime", "Drama"), None])
+def test_a_single_calls_row_is_joined_as_the_general_join_joins_it(config: JudgeConfig, labels: tuple[str, ...] | None) -> None:
+    template = Template.parse("{prediction}", where="test")
+    one = (ScoreJudge if config.kind == "score" else VerdictJudge)(config, "judge", Templates(template, template), LABELS)
+    join = JoinState(LABELS, (one,))
+    for prediction, reply in _every_reply() * 2:  # again: from what the join remembered
+        carried = predicted(join, row("1", labels), result("predict:1", prediction))
+        reading = one.read(reply.content, reply.logprobs) if isinstance(reply, ChatResult) else None
+        general = _joined(carried, carried.prediction, frozenset(LABELS), verdicts=[_Judgement([reply], [reading])],
+                          kind=config.kind)
+        assert join.verdict(carried, reply) == general

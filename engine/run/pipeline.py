@@ -66,6 +66,9 @@ class LiveStats:
             self.failed += 1
 
 
+_REMEMBERED_CHARS = 64  # replies at most this long are read once (see ``JoinState._read``) ...
+_REMEMBERED_READINGS = 1_024  # ... and this many of them remembered
+
 #: A row's judge calls answered so far, by ``custom_id`` prefix, while its others are out (a
 #: panel's judges, or a judge's repeats); its prediction travels with each call (``Row.prediction``).
 Pending = dict[str, Outcome]
@@ -99,6 +102,7 @@ class JoinState:
         }
         self._answer = answer
         self._pending: MutableMapping[str, Pending] = {} if pending is None else pending
+        self._readings: dict[tuple[int, str], Reading] = {}
 
     def __len__(self) -> int:
         """Rows with some of their judge calls answered and others still out."""
@@ -117,6 +121,9 @@ class JoinState:
         """Record one judge call's outcome for ``row`` (the row the call was made for, carrying
         its prediction); the joined row once every call of the row has one."""
         assert row.prediction is not None, "a judge call is made for a row that carries its prediction"
+        kind = self._judges[0].config.kind
+        if len(self._calls) == 1 and kind != "pairwise":  # one judge, asked once: most runs, every row
+            return _joined_one_call(row, row.prediction, self._labels, outcome, self._read(0, outcome), kind)
         prefix = outcome.custom_id.partition(":")[0]
         if len(self._calls) == 1:
             calls = {prefix: outcome}
@@ -126,7 +133,6 @@ class JoinState:
             if len(calls) < len(self._calls):
                 self._pending[row.row_id] = calls  # a store on disk holds a copy: written back
                 return None
-        kind = self._judges[0].config.kind
         return _joined(row, row.prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
 
     def trimmed(self, outcome: Outcome) -> Outcome:
@@ -143,10 +149,23 @@ class JoinState:
         for prefix, index in self._calls.items():
             outcome, judgement = calls[prefix], judgements[index]
             judgement.outcomes.append(outcome)
-            judgement.readings.append(
-                self._judges[index].read(outcome.content, outcome.logprobs) if isinstance(outcome, ChatResult) else None
-            )
+            judgement.readings.append(self._read(index, outcome))
         return judgements
+
+    def _read(self, index: int, outcome: Outcome) -> Reading | None:
+        """Judge ``index``'s reading of an answered call (None for a failed one). A short reply
+        without logprobs (``correct``) is read once and remembered: most replies are one of a few."""
+        if not isinstance(outcome, ChatResult):
+            return None
+        if outcome.logprobs or len(outcome.content) > _REMEMBERED_CHARS:
+            return self._judges[index].read(outcome.content, outcome.logprobs)
+        key = (index, outcome.content)
+        reading = self._readings.get(key)
+        if reading is None:
+            if len(self._readings) >= _REMEMBERED_READINGS:
+                self._readings.clear()
+            reading = self._readings[key] = self._judges[index].read(outcome.content)
+        return reading
 
 
 @dataclass(slots=True)
@@ -275,6 +294,46 @@ def _joined(
         p_correct=_mean([judgement.mean("p_correct") for judgement in judgements]),
         weighted_score=_mean([judgement.mean("weighted_score") for judgement in judgements]),
         winners=tuple(winner for judgement in judgements for winner in judgement.winners) if winners else (),
+    )
+
+
+def _joined_one_call(
+    row: Row, prediction: ChatResult, labels: frozenset[str], outcome: Outcome, reading: Reading | None, kind: str
+) -> JoinedRow:
+    """``_joined`` for a single judge asked once (not pairwise), without its lists of one: every
+    row of most runs goes through here (a test holds the two to the same rows)."""
+    text = prediction.content
+    answered = isinstance(outcome, ChatResult)
+    verdict = reading.verdict if reading else None
+    answer = reading.answer if reading else None
+    reasoning = reading.reasoning if reading else None
+    score = reading.score if reading else None
+    return JoinedRow(
+        row_id=row.row_id,
+        index=row.index,
+        status="judged" if answered else "judge_failed",
+        fields=row.fields,
+        labels=row.labels,
+        prediction=text,
+        prediction_valid=prediction_is_valid(text, labels),
+        verdict_text=(answer or "") if answered else None,
+        verdict=verdict,
+        ground_truth_correct=text.strip() in row.labels if row.labels is not None else None,
+        error=None if isinstance(outcome, ChatResult) else f"{outcome.reason}: {outcome.message}",
+        predict_tokens=prediction.usage,
+        judge_tokens=Usage(outcome.usage.prompt_tokens, outcome.usage.completion_tokens)
+        if isinstance(outcome, ChatResult) else Usage(),
+        predict_latency_s=prediction.latency_s,
+        judge_latency_s=outcome.latency_s if isinstance(outcome, ChatResult) else None,
+        verdicts=(verdict,),
+        verdict_texts=(answer,),
+        reasoning=reasoning or None,
+        reasonings=(reasoning,) if reasoning else (),
+        score=score,
+        scores=(score,) if kind == "score" else (),
+        probability=reading.probability if reading else None,
+        p_correct=reading.p_correct if reading else None,
+        weighted_score=reading.weighted_score if reading else None,
     )
 
 
