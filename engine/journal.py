@@ -22,12 +22,12 @@ from typing import Any
 
 import polars as pl
 
+from . import fastjson
 from .errors import JournalError
 from .rundir import RunDir
 from .types import STAGES, ChatResult, Failure, Outcome, Row, StageName, TokenLogprob, Usage
 
-_FOLD_EVERY = 2_000  # records handed to ``Journal``'s fold at a time
-_ENCODER = json.JSONEncoder(ensure_ascii=False)  # one, not one per line as json.dumps(ensure_ascii=False) builds
+_FOLD_EVERY = 10_000  # records handed to ``Journal``'s fold at a time (a fold costs some 10 ms, most of it whatever its size)
 
 JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "custom_id": pl.String(),
@@ -316,7 +316,10 @@ class Journal:
         self.earlier_bytes: dict[str, int] = {}
         self._fold = fold
         self._schema = {name: JOURNAL_SCHEMA[name] for name in columns}
-        self._unfolded: dict[StageName, list[dict[str, Any]]] = {stage: [] for stage in STAGES}
+        # This session's records not folded yet, a list per column: a dict per record would cost
+        # polars more to read, and the collector more to keep (measured: 9 -> 3 us a record).
+        self._unfolded: dict[StageName, dict[str, list[Any]]] = {stage: self._no_records() for stage in STAGES}
+        self._unfolded_count: dict[StageName, int] = dict.fromkeys(STAGES, 0)
         try:
             run_dir.journal_dir.mkdir(parents=True, exist_ok=True)
             for stage in STAGES:
@@ -330,7 +333,7 @@ class Journal:
 
     def append(self, stage: StageName, row: Row, outcome: Outcome) -> None:
         record = outcome_to_record(row, outcome)
-        data = (_ENCODER.encode(record) + "\n").encode()
+        data = fastjson.dumps(record) + b"\n"
         try:
             written = os.write(self._descriptors[stage], data)
             while written < len(data):  # a short write: the rest, or the error that caused it
@@ -338,9 +341,10 @@ class Journal:
         except OSError as exc:
             raise self._error(exc) from exc
         if self._fold is not None:
-            unfolded = self._unfolded[stage]
-            unfolded.append(record)
-            if len(unfolded) >= _FOLD_EVERY:
+            for name, values in self._unfolded[stage].items():
+                values.append(record.get(name))
+            self._unfolded_count[stage] += 1
+            if self._unfolded_count[stage] >= _FOLD_EVERY:
                 self._fold_block(stage)
 
     def fold_rest(self) -> None:
@@ -348,10 +352,14 @@ class Journal:
         for stage in STAGES:
             self._fold_block(stage)
 
+    def _no_records(self) -> dict[str, list[Any]]:
+        return {name: [] for name in self._schema}
+
     def _fold_block(self, stage: StageName) -> None:
-        records, self._unfolded[stage] = self._unfolded[stage], []
-        if records and self._fold is not None:
-            self._fold(stage, pl.from_dicts(records, schema=self._schema))
+        records, self._unfolded[stage] = self._unfolded[stage], self._no_records()
+        count, self._unfolded_count[stage] = self._unfolded_count[stage], 0
+        if count and self._fold is not None:
+            self._fold(stage, pl.DataFrame(records, schema=self._schema))
 
     def close(self) -> None:
         for descriptor in self._descriptors.values():

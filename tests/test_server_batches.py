@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +27,7 @@ from openai.types.chat import ChatCompletion
 
 from adapters.server.backends import Backend, BackendReply, SimBackend, SimSettings
 from adapters.server.batch_jobs import BatchSettings
+from adapters.server.batch_lines import read_lines
 from adapters.server.embedded import embedded_server
 from engine.provider import TERMINAL_BATCH_STATUSES
 
@@ -565,3 +568,26 @@ async def test_a_server_without_a_batch_api_answers_404_there() -> None:
                 with pytest.raises(openai.NotFoundError):
                     await call
     assert reply.choices[0].message.content in GENRE_SET
+
+
+async def test_a_batch_file_reader_left_between_two_lines_holds_no_file() -> None:
+    """A feeder stopped between two lines (a batch cancelled, its server stopped) may leave
+    ``read_lines`` unclosed for the collector: it must not hold the input file open, which the
+    collector would close later with an unclosed-file warning in whatever runs then."""
+    unraised: list[Any] = []
+    hooks = sys.get_asyncgen_hooks()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "input.jsonl"
+        path.write_text("".join(json.dumps({"custom_id": f"r{n}", "url": "/v1/chat/completions", "body": {}}) + "\n"
+                                for n in range(3)))
+        sys.set_asyncgen_hooks(firstiter=None, finalizer=None)  # no event loop to close it: left as it is
+        saved, sys.unraisablehook = sys.unraisablehook, unraised.append
+        try:
+            lines = read_lines(path)
+            assert (await lines.__anext__()).custom_id == "r0"
+            del lines
+            gc.collect()
+        finally:
+            sys.unraisablehook = saved
+            sys.set_asyncgen_hooks(*hooks)
+    assert not unraised

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from engine import fastjson
 from engine.errors import ProviderError
 from engine.types import ChatRequest, ChatResult, Failure, Outcome, Usage
 
@@ -187,11 +188,11 @@ def anthropic_id(custom_id: str, salt: str = "") -> str:
 
 
 def encode_line(request: ChatRequest) -> str:
-    return json.dumps({"custom_id": request.custom_id, "params": to_params(request.body)}, ensure_ascii=False)
+    return fastjson.dumps({"custom_id": request.custom_id, "params": to_params(request.body)}).decode()
 
 
 def decode_line(line: str) -> tuple[str, dict[str, Any]]:
-    decoded = json.loads(line)
+    decoded = fastjson.loads(line)
     return str(decoded["custom_id"]), to_chat(decoded["params"])
 
 
@@ -263,4 +264,4 @@ def read_outcomes(path: Path) -> Iterator[Outcome]:
     with path.open(encoding="utf-8") as source:
         for line in source:
             if line.strip():
-                yield parse_result_line(json.loads(line))
+                yield parse_result_line(fastjson.loads(line))

@@ -51,6 +51,7 @@ from adapters.transport import (
     timeout_error,
     unsent_http_client,
 )
+from engine import fastjson
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits
 from engine.run.retry import is_transient, parse_retry_after
@@ -147,7 +148,7 @@ class AnthropicProvider:
     async def complete(self, request: ChatRequest) -> ChatReply:
         """One Messages call; raises ``ProviderError`` with a retry kind on any failure."""
         started = time.perf_counter()
-        body = json.dumps(messages_format.to_params(request.body)).encode()
+        body = fastjson.dumps(messages_format.to_params(request.body))
         if self._session is None:
             status, headers, raw = await self._post_with_sdk(body)
         else:
@@ -281,10 +282,12 @@ class AnthropicProvider:
         try:
             async with self._errors(f"GET {_BATCHES}/{{id}}/results", names_object=True):
                 async with self.sdk.messages.batches.with_streaming_response.results(job.id) as response:
-                    async with await anyio.open_file(temporary, "w", encoding="utf-8") as out:
+                    # Closed however it ends (a cancelled anyio file stays open); a line is
+                    # written straight into the buffer, no thread for each.
+                    with temporary.open("w", encoding="utf-8") as out:
                         async for line in response.iter_lines():
                             if line.strip() and (mapped := _mapped_line(line, engine_ids)) is not None:
-                                await out.write(mapped + "\n")
+                                out.write(mapped + "\n")
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
@@ -413,7 +416,7 @@ def _rate_limits(headers: RawHeaders) -> RateLimits | None:
 
 def _parse_message(raw: bytes, latency_s: float, rate_limits: RateLimits | None) -> ChatReply:
     try:
-        content, model, usage = messages_format.read_message(json.loads(raw))
+        content, model, usage = messages_format.read_message(fastjson.loads(raw))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         snippet = raw[:80].decode("utf-8", "replace")
         raise ProviderError(f"response is not a Message: {snippet!r}", kind="transient", reason="malformed_body") from exc

@@ -9,11 +9,11 @@ a ``response`` object with output text.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from engine import fastjson
 from engine.types import ChatRequest, ChatResult, Failure, Outcome, TokenLogprob, Usage
 
 from . import responses_format
@@ -23,12 +23,12 @@ CHAT_COMPLETIONS: Final = "/v1/chat/completions"
 
 def encode_line(request: ChatRequest) -> str:
     line = {"custom_id": request.custom_id, "method": "POST", "url": CHAT_COMPLETIONS, "body": request.body}
-    return json.dumps(line, ensure_ascii=False)
+    return fastjson.dumps(line).decode()
 
 
 def decode_line(line: str) -> tuple[str, dict[str, Any]]:
     """A line's custom_id and the chat body it stands for (a Responses line's translated back)."""
-    decoded = json.loads(line)
+    decoded = fastjson.loads(line)
     body = decoded["body"]
     return str(decoded["custom_id"]), responses_format.to_chat(body) if decoded.get("url") == responses_format.RESPONSES else body
 
@@ -97,4 +97,4 @@ def read_outcomes(path: Path) -> Iterator[Outcome]:
     with path.open(encoding="utf-8") as source:
         for line in source:
             if line.strip():
-                yield parse_output_line(json.loads(line))
+                yield parse_output_line(fastjson.loads(line))

@@ -47,6 +47,7 @@ from adapters.transport import (
     timeout_error,
     unsent_http_client,
 )
+from engine import fastjson
 from engine.errors import AuthError, BatchApiMissingError, ErrorKind, FatalError, ModelNotFoundError, ProviderError
 from engine.provider import BatchCounts, BatchJob, ChatReply, RateLimits, made_from
 from engine.run.retry import parse_retry_after
@@ -144,7 +145,7 @@ class OpenAIProvider:
         if self.api == "responses" or model in self._on_responses:
             return await self._respond(request)
         started = time.perf_counter()
-        status, headers, raw = await self._send(self._chat_url, "/chat/completions", json.dumps(request.body).encode())
+        status, headers, raw = await self._send(self._chat_url, "/chat/completions", fastjson.dumps(request.body))
         if status >= 400:
             detail = _error_message(status, raw)
             if status in (400, 404) and _RESPONSES_ONLY in detail.lower() and isinstance(model, str):
@@ -156,12 +157,12 @@ class OpenAIProvider:
     async def _respond(self, request: ChatRequest) -> ChatReply:
         """The call on the Responses API."""
         started = time.perf_counter()
-        body = json.dumps(responses_format.to_responses(request.body)).encode()
+        body = fastjson.dumps(responses_format.to_responses(request.body))
         status, headers, raw = await self._send(self._responses_url, "/responses", body)
         if status >= 400:
             raise self._responses_error(status, raw, headers, request.body.get("model"))
         try:
-            content, model, usage = responses_format.read_response(json.loads(raw))
+            content, model, usage = responses_format.read_response(fastjson.loads(raw))
         except ValueError as exc:
             snippet = raw[:80].decode("utf-8", "replace")
             raise ProviderError(f"response is not JSON: {snippet!r}", kind="transient", reason="malformed_body") from exc
@@ -301,9 +302,9 @@ class OpenAIProvider:
         try:
             async with self._errors("GET /files/{file_id}/content", names_object=True):
                 async with self.sdk.files.with_streaming_response.content(file_id) as response:
-                    async with await anyio.open_file(temporary, "wb") as out:
+                    with temporary.open("wb") as out:  # closed however it ends (a cancelled anyio file stays open)
                         async for block in response.iter_bytes(1 << 20):
-                            await out.write(block)
+                            await anyio.to_thread.run_sync(out.write, block)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
@@ -448,7 +449,7 @@ def _job(batch: Batch) -> BatchJob:
 
 def _parse_completion(raw: bytes, latency_s: float, rate_limits: RateLimits | None) -> ChatReply:
     try:
-        payload = json.loads(raw)
+        payload = fastjson.loads(raw)
         if payload.get("choices") == []:
             raise ProviderError("the response has no choices", kind="transient", reason="empty_response")
         choice = payload["choices"][0]

@@ -12,9 +12,9 @@ stands for. A ``response`` object gives the reply's output text, model and usage
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
+from engine import fastjson
 from engine.errors import ProviderError
 from engine.types import ChatRequest, ChatResult, Failure, Outcome, Usage
 
@@ -129,7 +129,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
 def encode_line(request: ChatRequest) -> str:
     """A batch input line calling ``/v1/responses`` with the request translated."""
     line = {"custom_id": request.custom_id, "method": "POST", "url": RESPONSES, "body": to_responses(request.body)}
-    return json.dumps(line, ensure_ascii=False)
+    return fastjson.dumps(line).decode()
 
 
 def read_response(payload: Any) -> tuple[str, str, Usage]:

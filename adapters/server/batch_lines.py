@@ -182,15 +182,24 @@ def _check_line(
 
 
 async def read_lines(path: Path) -> AsyncIterator[Line]:
-    """The lines of a checked input file, read in large chunks off the event loop."""
-    async with await anyio.open_file(path, "rb") as source:
-        carry = b""
-        while chunk := await source.read(_CHUNK):
-            *whole, carry = (carry + chunk).split(b"\n")
-            for raw in whole:
-                yield _parse(raw)
-        if carry.strip():
-            yield _parse(carry)
+    """The lines of a checked input file, read in large chunks off the event loop.
+
+    No file stays open across a ``yield``: a feeder stopped between two lines (a batch cancelled,
+    its server stopped) may leave this generator for the collector, never a file with it."""
+    carry, offset = b"", 0
+    while chunk := await anyio.to_thread.run_sync(_read_chunk, path, offset):
+        offset += len(chunk)
+        *whole, carry = (carry + chunk).split(b"\n")
+        for raw in whole:
+            yield _parse(raw)
+    if carry.strip():
+        yield _parse(carry)
+
+
+def _read_chunk(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as source:
+        source.seek(offset)
+        return source.read(_CHUNK)
 
 
 def _parse(raw: bytes) -> Line:
