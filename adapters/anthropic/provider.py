@@ -282,12 +282,10 @@ class AnthropicProvider:
         try:
             async with self._errors(f"GET {_BATCHES}/{{id}}/results", names_object=True):
                 async with self.sdk.messages.batches.with_streaming_response.results(job.id) as response:
-                    # Closed however it ends (a cancelled anyio file stays open); a line is
-                    # written straight into the buffer, no thread for each.
-                    with temporary.open("w", encoding="utf-8") as out:
+                    async with await anyio.open_file(temporary, "w", encoding="utf-8") as out:
                         async for line in response.iter_lines():
                             if line.strip() and (mapped := _mapped_line(line, engine_ids)) is not None:
-                                out.write(mapped + "\n")
+                                await out.write(mapped + "\n")
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise

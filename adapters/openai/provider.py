@@ -302,9 +302,9 @@ class OpenAIProvider:
         try:
             async with self._errors("GET /files/{file_id}/content", names_object=True):
                 async with self.sdk.files.with_streaming_response.content(file_id) as response:
-                    with temporary.open("wb") as out:  # closed however it ends (a cancelled anyio file stays open)
+                    async with await anyio.open_file(temporary, "wb") as out:
                         async for block in response.iter_bytes(1 << 20):
-                            await anyio.to_thread.run_sync(out.write, block)
+                            await out.write(block)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise

@@ -99,12 +99,12 @@ class FileStore:
         partial = self.root / f"{_PARTIAL_PREFIX}{secrets.token_hex(8)}"
         size = 0
         try:
-            with partial.open("wb") as out:  # closed however it ends (a cancelled anyio file stays open)
+            async with await anyio.open_file(partial, "wb") as out:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
                         raise UploadTooLarge(f"the file is larger than the {max_bytes}-byte limit")
-                    await anyio.to_thread.run_sync(out.write, chunk)
+                    await out.write(chunk)
         except BaseException:
             await self.discard(partial)
             raise
