@@ -27,7 +27,7 @@ from .errors import JournalError
 from .rundir import RunDir
 from .types import STAGES, ChatResult, Failure, Outcome, Row, StageName, TokenLogprob, Usage
 
-_FOLD_EVERY = 10_000  # records handed to ``Journal``'s fold at a time (a fold costs some 10 ms, most of it whatever its size)
+_FOLD_EVERY = 10_000  # records handed to ``Journal``'s fold at a time (a fold costs about 10 ms however few)
 
 JOURNAL_SCHEMA: dict[str, pl.DataType] = {
     "custom_id": pl.String(),
@@ -316,8 +316,8 @@ class Journal:
         self.earlier_bytes: dict[str, int] = {}
         self._fold = fold
         self._schema = {name: JOURNAL_SCHEMA[name] for name in columns}
-        # This session's records not folded yet, a list per column: a dict per record would cost
-        # polars more to read, and the collector more to keep (measured: 9 -> 3 us a record).
+        # This session's records not folded yet, a list per column: a dict per record cost polars
+        # more to read and the collector more to keep (the fold's share: 9 -> 1 us a record).
         self._unfolded: dict[StageName, dict[str, list[Any]]] = {stage: self._no_records() for stage in STAGES}
         self._unfolded_count: dict[StageName, int] = dict.fromkeys(STAGES, 0)
         try:

@@ -100,6 +100,9 @@ class JoinState:
             for index, judge in enumerate(judges)
             for repeat in range(calls_of(judge.config))
         }
+        self._kind = judges[0].config.kind
+        # One judge asked once (not pairwise): most runs, every row; joined without a panel's lists.
+        self._one_call = len(self._calls) == 1 and self._kind != "pairwise"
         self._answer = answer
         self._pending: MutableMapping[str, Pending] = {} if pending is None else pending
         self._readings: dict[tuple[int, str], Reading] = {}
@@ -121,9 +124,8 @@ class JoinState:
         """Record one judge call's outcome for ``row`` (the row the call was made for, carrying
         its prediction); the joined row once every call of the row has one."""
         assert row.prediction is not None, "a judge call is made for a row that carries its prediction"
-        kind = self._judges[0].config.kind
-        if len(self._calls) == 1 and kind != "pairwise":  # one judge, asked once: most runs, every row
-            return _joined_one_call(row, row.prediction, self._labels, outcome, self._read(0, outcome), kind)
+        if self._one_call:
+            return _joined_one_call(row, row.prediction, self._labels, outcome, self._read(0, outcome), self._kind)
         prefix = outcome.custom_id.partition(":")[0]
         if len(self._calls) == 1:
             calls = {prefix: outcome}
@@ -133,7 +135,7 @@ class JoinState:
             if len(calls) < len(self._calls):
                 self._pending[row.row_id] = calls  # a store on disk holds a copy: written back
                 return None
-        return _joined(row, row.prediction, self._labels, verdicts=self._judgements(calls), kind=kind)
+        return _joined(row, row.prediction, self._labels, verdicts=self._judgements(calls), kind=self._kind)
 
     def trimmed(self, outcome: Outcome) -> Outcome:
         """A judge call's outcome with only the answer's token logprobs (all a judge reads of
@@ -303,11 +305,16 @@ def _joined_one_call(
     """``_joined`` for a single judge asked once (not pairwise), without its lists of one: every
     row of most runs goes through here (a test holds the two to the same rows)."""
     text = prediction.content
-    answered = isinstance(outcome, ChatResult)
     verdict = reading.verdict if reading else None
     answer = reading.answer if reading else None
     reasoning = reading.reasoning if reading else None
     score = reading.score if reading else None
+    if isinstance(outcome, ChatResult):
+        answered, error = True, None
+        judge_tokens, judge_latency_s = Usage(outcome.usage.prompt_tokens, outcome.usage.completion_tokens), outcome.latency_s
+    else:
+        answered, error = False, f"{outcome.reason}: {outcome.message}"
+        judge_tokens, judge_latency_s = Usage(), None
     return JoinedRow(
         row_id=row.row_id,
         index=row.index,
@@ -319,12 +326,11 @@ def _joined_one_call(
         verdict_text=(answer or "") if answered else None,
         verdict=verdict,
         ground_truth_correct=text.strip() in row.labels if row.labels is not None else None,
-        error=None if isinstance(outcome, ChatResult) else f"{outcome.reason}: {outcome.message}",
+        error=error,
         predict_tokens=prediction.usage,
-        judge_tokens=Usage(outcome.usage.prompt_tokens, outcome.usage.completion_tokens)
-        if isinstance(outcome, ChatResult) else Usage(),
+        judge_tokens=judge_tokens,
         predict_latency_s=prediction.latency_s,
-        judge_latency_s=outcome.latency_s if isinstance(outcome, ChatResult) else None,
+        judge_latency_s=judge_latency_s,
         verdicts=(verdict,),
         verdict_texts=(answer,),
         reasoning=reasoning or None,
